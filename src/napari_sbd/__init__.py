@@ -1,0 +1,35 @@
+"""napari-sbd: simulation-based deep denoising of ultra-low-dose electron microscopy.
+
+The public API (see DESIGN.md)::
+
+    import napari_sbd as sbd
+    model = sbd.load_model("default")      # or a checkpoint path
+    den = model.denoise(frames)            # (H, W) or (T, H, W) counts -> float32
+    sbd.psnr(clean, den); sbd.ssim(clean, den)
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from napari_sbd.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_sbd.core.inference import Denoiser, DenoisingCancelled, load_model
+from napari_sbd.core.inputs import InputError
+from napari_sbd.core.metrics import psnr, ssim
+from napari_sbd.core.noise import poisson_noise
+
+try:
+    __version__ = version("napari-sbd")
+except PackageNotFoundError:  # running from a source tree without installing
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "CheckpointError",
+    "Denoiser",
+    "DenoisingCancelled",
+    "InputError",
+    "load_checkpoint",
+    "load_model",
+    "poisson_noise",
+    "psnr",
+    "save_checkpoint",
+    "ssim",
+]

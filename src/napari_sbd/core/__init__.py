@@ -1,0 +1,1 @@
+"""Pure numpy/torch compute: no Qt, no napari imports here."""

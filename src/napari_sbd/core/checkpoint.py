@@ -1,0 +1,275 @@
+"""One file per trained model: weights plus the metadata needed to use it well.
+
+A checkpoint is a ``torch.save`` of a plain dictionary (tensors, strings,
+numbers, lists and dicts only)::
+
+    {"format": "napari-sbd-checkpoint", "format_version": 1,
+     "metadata": {...}, "state_dict": {...}}
+
+It is read with ``torch.load(weights_only=True)``, which unpickles nothing but
+those plain types: opening a checkpoint never runs code from the file.
+
+Every problem with a file raises :class:`CheckpointError`, whose message names
+the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from napari_sbd.core.models import ARCHITECTURES, build_model
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+CHECKPOINT_FORMAT = "napari-sbd-checkpoint"
+CHECKPOINT_VERSION = 1
+
+# Metadata every checkpoint carries; the values are what a user needs to judge
+# whether the model fits their data.
+REQUIRED_METADATA = ("architecture", "params", "dose", "pixel_size_pm", "contrast")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, foreign or inconsistent."""
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("napari-sbd")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "unknown"
+
+
+def atomic_write(path: str | os.PathLike, write: Any) -> Path:
+    """Write a file atomically: ``write(tmp_path)``, fsync, then rename over ``path``.
+
+    A reader never sees a half-written file, and an interrupted write leaves
+    the previous file (if any) intact.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination.
+    write : callable
+        Called with the temporary path (same directory) to produce the file.
+
+    Returns
+    -------
+    pathlib.Path
+        The destination.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    architecture: str,
+    params: Mapping[str, Any],
+    dose: float,
+    pixel_size_pm: float,
+    contrast: str,
+    training_data: str = "",
+    validation_psnr: float | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Save ``model`` and its metadata to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination file (conventionally ``*.pt``).
+    model : torch.nn.Module
+        The trained network (un-folded: BatchNorm layers present).
+    architecture : str
+        Registered architecture name (see :data:`napari_sbd.core.models.ARCHITECTURES`).
+    params : mapping
+        Constructor arguments of the architecture.
+    dose : float
+        Training dose, counts per pixel in vacuum per frame.
+    pixel_size_pm : float
+        Pixel size of the training images, picometres.
+    contrast : str
+        Column contrast of the training images ("white", "black", "intermediate", "mixed").
+    training_data : str
+        Free-text description of the training set.
+    validation_psnr : float, optional
+        Best validation PSNR in dB (papers' convention).
+    extra : mapping, optional
+        Further plain-typed metadata (training command, epochs, ...).
+
+    Returns
+    -------
+    pathlib.Path
+        The written file.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r}")
+    metadata: dict[str, Any] = {
+        "architecture": architecture,
+        "params": dict(params),
+        "dose": float(dose),
+        "pixel_size_pm": float(pixel_size_pm),
+        "contrast": str(contrast),
+        "training_data": str(training_data),
+        "validation_psnr": None if validation_psnr is None else float(validation_psnr),
+        "package_version": _package_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if extra:
+        metadata.update(dict(extra))
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "metadata": metadata,
+        "state_dict": state,
+    }
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and validate a checkpoint file without building the network.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint.
+
+    Returns
+    -------
+    dict
+        The payload (``metadata`` and ``state_dict``).
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unreadable, truncated or foreign file, or incomplete metadata.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"model file {path} does not exist")
+    if path.is_dir():
+        raise CheckpointError(f"model path {path} is a folder, not a checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types here
+        text = str(exc)
+        reason = next(
+            (ln.strip() for ln in text.splitlines() if "Unsupported" in ln),
+            text.splitlines()[0] if text else type(exc).__name__,
+        )
+        if "Unsupported global" in text:
+            why = "it contains Python objects other than plain weights (refused for safety)"
+        elif path.stat().st_size == 0:
+            why = "it is empty"
+        else:
+            why = f"it is not a readable PyTorch file, or it is truncated ({reason})"
+        raise CheckpointError(f"cannot load model file {path}: {why}") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"model file {path} is not a napari-sbd checkpoint (a PyTorch file without "
+            "the napari-sbd header; train one with napari-sbd-train, or save one with "
+            "napari_sbd.core.checkpoint.save_checkpoint)"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"model file {path} has checkpoint format version {version!r}; this napari-sbd "
+            f"reads up to version {CHECKPOINT_VERSION}: upgrade napari-sbd"
+        )
+    meta = payload.get("metadata")
+    state = payload.get("state_dict")
+    if not isinstance(meta, dict) or not isinstance(state, dict):
+        raise CheckpointError(f"model file {path} lacks its metadata or its weights")
+    missing = [k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise CheckpointError(f"model file {path} lacks metadata: {', '.join(missing)}")
+    if meta["architecture"] not in ARCHITECTURES:
+        raise CheckpointError(
+            f"model file {path} uses architecture {meta['architecture']!r}, unknown to this "
+            f"napari-sbd (known: {', '.join(sorted(ARCHITECTURES))})"
+        )
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+    """Build the network stored in ``path`` and load its weights.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint.
+
+    Returns
+    -------
+    network : torch.nn.Module
+        The network on the CPU, in eval mode.
+    metadata : dict
+        Its metadata.
+
+    Raises
+    ------
+    CheckpointError
+        For any problem, with the file named.
+    """
+    payload = read_checkpoint(path)
+    meta, state = payload["metadata"], payload["state_dict"]
+    try:
+        net = build_model(meta["architecture"], **meta["params"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"model file {path}: its architecture parameters {meta['params']} are invalid ({exc})"
+        ) from None
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(
+        k for k in set(expected) & set(state)
+        if not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong:
+            parts.append(f"{len(wrong)} of the wrong shape (e.g. {wrong[0]})")
+        raise CheckpointError(
+            f"model file {path}: the weights do not match its declared architecture "
+            f"{meta['architecture']} {meta['params']}: " + "; ".join(parts)
+        )
+    net.load_state_dict(state)
+    net.eval()
+    return net, dict(meta)

@@ -1,0 +1,129 @@
+"""Checks on the data handed to the denoiser and the analyses.
+
+Every check raises :class:`InputError` with a message that names the problem
+and the fix. Nothing here modifies the caller's array: frames are copied into
+new float32 arrays.
+
+Documented conversions (not errors): integer and float64 data become float32
+counts; a single frame (H, W) is treated as a stack of one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MIN_FRAME_SIDE", "InputError", "as_frame", "check_stack_shape"]
+
+# Smaller frames cannot hold even one atomic column at 6 pm/pixel; they are
+# almost surely a wrong axis (a channel or a time axis taken for space).
+MIN_FRAME_SIDE = 16
+
+
+class InputError(ValueError):
+    """The data cannot be denoised or analysed as given."""
+
+
+def check_stack_shape(shape: tuple[int, ...], dtype: Any) -> bool:
+    """Validate the shape and dtype of an image or stack before reading it.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape.
+    dtype : numpy dtype-like
+        Array dtype.
+
+    Returns
+    -------
+    bool
+        True for a single frame (H, W), False for a stack (T, H, W).
+    """
+    dt = np.dtype(dtype)
+    if dt.kind == "b":
+        raise InputError("the image is boolean (a mask?); denoising needs counts per pixel")
+    if dt.kind == "c":
+        raise InputError("the image is complex-valued; denoising needs real counts per pixel")
+    if dt.kind not in "uif":
+        raise InputError(f"the image has dtype {dt}; denoising needs numbers (counts per pixel)")
+    nd = len(shape)
+    if nd in (3, 4) and shape[-1] in (3, 4) and min(shape[-3:-1]) >= MIN_FRAME_SIDE:
+        kind = "RGB" if shape[-1] == 3 else "RGBA"
+        raise InputError(
+            f"the image looks like {kind} (shape {shape}, last axis of length {shape[-1]}); "
+            "electron counts are a single channel: load the raw detector data, or convert "
+            "to grey (e.g. take one channel) only if it really holds counts"
+        )
+    if nd < 2:
+        raise InputError(f"expected a 2-D frame or a 3-D stack (T, H, W), got shape {shape}")
+    if nd > 3:
+        raise InputError(
+            f"expected a 2-D frame or a 3-D stack (T, H, W), got {nd}-D data of shape {shape}; "
+            "select one channel/position first so that only time, y and x remain"
+        )
+    h, w = shape[-2:]
+    if h == 0 or w == 0 or (nd == 3 and shape[0] == 0):
+        raise InputError(f"the image is empty (shape {shape})")
+    if h < MIN_FRAME_SIDE or w < MIN_FRAME_SIDE:
+        raise InputError(
+            f"frames of {h}x{w} pixels are too small to denoise (minimum "
+            f"{MIN_FRAME_SIDE}x{MIN_FRAME_SIDE}); check the axis order: frames must be (T, H, W)"
+        )
+    return nd == 2
+
+
+def as_frame(
+    frame: Any,
+    *,
+    index: int | None = None,
+    model_dose: float | None = None,
+    max_dose_ratio: float = 20.0,
+) -> np.ndarray:
+    """Return a new float32 copy of one frame of counts, or raise :class:`InputError`.
+
+    Parameters
+    ----------
+    frame : array-like
+        One (H, W) frame (numpy, memory-mapped, dask, ...).
+    index : int, optional
+        Frame number, for the message.
+    model_dose : float, optional
+        The model's training dose (counts/pixel in vacuum). Data whose mean is
+        more than ``max_dose_ratio`` times it are rejected: they are not counts
+        at a dose the model can handle (a detector offset, unnormalised gain,
+        or a summed stack).
+    max_dose_ratio : float
+        See ``model_dose``.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (H, W) array that does not share memory with ``frame``.
+    """
+    where = "" if index is None else f" (frame {index})"
+    arr = np.array(frame, dtype=np.float32, copy=True)
+    if arr.ndim != 2:
+        raise InputError(f"expected a 2-D frame{where}, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        n = int((~np.isfinite(arr)).sum())
+        raise InputError(
+            f"the image has {n} NaN or infinite pixels{where}; replace them (e.g. by 0 for "
+            "dead pixels) before denoising: counts are finite"
+        )
+    lo = float(arr.min())
+    if lo < 0:
+        raise InputError(
+            f"the image has negative values (minimum {lo:.3g}){where}; electron counts are "
+            ">= 0: undo the dark/offset subtraction, or clip small negative noise to 0"
+        )
+    if model_dose is not None:
+        mean = float(arr.mean())
+        if mean > max_dose_ratio * model_dose:
+            raise InputError(
+                f"the image's mean is {mean:.4g} counts/pixel{where}, {mean / model_dose:.0f}x "
+                f"the model's training dose ({model_dose:g} counts/pixel in vacuum); these do not "
+                "look like counts at that dose: remove the detector offset and divide by the "
+                "gain (counts per electron), or use a model trained at this dose"
+            )
+    return arr

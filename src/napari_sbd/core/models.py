@@ -1,0 +1,452 @@
+"""Denoising networks: the papers' bias-free UNet, DnCNN and the DURR small UNet.
+
+Every network here is *bias-free*: no additive constant anywhere, so that in
+evaluation mode it is a positively homogeneous function of degree one of its
+input (f(c y) = c f(y) for c > 0). Its Jacobian at y then reproduces the output
+exactly, f(y) = J(y) y, which is what makes the effective filter of
+:mod:`napari_sbd.core.jacobian` a complete explanation of each output pixel
+(Mohan et al., ICLR 2020).
+
+Each network knows its own receptive field (:meth:`receptive_radius`) and the
+multiple its input sides must have (:attr:`size_multiple`); tiled inference
+and the effective filter rely on both being exact.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "BiasFreeBatchNorm2d",
+    "BiasFreeUNet",
+    "DnCNN",
+    "SmallUNet",
+    "build_model",
+    "fold_batchnorm",
+]
+
+
+class BiasFreeBatchNorm2d(nn.Module):
+    """Batch normalisation without mean subtraction and without bias.
+
+    Training: ``x * gamma / sqrt(var_batch + eps)``; evaluation: the running
+    variance replaces the batch variance, so the layer is a fixed per-channel
+    scale (linear, hence foldable into the preceding convolution).
+
+    Parameters
+    ----------
+    channels : int
+        Number of channels.
+    eps : float
+        Added to the variance for numerical safety.
+    momentum : float
+        Weight of the current batch in the running variance.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps = eps
+        self.momentum = momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            var = x.var(dim=(0, 2, 3), unbiased=False)
+            with torch.no_grad():
+                self.running_var.mul_(1 - self.momentum).add_(self.momentum * var.detach())
+        else:
+            var = self.running_var
+        scale = self.weight / torch.sqrt(var + self.eps)
+        return x * scale.view(1, -1, 1, 1)
+
+    def scale(self) -> torch.Tensor:
+        """Return the evaluation-mode per-channel factor."""
+        return self.weight / torch.sqrt(self.running_var + self.eps)
+
+
+def _activation(name: str) -> nn.Module:
+    # Both are positively homogeneous of degree one, so the network stays
+    # bias-free; LeakyReLU cannot leave a channel permanently dead.
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "leaky_relu":
+        return nn.LeakyReLU(0.1, inplace=True)
+    raise ValueError(f"unknown activation {name!r}: use 'relu' or 'leaky_relu'")
+
+
+class _ConvBlock(nn.Sequential):
+    """(replication pad, 3x3 conv without bias, bias-free BN, activation) x 2."""
+
+    def __init__(self, cin: int, cmid: int, cout: int, activation: str) -> None:
+        super().__init__(
+            nn.ReplicationPad2d(1),
+            nn.Conv2d(cin, cmid, 3, bias=False),
+            BiasFreeBatchNorm2d(cmid),
+            _activation(activation),
+            nn.ReplicationPad2d(1),
+            nn.Conv2d(cmid, cout, 3, bias=False),
+            BiasFreeBatchNorm2d(cout),
+            _activation(activation),
+        )
+
+
+def gaussian_kernel1d(sigma: float, truncate: float = 3.0) -> torch.Tensor:
+    """Normalised 1-D Gaussian of standard deviation ``sigma`` pixels."""
+    radius = max(1, int(math.ceil(truncate * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(torch.float32)
+
+
+class BiasFreeUNet(nn.Module):
+    """The papers' bias-free UNet with a large receptive field.
+
+    Encoder: a conv block, then ``scales`` times (2x2 max-pool, conv block);
+    decoder: ``scales`` times (bilinear x2 upsampling with
+    ``align_corners=False``, concatenation with the encoder's features, conv
+    block); a 1x1 convolution maps to the output. Channel widths follow the
+    authors' layout: ``base`` channels on the first three levels, doubling
+    below. No additive bias anywhere.
+
+    Two options (both keep the network bias-free, both off in the papers'
+    configuration):
+
+    * ``unshuffle``: lossless space-to-depth of the input by this factor
+      (pixel unshuffle), pixel shuffle back at the output. HRTEM frames are
+      heavily oversampled, so the full-resolution convolutions can run on
+      ``unshuffle**2`` times fewer pixels at the same receptive field.
+    * ``centre_sigma``: a fixed Gaussian blur B (sigma in pixels) centres the
+      input and is added back: ``f(y) = g(y - B y) + B y``. B is linear, so f
+      stays homogeneous of degree one; g then sees zero-mean data, which keeps
+      BatchNorm-without-mean-subtraction from killing ReLU channels on
+      non-negative count images.
+
+    Parameters
+    ----------
+    scales : int
+        Number of 2x down-samplings (2 to 8).
+    base : int
+        Channels of the first level.
+    unshuffle : int
+        Space-to-depth factor of the input (1: none).
+    centre_sigma : float
+        Sigma in input pixels of the centring blur (0: no centring).
+    activation : {"relu", "leaky_relu"}
+        Non-linearity (the papers: ReLU).
+    """
+
+    def __init__(
+        self,
+        scales: int = 4,
+        base: int = 32,
+        unshuffle: int = 1,
+        centre_sigma: float = 0.0,
+        activation: str = "relu",
+    ) -> None:
+        super().__init__()
+        if not 2 <= scales <= 8:
+            raise ValueError(f"scales must be between 2 and 8, got {scales}")
+        if base < 1 or unshuffle < 1 or centre_sigma < 0:
+            raise ValueError("base and unshuffle must be >= 1 and centre_sigma >= 0")
+        self.scales = scales
+        self.base = base
+        self.unshuffle = unshuffle
+        self.centre_sigma = float(centre_sigma)
+        self.activation = activation
+        cin = unshuffle * unshuffle
+        # Encoder widths e_0..e_S (authors' layout: C, C, C, 2C, 4C, ...; the
+        # bottom repeats the level above so the decoder concatenates evenly).
+        enc = [base * 2 ** max(0, lev - 2) for lev in range(scales)]
+        enc.append(enc[-1])
+        self.inc = _ConvBlock(cin, enc[0], enc[0], activation)
+        self.down = nn.ModuleList(
+            _ConvBlock(enc[lev - 1], enc[lev], enc[lev], activation)
+            for lev in range(1, scales + 1)
+        )
+        ups = []
+        below = enc[scales]
+        for lev in range(scales - 1, -1, -1):
+            cat = below + enc[lev]
+            out = enc[lev - 1] if lev >= 1 else enc[0]
+            ups.append(_ConvBlock(cat, cat // 2, out, activation))
+            below = out
+        self.up = nn.ModuleList(ups)
+        self.outc = nn.Conv2d(enc[0], cin, 1, bias=False)
+        if self.centre_sigma > 0:
+            self.register_buffer("centre_kernel", gaussian_kernel1d(self.centre_sigma))
+        else:
+            self.centre_kernel = None
+
+    # -- geometry -----------------------------------------------------------
+    @property
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (pooling grid)."""
+        return self.unshuffle * 2**self.scales
+
+    @property
+    def centre_radius(self) -> int:
+        """Half-width in pixels of the centring blur (0 without centring)."""
+        return 0 if self.centre_kernel is None else (self.centre_kernel.numel() - 1) // 2
+
+    def _input_interval(self, p: int) -> tuple[int, int]:
+        """Exact range of input pixels the output pixel ``p`` depends on (1-D).
+
+        Walks the network backwards with integer index maps: a 3x3 conv widens
+        by one pixel of its level, a 2x2 max-pool maps coarse ``i`` to fine
+        ``[2i, 2i+1]``, bilinear upsampling (align_corners=False) maps fine
+        ``j`` to coarse ``[(j-1)//2, (j+1)//2]``. Border clamping only ever
+        shrinks the range, so ignoring it gives the interior (largest) case.
+        """
+        s = self.scales
+
+        def enc(level: int, a: int, b: int) -> tuple[int, int]:
+            a, b = a - 2, b + 2  # the level's conv block
+            for _ in range(level):
+                a, b = 2 * a, 2 * b + 1  # max-pool
+                a, b = a - 2, b + 2  # conv block one level finer
+            return a, b
+
+        def dec(level: int, a: int, b: int) -> tuple[int, int]:
+            a, b = a - 2, b + 2  # conv block on the concatenation
+            lo, hi = enc(level, a, b)  # skip branch
+            if level + 1 == s:
+                lo2, hi2 = enc(s, (a - 1) // 2, (b + 1) // 2)
+            else:
+                lo2, hi2 = dec(level + 1, (a - 1) // 2, (b + 1) // 2)
+            return min(lo, lo2), max(hi, hi2)
+
+        u = self.unshuffle
+        lo, hi = dec(0, p // u, p // u)
+        lo, hi = lo * u, hi * u + u - 1
+        r = self.centre_radius
+        return lo - r, hi + r
+
+    def receptive_radius(self) -> int:
+        """Largest distance in pixels from an output pixel to an input it uses."""
+        m = self.size_multiple
+        # The dependency pattern repeats with the pooling grid: check one period.
+        return max(
+            max(p - lo, hi - p) for p in range(m) for lo, hi in [self._input_interval(p)]
+        )
+
+    def receptive_field(self) -> int:
+        """Side in pixels of the theoretical receptive field (2 * radius + 1)."""
+        return 2 * self.receptive_radius() + 1
+
+    # -- forward ------------------------------------------------------------
+    def _blur(self, y: torch.Tensor) -> torch.Tensor:
+        k = self.centre_kernel.to(dtype=y.dtype)
+        r = (k.numel() - 1) // 2
+        y = F.pad(y, (r, r, r, r), mode="replicate")
+        y = F.conv2d(y, k.view(1, 1, 1, -1))
+        return F.conv2d(y, k.view(1, 1, -1, 1))
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Denoise a batch (N, 1, H, W); H and W multiples of :attr:`size_multiple`."""
+        smooth = self._blur(y) if self.centre_kernel is not None else None
+        x = y - smooth if smooth is not None else y
+        if self.unshuffle > 1:
+            x = F.pixel_unshuffle(x, self.unshuffle)
+        skips = [self.inc(x)]
+        for block in self.down:
+            skips.append(block(F.max_pool2d(skips[-1], 2)))
+        x = skips.pop()
+        for block in self.up:
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([skip, x], dim=1))
+        x = self.outc(x)
+        if self.unshuffle > 1:
+            x = F.pixel_shuffle(x, self.unshuffle)
+        return x + smooth if smooth is not None else x
+
+
+class DnCNN(nn.Module):
+    """DnCNN (Zhang et al. 2017), bias-free: 3x3 convs, BN, ReLU, residual.
+
+    Parameters
+    ----------
+    depth : int
+        Number of convolutional layers (20 in the papers).
+    width : int
+        Channels of the hidden layers (64 in the papers).
+    """
+
+    size_multiple = 1
+
+    def __init__(self, depth: int = 20, width: int = 64) -> None:
+        super().__init__()
+        if depth < 3:
+            raise ValueError(f"DnCNN needs depth >= 3, got {depth}")
+        self.depth, self.width = depth, width
+        layers: list[nn.Module] = [
+            nn.ReplicationPad2d(1), nn.Conv2d(1, width, 3, bias=False), nn.ReLU(inplace=True)
+        ]
+        for _ in range(depth - 2):
+            layers += [
+                nn.ReplicationPad2d(1),
+                nn.Conv2d(width, width, 3, bias=False),
+                BiasFreeBatchNorm2d(width),
+                nn.ReLU(inplace=True),
+            ]
+        layers += [nn.ReplicationPad2d(1), nn.Conv2d(width, 1, 3, bias=False)]
+        self.body = nn.Sequential(*layers)
+
+    def receptive_radius(self) -> int:
+        """One pixel per 3x3 layer."""
+        return self.depth
+
+    def receptive_field(self) -> int:
+        """Side in pixels of the receptive field (41 for 20 layers)."""
+        return 2 * self.depth + 1
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Residual learning: the body estimates the noise."""
+        return y - self.body(y)
+
+
+class SmallUNet(nn.Module):
+    """The small UNet of DURR (Zhang et al. 2018), bias-free, as in the ICLR paper C.3.
+
+    Parameters
+    ----------
+    width : int
+        Channels of the first level (32 in the paper; 2x at the second).
+    """
+
+    size_multiple = 2
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        w, w2 = width, 2 * width
+        self.width = width
+
+        def conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> nn.Module:
+            pad = dilation * (k - 1) // 2
+            return nn.Sequential(
+                nn.ReplicationPad2d(pad),
+                nn.Conv2d(cin, cout, k, stride=stride, dilation=dilation, bias=False),
+            )
+
+        act = nn.ReLU
+        self.conv1 = nn.Sequential(conv(1, w, 5), act())
+        self.conv2 = nn.Sequential(conv(w, w, 3), BiasFreeBatchNorm2d(w), act())
+        self.conv3 = nn.Sequential(conv(w, w2, 3, stride=2), BiasFreeBatchNorm2d(w2), act())
+        self.conv4 = nn.Sequential(conv(w2, w2, 3), BiasFreeBatchNorm2d(w2), act())
+        self.conv5 = nn.Sequential(conv(w2, w2, 3, dilation=2), BiasFreeBatchNorm2d(w2), act())
+        self.conv6 = nn.Sequential(conv(w2, w2, 3, dilation=4), BiasFreeBatchNorm2d(w2), act())
+        self.conv7 = nn.Sequential(
+            nn.ConvTranspose2d(w2, w2, 4, stride=2, padding=1, bias=False),
+            BiasFreeBatchNorm2d(w2),
+            act(),
+        )
+        self.conv8 = nn.Sequential(conv(w2 + w, w, 3), BiasFreeBatchNorm2d(w), act())
+        self.conv9 = conv(w, 1, 5)
+
+    def receptive_radius(self) -> int:
+        """Conservative bound in input pixels (field about 45-50 px)."""
+        # 5x5 (2) + 3x3 (1) + strided 3x3 (1) + at half resolution 3x3 (1),
+        # dilation 2 (2), dilation 4 (4), transposed 4x4 (1) -> 8 coarse = 16
+        # fine + stride alignment (1), then 3x3 (1) and 5x5 (2).
+        return 2 + 1 + 1 + 16 + 1 + 1 + 2
+
+    def receptive_field(self) -> int:
+        """Side in pixels of the receptive field bound."""
+        return 2 * self.receptive_radius() + 1
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Denoise a batch (N, 1, H, W) with even H and W."""
+        x1 = self.conv2(self.conv1(y))
+        x = self.conv6(self.conv5(self.conv4(self.conv3(x1))))
+        x = self.conv7(x)
+        x = self.conv8(torch.cat([x, x1], dim=1))
+        return self.conv9(x)
+
+
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "bf_unet": BiasFreeUNet,
+    "dncnn": DnCNN,
+    "small_unet": SmallUNet,
+}
+
+
+def build_model(architecture: str, **params: object) -> nn.Module:
+    """Instantiate a registered architecture by name.
+
+    Parameters
+    ----------
+    architecture : str
+        One of :data:`ARCHITECTURES` ("bf_unet", "dncnn", "small_unet").
+    **params
+        Constructor arguments of that architecture.
+
+    Returns
+    -------
+    torch.nn.Module
+        The untrained network.
+    """
+    try:
+        cls = ARCHITECTURES[architecture]
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ValueError(f"unknown architecture {architecture!r}; known: {known}") from None
+    return cls(**params)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold every evaluation-mode :class:`BiasFreeBatchNorm2d` into the conv before it.
+
+    Works in place on a module that is already in eval mode and replaces each
+    folded BN by an identity. The result computes the same function (up to
+    float rounding, about 1e-6 relative) about 10-16% faster on the CPU.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A network from this module, in eval mode.
+
+    Returns
+    -------
+    torch.nn.Module
+        The same object, folded.
+    """
+    if model.training:
+        raise RuntimeError("fold_batchnorm needs a model in eval mode")
+
+    def visit(module: nn.Module) -> None:
+        names = list(module._modules)
+        last_conv: nn.Module | None = None
+        for name in names:
+            child = module._modules[name]
+            if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
+                last_conv = child
+            elif isinstance(child, BiasFreeBatchNorm2d) and last_conv is not None:
+                with torch.no_grad():
+                    s = child.scale()
+                    if isinstance(last_conv, nn.ConvTranspose2d):
+                        last_conv.weight.mul_(s.view(1, -1, 1, 1))
+                    else:
+                        last_conv.weight.mul_(s.view(-1, 1, 1, 1))
+                module._modules[name] = nn.Identity()
+                last_conv = None
+            elif isinstance(child, (nn.ReplicationPad2d,)):
+                continue
+            elif isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(
+                child[1], nn.Conv2d
+            ):
+                # the padded conv wrappers of SmallUNet: fold into their conv
+                visit(child)
+                last_conv = child[1]
+            else:
+                visit(child)
+                last_conv = None
+
+    visit(model)
+    return model

@@ -1,0 +1,1 @@
+"""Training on simulated images: dataset, augmentation, loop, ``napari-sbd-train``."""

@@ -1,0 +1,410 @@
+"""The training loop: MSE on counts, Adam, LR halving on plateau, early stopping.
+
+Output folder layout (all written atomically)::
+
+    OUT/best.pt     checkpoint of the best validation PSNR (napari-sbd format)
+    OUT/last.pt     checkpoint after the last finished epoch
+    OUT/state.pt    everything --resume needs (weights, optimiser, scheduler, counters)
+    OUT/log.csv     one row per epoch: loss, validation PSNR, lr, dead channels, time
+
+Each epoch draws its patches and noise from a generator seeded by
+(seed, epoch, rank), so a resumed run repeats exactly what an uninterrupted
+run would have done from that epoch on; a kill loses at most the epoch in
+progress.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
+DistributedDataParallel (gloo on CPU, NCCL on CUDA); every rank trains on its
+own random patches and rank 0 validates, logs and saves.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_sbd.core.checkpoint import atomic_write, save_checkpoint
+from napari_sbd.core.inference import resolve_device
+from napari_sbd.core.metrics import psnr
+from napari_sbd.core.models import build_model
+from napari_sbd.training.augment import Augmentation, max_patch_size, random_patch
+from napari_sbd.training.data import (
+    TrainingDataError,
+    TrainingImage,
+    load_images,
+    split_by_structure,
+)
+
+__all__ = ["TrainConfig", "train"]
+
+LOG_FIELDS = [
+    "epoch", "steps", "train_loss", "val_psnr", "best_val_psnr", "lr", "dead_fraction",
+    "epoch_seconds", "patches_seen",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Every option of ``napari-sbd-train`` (see its --help for units)."""
+
+    data: str
+    out: str
+    where: list[str] = field(default_factory=list)
+    val_fraction: float = 0.1
+    val_images: int = 12
+    val_crop: int = 512
+    dose: float | None = 0.45
+    contrast: str | None = None
+    pixel_size_pm: float | None = None
+    patch: int = 256
+    batch: int = 4
+    steps_per_epoch: int = 100
+    epochs: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 0
+    clip_grad: float = 0.0
+    lr_patience: int = 3
+    early_stop: int = 10
+    min_lr: float = 1e-6
+    arch: str = "bf_unet"
+    scales: int = 4
+    base: int = 32
+    unshuffle: int = 1
+    centre_sigma: float = 0.0
+    activation: str = "relu"
+    max_angle: float = 45.0
+    scale_min: float = 0.955
+    scale_max: float = 1.055
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    resume: bool = False
+    max_minutes: float = 0.0
+    progress: bool = True
+
+    def model_params(self) -> dict[str, Any]:
+        """Constructor arguments of the chosen architecture."""
+        if self.arch == "bf_unet":
+            return {
+                "scales": self.scales,
+                "base": self.base,
+                "unshuffle": self.unshuffle,
+                "centre_sigma": self.centre_sigma,
+                "activation": self.activation,
+            }
+        if self.arch == "dncnn":
+            return {"depth": 20, "width": 64}
+        if self.arch == "small_unet":
+            return {"width": 32}
+        raise TrainingDataError(f"unknown architecture {self.arch!r}")
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    return rank, world
+
+
+def _check_config(cfg: TrainConfig, shapes: list[tuple[int, int]], aug: Augmentation) -> None:
+    if cfg.dose is not None and not (cfg.dose > 0 and math.isfinite(cfg.dose)):
+        raise TrainingDataError(
+            f"--dose must be a positive number of counts per pixel in vacuum, got {cfg.dose}"
+        )
+    if cfg.patch < 16 or cfg.batch < 1 or cfg.steps_per_epoch < 1 or cfg.epochs < 1:
+        raise TrainingDataError("--patch must be >= 16, --batch, --steps-per-epoch, --epochs >= 1")
+    if not 0 < cfg.lr < 1:
+        raise TrainingDataError(f"--lr must be in (0, 1), got {cfg.lr}")
+    if not 0 < cfg.scale_min <= cfg.scale_max:
+        raise TrainingDataError("--scale-min/--scale-max must satisfy 0 < min <= max")
+    fit = min(max_patch_size(s, aug) for s in shapes)
+    if cfg.patch > fit:
+        small = min(shapes, key=min)
+        raise TrainingDataError(
+            f"--patch {cfg.patch} is larger than the images allow: the smallest image is "
+            f"{small[0]}x{small[1]} px, which holds at most a {fit} px patch at every rotation "
+            f"up to {aug.max_angle_deg:g} degrees and scale {aug.scale_range[0]}; use --patch {fit} "
+            "or less (or reduce --max-angle)"
+        )
+    m = build_model(cfg.arch, **cfg.model_params()).size_multiple
+    if cfg.patch % m:
+        raise TrainingDataError(
+            f"--patch must be a multiple of {m} for this network (2^scales x unshuffle)"
+        )
+
+
+class _DeadChannelMeter:
+    """Fraction of activation channels that are never positive over a batch."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.handles = []
+        self.alive: list[torch.Tensor] = []
+        for m in model.modules():
+            if isinstance(m, (nn.ReLU, nn.LeakyReLU)):
+                self.handles.append(m.register_forward_hook(self._hook))
+
+    def _hook(self, _m: nn.Module, _inp: Any, out: torch.Tensor) -> None:
+        self.alive.append((out.detach() > 0).flatten(2).any(2).any(0).cpu())
+
+    def fraction(self) -> float:
+        total = sum(a.numel() for a in self.alive)
+        dead = sum(int((~a).sum()) for a in self.alive)
+        return dead / total if total else 0.0
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _noisy(clean: np.ndarray, dose: float | None, vacuum: float, rng: np.random.Generator):
+    lam = clean if dose is None else clean * np.float32(dose / vacuum)
+    return rng.poisson(lam).astype(np.float32), lam.astype(np.float32)
+
+
+def _validation_set(
+    val: list[TrainingImage], cfg: TrainConfig, multiple: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Fixed centre crops with fixed noise: comparable from epoch to epoch."""
+    out = []
+    step = max(1, len(val) // max(1, cfg.val_images))
+    for k, im in enumerate(val[::step][: cfg.val_images]):
+        h, w = im.image.shape
+        ch = min(h, cfg.val_crop) // multiple * multiple
+        cw = min(w, cfg.val_crop) // multiple * multiple
+        r0, c0 = (h - ch) // 2, (w - cw) // 2
+        crop = im.image[r0 : r0 + ch, c0 : c0 + cw]
+        noisy, clean = _noisy(crop, cfg.dose, im.vacuum_level, np.random.default_rng([cfg.seed, 7, k]))
+        out.append((noisy, clean))
+    return out
+
+
+@torch.no_grad()
+def _validate(model: nn.Module, vset, device: torch.device) -> tuple[float, float]:
+    model.eval()
+    meter = _DeadChannelMeter(model)
+    scores = []
+    try:
+        for noisy, clean in vset:
+            x = torch.from_numpy(noisy)[None, None].to(device)
+            den = model(x)[0, 0].float().cpu().numpy()
+            scores.append(psnr(clean, den))
+    finally:
+        meter.close()
+    return float(np.mean(scores)), meter.fraction()
+
+
+def _read_log(path: Path, upto_epoch: int) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as fh:
+        return [r for r in csv.DictReader(fh) if int(r["epoch"]) <= upto_epoch]
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    wr.writeheader()
+    wr.writerows(rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train a denoiser as configured; returns a summary dict.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The configuration.
+
+    Returns
+    -------
+    dict
+        ``best_val_psnr``, ``epochs``, ``stopped`` (reason) and the paths written.
+
+    Raises
+    ------
+    TrainingDataError
+        Bad data or options, before any training starts.
+    """
+    rank, world = _dist()
+    out = Path(cfg.out)
+    aug = Augmentation(cfg.max_angle, (cfg.scale_min, cfg.scale_max))
+    images = load_images(cfg.data, cfg.where)
+    _check_config(cfg, [im.image.shape for im in images], aug)
+    train_set, val_set = split_by_structure(images, cfg.val_fraction, cfg.seed)
+    if not val_set:
+        raise TrainingDataError("no validation images: early stopping needs --val-fraction > 0")
+    device = resolve_device(cfg.device)
+    if world > 1:
+        import torch.distributed as dist
+
+        if device.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = torch.device("cuda", local)
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.arch, **cfg.model_params()).to(device)
+    multiple = model.size_multiple
+    vset = _validation_set(val_set, cfg, multiple)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, mode="max", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr
+    )
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    start_epoch, best, bad_epochs, global_step, patches_seen = 0, -math.inf, 0, 0, 0
+    state_path = out / "state.pt"
+    log_path = out / "log.csv"
+    if cfg.resume and state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        scaler.load_state_dict(st["scaler"])
+        start_epoch, best, bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
+        global_step, patches_seen = st["global_step"], st["patches_seen"]
+        if rank == 0:
+            print(f"resuming {out} after epoch {start_epoch} (best {best:.2f} dB)", file=sys.stderr)
+    elif state_path.exists() and rank == 0:
+        raise TrainingDataError(
+            f"{out} already holds a training run (state.pt); pass --resume to continue it or "
+            "choose another --out"
+        )
+    log_rows = _read_log(log_path, start_epoch) if rank == 0 else []
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    meta = {
+        "dose": cfg.dose if cfg.dose is not None else float(np.median([im.vacuum_level for im in images])),
+        "pixel_size_pm": cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", 6.1),
+        "contrast": cfg.contrast or _common(images, "contrast", "unknown"),
+        "training_data": f"{len(train_set)} images of {len({i.structure for i in train_set})} "
+        f"structures from {cfg.data} (filters: {cfg.where or 'none'})",
+    }
+    t_start = time.monotonic()
+    stopped = "epochs"
+    from tqdm import tqdm
+
+    for epoch in range(start_epoch, cfg.epochs):
+        rng = np.random.default_rng([cfg.seed, epoch, rank])
+        net.train()
+        t0 = time.monotonic()
+        losses = []
+        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
+                   disable=not cfg.progress or rank != 0, file=sys.stderr)
+        for _ in bar:
+            if cfg.warmup_steps and global_step < cfg.warmup_steps:
+                for g in opt.param_groups:
+                    g["lr"] = cfg.lr * (global_step + 1) / cfg.warmup_steps
+            noisy, clean = [], []
+            for _b in range(cfg.batch):
+                im = train_set[rng.integers(len(train_set))]
+                n, c = _noisy(random_patch(im.image, cfg.patch, rng, aug), cfg.dose,
+                              im.vacuum_level, rng)
+                noisy.append(n)
+                clean.append(c)
+            x = torch.from_numpy(np.stack(noisy)[:, None]).to(device)
+            y = torch.from_numpy(np.stack(clean)[:, None]).to(device)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                loss = torch.mean((net(x).float() - y) ** 2)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.clip_grad > 0:
+                scaler.unscale_(opt)
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
+            scaler.step(opt)
+            scaler.update()
+            global_step += 1
+            patches_seen += cfg.batch * world
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.2e}", best=f"{best:.2f} dB")
+        stop_now = False
+        if rank == 0:
+            val_psnr, dead = _validate(model, vset, device)
+            improved = val_psnr > best
+            if improved:
+                best, bad_epochs = val_psnr, 0
+            else:
+                bad_epochs += 1
+            if not (cfg.warmup_steps and global_step < cfg.warmup_steps):
+                sched.step(val_psnr)
+            ckpt_kw = dict(architecture=cfg.arch, params=cfg.model_params(), **meta,
+                           extra={"epoch": epoch + 1, "patches_seen": patches_seen,
+                                  "train_config": _plain(asdict(cfg))})
+            save_checkpoint(out / "last.pt", model, validation_psnr=val_psnr, **ckpt_kw)
+            if improved:
+                save_checkpoint(out / "best.pt", model, validation_psnr=val_psnr, **ckpt_kw)
+            state = {
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs,
+                "global_step": global_step, "patches_seen": patches_seen,
+            }
+            atomic_write(state_path, lambda tmp, st=state: torch.save(st, tmp))
+            log_rows.append({
+                "epoch": epoch + 1, "steps": global_step, "train_loss": f"{np.mean(losses):.6g}",
+                "val_psnr": f"{val_psnr:.4f}", "best_val_psnr": f"{best:.4f}",
+                "lr": f"{opt.param_groups[0]['lr']:.3g}", "dead_fraction": f"{dead:.4f}",
+                "epoch_seconds": f"{time.monotonic() - t0:.1f}", "patches_seen": patches_seen,
+            })
+            _write_log(log_path, log_rows)
+            if cfg.progress:
+                print(f"epoch {epoch + 1}: loss {np.mean(losses):.3e}  val {val_psnr:.2f} dB  "
+                      f"best {best:.2f} dB  lr {opt.param_groups[0]['lr']:.2g}  dead {dead:.1%}",
+                      file=sys.stderr)
+            if bad_epochs >= cfg.early_stop:
+                stopped, stop_now = "early stopping", True
+            elif cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes:
+                stopped, stop_now = "time limit (resume with --resume)", True
+        if world > 1:
+            import torch.distributed as dist
+
+            flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
+            dist.broadcast(flag, 0)
+            stop_now = bool(flag.item())
+        if stop_now:
+            break
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    return {"best_val_psnr": best, "stopped": stopped, "out": str(out),
+            "epochs": len(log_rows) if rank == 0 else None}
+
+
+def _median_of(images: list[TrainingImage], key: str, default: float) -> float:
+    values = []
+    for im in images:
+        try:
+            values.append(float(im.record[key]))
+        except (KeyError, TypeError, ValueError):
+            pass
+    return float(np.median(values)) if values else default
+
+
+def _common(images: list[TrainingImage], key: str, default: Any) -> Any:
+    values = {im.record.get(key) for im in images if im.record.get(key)}
+    if len(values) == 1:
+        v = values.pop()
+        try:
+            return float(v)
+        except ValueError:
+            return v
+    return default if not values else "mixed"
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}

@@ -1,0 +1,58 @@
+"""Small helpers between napari layers and the core's units."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def pixel_size_pm(layer: Any) -> float | None:
+    """Pixel size of an image layer in picometres, or None when it is unknown.
+
+    Read from the layer's scale and units along the last (x) axis; a layer in
+    plain pixels falls back to ``metadata["pixel_size_pm"]`` (set by our
+    readers and sample data).
+
+    Parameters
+    ----------
+    layer : napari.layers.Layer
+        The layer.
+
+    Returns
+    -------
+    float or None
+        Picometres per pixel.
+    """
+    try:
+        unit = layer.units[-1]
+        if str(unit) not in ("pixel", "dimensionless", ""):
+            value = float((layer.scale[-1] * unit).to("pm").magnitude)
+            if value > 0:
+                return value
+    except Exception:  # noqa: BLE001 - units not convertible to a length
+        pass
+    md = getattr(layer, "metadata", {}) or {}
+    value = md.get("pixel_size_pm")
+    return float(value) if value else None
+
+
+def copy_geometry(layer: Any) -> dict[str, Any]:
+    """Keyword arguments that place a new layer exactly over ``layer``."""
+    return {
+        "scale": tuple(layer.scale),
+        "translate": tuple(layer.translate),
+        "units": tuple(str(u) for u in layer.units),
+    }
+
+
+def current_frame_index(viewer: Any, layer: Any) -> int:
+    """Index of the frame of a (T, H, W) layer shown by the viewer's slider."""
+    if layer.data.ndim < 3:
+        return 0
+    step = viewer.dims.current_step
+    # the layer's first axis is the viewer's (ndim - layer.ndim)-th
+    axis = viewer.dims.ndim - layer.ndim
+    world = viewer.dims.point[axis] if hasattr(viewer.dims, "point") else step[axis]
+    idx = int(round((world - layer.translate[0]) / layer.scale[0]))
+    return int(np.clip(idx, 0, layer.data.shape[0] - 1))

@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny networks with non-trivial BatchNorm statistics, data paths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sbd.core.models import BiasFreeBatchNorm2d, BiasFreeUNet
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REFERENCE_DIR = SHARED / "data" / "reference"
+FORMATS_DIR = SHARED / "data" / "formats"
+
+
+def randomise_bn(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every bias-free BN a non-trivial scale so folding is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in net.modules():
+        if isinstance(m, BiasFreeBatchNorm2d):
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+    return net.eval()
+
+
+@pytest.fixture
+def tiny_unet() -> BiasFreeUNet:
+    torch.manual_seed(0)
+    return randomise_bn(BiasFreeUNet(scales=2, base=4))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def reference_images() -> list[np.ndarray]:
+    import tifffile
+
+    files = sorted(REFERENCE_DIR.glob("*.tif"))
+    if not files:
+        pytest.skip(f"reference images not found in {REFERENCE_DIR}")
+    return [tifffile.imread(f).astype(np.float32) for f in files]

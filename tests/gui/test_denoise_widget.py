@@ -1,0 +1,91 @@
+"""The denoise dock widget, driven end to end under Xvfb."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sbd.core.checkpoint import save_checkpoint
+from napari_sbd.widgets.denoise import FILE_CHOICE, DenoiseWidget
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def model_file(tmp_path, tiny_unet):
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
+                    dose=0.45, pixel_size_pm=6.1, contrast="white")
+    return path
+
+
+@pytest.fixture
+def widget(make_napari_viewer, model_file):
+    viewer = make_napari_viewer()
+    w = DenoiseWidget(viewer)
+    w.model_combo.value = FILE_CHOICE
+    w.model_file.value = model_file
+    return viewer, w
+
+
+def _wait(qtbot, w):
+    qtbot.waitUntil(lambda: w.run_button.enabled, timeout=30_000)
+
+
+def test_denoises_a_stack_into_a_new_layer(widget, qtbot, rng):
+    viewer, w = widget
+    stack = rng.poisson(0.45, (3, 48, 40)).astype(np.uint16)
+    raw = viewer.add_image(stack, name="movie", scale=(1, 0.061, 0.061), translate=(0, 5, 7))
+    w.layer_combo.value = raw
+    assert "trained at 0.45" in w.info.value
+    w.run()
+    _wait(qtbot, w)
+    out = viewer.layers["movie denoised"]
+    assert out.data.shape == stack.shape and out.data.dtype == np.float32
+    assert tuple(out.scale) == tuple(raw.scale) and tuple(out.translate) == tuple(raw.translate)
+    expected = w.load_denoiser().denoise(stack)
+    np.testing.assert_allclose(out.data, expected, rtol=1e-6)
+    assert out.metadata["sbd_complete"] is True
+    np.testing.assert_array_equal(raw.data, stack)  # input untouched
+
+
+def test_cancel_marks_the_layer_incomplete(widget, qtbot, rng):
+    viewer, w = widget
+    raw = viewer.add_image(rng.poisson(0.45, (40, 64, 64)).astype(np.float32), name="long")
+    w.layer_combo.value = raw
+    w.run()
+    qtbot.waitUntil(lambda: viewer.layers["long denoised"].metadata["sbd_frames_done"] >= 1,
+                    timeout=30_000)
+    w.cancel()
+    _wait(qtbot, w)
+    (out,) = [ly for ly in viewer.layers if ly.name.startswith("long denoised")]
+    assert "cancelled" in out.name
+    assert out.metadata["sbd_complete"] is False
+    assert out.metadata["sbd_frames_done"] < 40
+
+
+def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path):
+    viewer, w = widget
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    w.layer_combo.value = rgb
+    w.run()
+    assert "RGB" in w.info.value and "photo denoised" not in viewer.layers
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a model")
+    w.model_file.value = bad
+    assert "not a readable PyTorch file" in w.info.value
+    viewer.add_image(np.zeros((64, 64), np.float32), name="frame")
+    w.layer_combo.value = viewer.layers["frame"]
+    w.run()
+    assert "frame denoised" not in viewer.layers
+
+
+def test_sample_data_and_launcher(make_napari_viewer):
+    from napari_sbd.sample_data import pt_ceo2_movie
+
+    (noisy, nkw, _), (clean, ckw, _) = pt_ceo2_movie()
+    assert noisy.ndim == 3 and noisy.shape[1:] == clean.shape
+    assert abs(noisy.mean() - 0.45) < 0.05 and nkw["scale"][-1] == pytest.approx(0.061)
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-sbd", "pt_ceo2_movie")
+    assert {"Pt-CeO2 noisy", "Pt-CeO2 clean"} <= {ly.name for ly in viewer.layers}

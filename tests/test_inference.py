@@ -1,0 +1,193 @@
+"""core.inference: shapes, tiling, devices, stacks, progress, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sbd.core.checkpoint import CheckpointError, save_checkpoint
+from napari_sbd.core.inference import (
+    Denoiser,
+    DenoisingCancelled,
+    estimate_dose,
+    load_model,
+    resolve_device,
+)
+from napari_sbd.core.inputs import InputError
+from napari_sbd.core.models import BiasFreeUNet, DnCNN, SmallUNet
+
+from .conftest import randomise_bn
+
+
+@pytest.fixture
+def denoiser(tiny_unet):
+    return Denoiser(tiny_unet, {"dose": 0.45, "pixel_size_pm": 6.1})
+
+
+def _reference(net, frame):
+    """Whole-frame forward of the unfolded network, padded by hand."""
+    m = net.size_multiple
+    x = torch.from_numpy(frame)[None, None]
+    h, w = frame.shape
+    x = torch.nn.functional.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+    with torch.no_grad():
+        return net(x)[0, 0, :h, :w].numpy()
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (64, 64), (100, 17 + 64)])
+def test_any_frame_size_is_padded_and_cropped_back(denoiser, tiny_unet, rng, shape):
+    frame = rng.poisson(0.45, shape).astype(np.float32)
+    out = denoiser.denoise(frame)
+    assert out.shape == shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, _reference(tiny_unet, frame), atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "net",
+    [BiasFreeUNet(3, 4), BiasFreeUNet(2, 4, unshuffle=2, centre_sigma=2.0), DnCNN(5, 4),
+     SmallUNet(4)],
+    ids=["unet", "unet-unshuffle-centred", "dncnn", "small-unet"],
+)
+def test_tiled_inference_equals_whole_frame(net, rng):
+    torch.manual_seed(3)
+    net = randomise_bn(net)
+    den = Denoiser(net, {})
+    frame = rng.poisson(0.45, (203, 261)).astype(np.float32)
+    whole = den.denoise(frame, tile_size=None)
+    tiled = den.denoise(frame, tile_size=32)
+    assert den.margin() >= den.receptive_radius
+    # the tiles really were used: the frame is larger than one tile plus margins
+    assert 203 > 32 + 2 * den.margin() or 261 > 32 + 2 * den.margin()
+    np.testing.assert_allclose(tiled, whole, atol=1e-4 * np.abs(whole).max())
+
+
+def test_folded_channels_last_matches_plain(tiny_unet, rng):
+    frame = rng.poisson(0.45, (96, 80)).astype(np.float32)
+    plain = Denoiser(tiny_unet, {}, fold=False, channels_last=False).denoise(frame)
+    fast = Denoiser(tiny_unet, {}, fold=True, channels_last=True).denoise(frame)
+    np.testing.assert_allclose(fast, plain, atol=1e-5 * np.abs(plain).max())
+
+
+def test_stack_is_denoised_frame_by_frame(denoiser, rng):
+    stack = rng.poisson(0.45, (3, 40, 48)).astype(np.uint16)
+    out = denoiser.denoise(stack)
+    assert out.shape == stack.shape and out.dtype == np.float32
+    for i in range(3):
+        np.testing.assert_array_equal(out[i], denoiser.denoise(stack[i]))
+
+
+def test_memory_mapped_stack_and_iteration(denoiser, rng, tmp_path):
+    stack = np.lib.format.open_memmap(tmp_path / "s.npy", "w+", np.float32, (4, 32, 32))
+    stack[:] = rng.poisson(0.45, stack.shape)
+    seen = [i for i, _ in denoiser.iter_denoise(stack, start=1, stop=3)]
+    assert seen == [1, 2]
+
+
+def test_progress_and_cancel(denoiser, rng):
+    stack = rng.poisson(0.45, (5, 32, 32)).astype(np.float32)
+    calls = []
+    denoiser.denoise(stack, progress=lambda d, t: calls.append((d, t)))
+    assert calls == [(i, 5) for i in range(1, 6)]
+    with pytest.raises(DenoisingCancelled, match="after 2 of 5"):
+        denoiser.denoise(stack, progress=lambda d, t: calls.append(d),
+                         should_stop=lambda: len(calls) >= 7)
+
+
+def test_caller_array_is_never_modified(denoiser, rng):
+    for dtype in (np.float32, np.float64, np.uint16, np.int32):
+        stack = rng.poisson(0.45, (2, 32, 32)).astype(dtype)
+        before = stack.copy()
+        denoiser.denoise(stack)
+        np.testing.assert_array_equal(stack, before)
+
+
+def test_integer_counts_are_converted(denoiser, rng):
+    counts = rng.poisson(0.45, (32, 32))
+    np.testing.assert_allclose(
+        denoiser.denoise(counts.astype(np.uint8)), denoiser.denoise(counts.astype(np.float32))
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "match"),
+    [
+        (np.zeros((64, 64, 3), np.uint8), "RGB"),
+        (np.zeros((64, 64, 4), np.uint8), "RGBA"),
+        (np.zeros((2, 2, 64, 64), np.float32), "4-D"),
+        (np.zeros(64, np.float32), "2-D frame or a 3-D stack"),
+        (np.zeros((0, 64, 64), np.float32), "empty"),
+        (np.zeros((8, 8), np.float32), "too small"),
+        (np.zeros((64, 64), bool), "boolean"),
+        (np.zeros((64, 64), np.complex64), "complex"),
+    ],
+    ids=["rgb", "rgba", "4d", "1d", "empty", "tiny", "bool", "complex"],
+)
+def test_bad_shapes_and_dtypes(denoiser, data, match):
+    with pytest.raises(InputError, match=match):
+        denoiser.denoise(data)
+
+
+def test_bad_values(denoiser, rng):
+    frame = rng.poisson(0.45, (32, 32)).astype(np.float32)
+    nan = frame.copy()
+    nan[3, 4] = np.nan
+    with pytest.raises(InputError, match="1 NaN or infinite"):
+        denoiser.denoise(nan)
+    inf = frame.copy()
+    inf[0, 0] = np.inf
+    with pytest.raises(InputError, match="NaN or infinite"):
+        denoiser.denoise(inf)
+    with pytest.raises(InputError, match="negative"):
+        denoiser.denoise(frame - 1)
+    stack = np.stack([frame, frame - 2])
+    with pytest.raises(InputError, match=r"frame 1"):
+        denoiser.denoise(stack)
+
+
+def test_data_that_are_not_counts(denoiser, rng):
+    # a uint16 detector image with a 100-count offset: not counts at 0.45/pixel
+    offset = (rng.poisson(0.45, (32, 32)) + 100).astype(np.uint16)
+    with pytest.raises(InputError, match="do not look like counts"):
+        denoiser.denoise(offset)
+
+
+def test_device_choice():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device|not supported"):
+        resolve_device("tpu")
+
+
+def test_denoiser_places_network_on_its_device(tiny_unet):
+    den = Denoiser(tiny_unet, {}, device="cpu")
+    assert all(p.device.type == "cpu" for p in den.network.parameters())
+
+
+def test_load_model_from_a_checkpoint(tmp_path, tiny_unet, rng):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
+                    dose=0.45, pixel_size_pm=6.1, contrast="white")
+    model = load_model(path, device="cpu")
+    assert model.metadata["dose"] == 0.45 and model.receptive_field == tiny_unet.receptive_field()
+    frame = rng.poisson(0.45, (48, 48)).astype(np.float32)
+    np.testing.assert_allclose(model.denoise(frame), _reference(tiny_unet, frame), atol=1e-5)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_compatibility_warnings(denoiser):
+    assert denoiser.compatibility_warnings(0.5, 6.0) == []
+    (dose_msg,) = denoiser.compatibility_warnings(5.0, None)
+    assert "trained at 0.45" in dose_msg
+    (pix_msg,) = denoiser.compatibility_warnings(None, 12.2)
+    assert "pm/pixel" in pix_msg and "+100%" in pix_msg
+
+
+def test_estimate_dose(rng):
+    stack = rng.poisson(0.45, (10, 128, 128))
+    assert abs(estimate_dose(stack) - 0.45) < 0.02
+    assert abs(estimate_dose(stack[0]) - 0.45) < 0.03

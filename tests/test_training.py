@@ -1,0 +1,151 @@
+"""napari-sbd-train: data checks, augmentation, a tiny run, resume, torchrun."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_sbd.core.checkpoint import load_checkpoint
+from napari_sbd.core.phantom import pt_on_ceo2_phantom
+from napari_sbd.training.augment import Augmentation, max_patch_size, random_patch
+from napari_sbd.training.cli import main
+from napari_sbd.training.data import load_images, split_by_structure
+
+TINY = ["--scales", "2", "--base", "4", "--patch", "48", "--batch", "2", "--steps-per-epoch",
+        "3", "--val-crop", "64", "--quiet"]
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "sim"
+    folder.mkdir()
+    rows = []
+    for s in range(4):
+        for k, contrast in enumerate(["white", "black"]):
+            ph = pt_on_ceo2_phantom((112, 120), particle_radius_a=4 + s, seed=s)
+            img = ph.image if contrast == "white" else 0.9 - ph.image
+            name = f"s{s}_d{k}.tif"
+            tifffile.imwrite(folder / name, img.astype(np.float32))
+            rows.append({"file": name, "structure_id": f"S{s}", "contrast": contrast,
+                         "defocus_nm": 6 + k, "dose": 0.45, "pixel_size_pm": 6.1})
+    with open(folder / "metadata.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    return folder
+
+
+def test_filters_and_split_by_structure(dataset):
+    white = load_images(dataset, ["contrast=white"])
+    assert len(white) == 4 and all(im.record["contrast"] == "white" for im in white)
+    assert len(load_images(dataset, ["defocus_nm=6.5:8"])) == 4
+    train, val = split_by_structure(load_images(dataset), 0.25, seed=0)
+    assert {im.structure for im in train}.isdisjoint({im.structure for im in val})
+    assert len(val) == 2 and len(train) == 6  # one structure, both its images
+
+
+def test_augmented_patches_stay_inside_and_vary():
+    img = np.arange(200 * 220, dtype=np.float32).reshape(200, 220)
+    rng = np.random.default_rng(0)
+    aug = Augmentation()
+    size = max_patch_size(img.shape, aug)
+    assert 130 <= size <= 140  # 198 / (sqrt 2 / 0.955)
+    patches = [random_patch(img, size, rng, aug) for _ in range(20)]
+    for p in patches:
+        assert p.shape == (size, size) and p.min() >= img.min() and p.max() <= img.max()
+    assert len({float(p[0, 0]) for p in patches}) == 20
+    # no rotation, scale 1, no flips: a (sub-pixel) translated crop of the ramp image
+    plain = random_patch(img, 64, rng, Augmentation(0.0, (1.0, 1.0), flips=False))
+    ii, jj = np.mgrid[:64, :64]
+    np.testing.assert_allclose(plain - plain[0, 0], ii * 220 + jj, atol=1e-2)
+
+
+def test_tiny_run_logs_checkpoints_and_resumes(dataset, tmp_path):
+    out = tmp_path / "run"
+    args = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY]
+    assert main([*args, "--epochs", "2"]) == 0
+    with open(out / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(np.isfinite(float(r["val_psnr"])) for r in rows)
+    net, meta = load_checkpoint(out / "best.pt")
+    assert meta["dose"] == 0.45 and meta["pixel_size_pm"] == 6.1 and meta["contrast"] == "mixed"
+    assert meta["validation_psnr"] == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-3)
+    # a second run in the same folder must not overwrite it silently
+    assert main([*args, "--epochs", "3"]) == 2
+    assert main([*args, "--epochs", "3", "--resume"]) == 0
+    with open(out / "log.csv") as fh:
+        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2", "3"]
+
+
+def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path):
+    base = [str(dataset), "--val-fraction", "0.25", *TINY]
+    assert main([*base, "--out", str(tmp_path / "a"), "--epochs", "2"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--epochs", "1"]) == 0
+    assert main([*base, "--out", str(tmp_path / "b"), "--epochs", "2", "--resume"]) == 0
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["state_dict"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("setup", "extra", "message"),
+    [
+        ("empty", [], "no TIFF images"),
+        ("missing", [], "does not exist"),
+        ("garbage", [], "cannot read training image"),
+        ("negative", [], "not a clean count image"),
+        ("ok", ["--patch", "4096"], "larger than the images allow"),
+        ("ok", ["--dose", "0"], "--dose must be > 0"),
+        ("ok", ["--where", "colour=red"], "no such column"),
+        ("ok", ["--where", "contrast=purple"], "passes the filters"),
+    ],
+)
+def test_bad_input_is_one_clear_error_before_training(dataset, tmp_path, capsys, setup,
+                                                      extra, message):
+    folder = {"ok": dataset, "missing": tmp_path / "nowhere"}.get(setup, tmp_path / setup)
+    if setup in ("empty", "garbage", "negative"):
+        folder.mkdir()
+    if setup == "garbage":
+        (folder / "a.tif").write_text("not a tiff")
+    if setup == "negative":
+        tifffile.imwrite(folder / "a.tif", -np.ones((64, 64), np.float32))
+    out = tmp_path / "out"
+    code = main([str(folder), "--out", str(out), *TINY, *extra])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (out / "state.pt").exists()
+
+
+def test_help_documents_units():
+    proc = subprocess.run([sys.executable, "-m", "napari_sbd.training.cli", "--help"],
+                          capture_output=True, text=True, check=True)
+    for word in ("counts/pixel", "pixels", "degrees", "--resume", "torchrun"):
+        assert word in proc.stdout
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_port", "29533", "-m", "napari_sbd.training.cli", str(dataset), "--out",
+         str(out), "--val-fraction", "0.25", "--epochs", "2", "--device", "cpu", *TINY],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(out / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    # two processes, 2 patches each per step, 3 steps per epoch
+    assert [int(r["patches_seen"]) for r in rows] == [12, 24]
+    load_checkpoint(out / "last.pt")
