@@ -11,7 +11,19 @@ import torch
 from napari_sbd.core.models import BiasFreeBatchNorm2d, BiasFreeUNet
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
+
+
+def _shared_dir() -> Path:
+    """The workplace's shared data: $SBD_SHARED, ../shared next to the clone, or /work/shared."""
+    import os
+
+    for cand in (os.environ.get("SBD_SHARED"), REPO.parent / "shared", "/work/shared"):
+        if cand and (Path(cand) / "data").is_dir():
+            return Path(cand)
+    return REPO.parent / "shared"
+
+
+SHARED = _shared_dir()
 REFERENCE_DIR = SHARED / "data" / "reference"
 FORMATS_DIR = SHARED / "data" / "formats"
 
