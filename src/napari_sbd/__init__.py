@@ -11,8 +11,17 @@ The public API (see DESIGN.md)::
 from importlib.metadata import PackageNotFoundError, version
 
 from napari_sbd.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from napari_sbd.core.columns import Columns, detect_columns, structure_recovery, surface_mask
 from napari_sbd.core.inference import Denoiser, DenoisingCancelled, load_model
 from napari_sbd.core.inputs import InputError
+from napari_sbd.core.jacobian import effective_filter
+from napari_sbd.core.likelihood import (
+    LLR_REAL,
+    LLR_SPURIOUS,
+    column_log_likelihood_ratios,
+    estimate_vacuum_level,
+    likelihood_map,
+)
 from napari_sbd.core.metrics import psnr, ssim
 from napari_sbd.core.noise import poisson_noise
 
@@ -22,7 +31,17 @@ except PackageNotFoundError:  # running from a source tree without installing
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "LLR_REAL",
+    "LLR_SPURIOUS",
     "CheckpointError",
+    "Columns",
+    "column_log_likelihood_ratios",
+    "detect_columns",
+    "effective_filter",
+    "estimate_vacuum_level",
+    "likelihood_map",
+    "structure_recovery",
+    "surface_mask",
     "Denoiser",
     "DenoisingCancelled",
     "InputError",

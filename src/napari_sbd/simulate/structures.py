@@ -195,7 +195,8 @@ def build_structure(p: StructureParams):
     particle.positions = pp + shift
     pt_cols = np.array([particle.positions[c, :2].mean(axis=0) for c in column_groups(particle.positions)])
     atoms = support + particle
-    ly = p.lateral_a if p.lateral_a >= particle.positions[:, 1].max() + 5 else particle.positions[:, 1].max() + 8
+    top = particle.positions[:, 1].max()
+    ly = p.lateral_a if p.lateral_a >= top + 5 else top + 8
     ly = max(ly, lx)  # square field of view
     atoms.set_cell([lx, ly, lz])
     atoms.pbc = True

@@ -1,0 +1,99 @@
+"""The effective filter: the gradient of one denoised pixel with respect to the input.
+
+For a bias-free network the denoised value at (row, col) is exactly the dot
+product of this filter with the noisy input (the network is positively
+homogeneous of degree one, so by Euler's identity f(y) = J(y) y): the filter
+*is* the local linear denoiser the network applies there (Mohan et al.; the
+Microsc. Microanal. paper, Fig. 8).
+
+It is computed by one backward pass on a crop, not on the whole frame: the
+output pixel depends only on inputs within the network's receptive radius,
+and a crop that contains that neighbourhood and starts on the network's
+pooling grid reproduces the whole-frame computation for that pixel exactly
+(to float rounding). Near the frame's edges the crop stops at the edge, where
+the padding is the same as in a whole-frame pass.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_sbd.core.inference import Denoiser
+from napari_sbd.core.inputs import as_frame
+
+__all__ = ["effective_filter", "filter_crop"]
+
+
+def filter_crop(
+    shape: tuple[int, int], pixel: tuple[int, int], radius: int, multiple: int
+) -> tuple[int, int, int, int]:
+    """Crop (r0, r1, c0, c1) that computes ``pixel`` exactly.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Frame (H, W).
+    pixel : tuple of int
+        (row, col).
+    radius : int
+        Receptive radius of the network, pixels.
+    multiple : int
+        The network's pooling grid (crop starts are multiples of it).
+
+    Returns
+    -------
+    tuple of int
+        Row and column bounds in frame coordinates (end exclusive).
+    """
+    out = []
+    for n, p in zip(shape, pixel):
+        lo = max(0, (p - radius) // multiple * multiple)
+        hi = min(n, int(math.ceil((p + radius + 1) / multiple) * multiple))
+        out += [lo, hi]
+    return tuple(out)
+
+
+def effective_filter(
+    model: Denoiser, noisy: np.ndarray, pixel: tuple[int, int]
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """Gradient of the denoised pixel ``(row, col)`` with respect to the noisy frame.
+
+    Parameters
+    ----------
+    model : Denoiser
+        A loaded model (:func:`napari_sbd.load_model`).
+    noisy : numpy.ndarray
+        The (H, W) noisy frame that was denoised, counts.
+    pixel : tuple of int
+        (row, col) of the output pixel.
+
+    Returns
+    -------
+    filt : numpy.ndarray
+        float32 filter over the crop (zero outside it, so only the crop is returned).
+    origin : tuple of int
+        (row, col) of the crop's top-left pixel in the frame.
+    """
+    frame = as_frame(noisy)
+    h, w = frame.shape
+    r, c = (int(v) for v in pixel)
+    if not (0 <= r < h and 0 <= c < w):
+        raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
+    m = model.size_multiple
+    r0, r1, c0, c1 = filter_crop((h, w), (r, c), model.receptive_radius, m)
+    x = torch.from_numpy(np.ascontiguousarray(frame[r0:r1, c0:c1])).to(model.device)
+    x = x[None, None].requires_grad_(True)
+    # pad inside the graph so gradients through the replicated border reach
+    # the frame's last rows/columns, exactly as in a whole-frame pass
+    ph, pw = (-(r1 - r0)) % m, (-(c1 - c0)) % m
+    xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+    if model.channels_last:
+        xp = xp.contiguous(memory_format=torch.channels_last)
+    with torch.enable_grad():
+        y = model.network(xp)
+        y[0, 0, r - r0, c - c0].backward()
+    return x.grad[0, 0].detach().cpu().numpy().astype(np.float32), (r0, c0)

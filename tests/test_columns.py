@@ -1,0 +1,95 @@
+"""core.columns: detection on known lattices and on the reference images; metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import cKDTree
+from skimage.transform import rescale
+
+from napari_sbd.core.columns import (
+    detect_columns,
+    recovery_metrics,
+    structure_recovery,
+    surface_mask,
+)
+from napari_sbd.core.phantom import gaussian_columns, pt_on_ceo2_phantom
+
+from .conftest import reference_images
+
+
+def test_finds_a_lattice_of_gaussians_with_subpixel_accuracy():
+    rng = np.random.default_rng(0)
+    grid = np.mgrid[40:360:40, 40:360:40].reshape(2, -1).T.astype(float)
+    truth = grid + rng.uniform(-0.5, 0.5, grid.shape)  # sub-pixel centres
+    img = gaussian_columns((400, 400), truth, sigma_px=6.0, amplitudes=0.2, background=0.45)
+    cols = detect_columns(img, pixel_size_pm=6.1)
+    assert len(cols) == len(truth)
+    d, _ = cKDTree(cols.centres).query(truth)
+    assert d.max() < 0.15  # pixels
+    np.testing.assert_allclose(cols.peak, 0.65, atol=0.01)
+    assert np.all((cols.sigma_a > 0.2) & (cols.sigma_a < 0.7))
+
+
+def test_dark_columns_option():
+    truth = np.mgrid[40:200:40, 40:200:40].reshape(2, -1).T.astype(float)
+    img = gaussian_columns((240, 240), truth, 6.0, -0.15, 0.45)
+    assert len(detect_columns(img)) == 0
+    dark = detect_columns(img, dark=True)
+    assert len(dark) == len(truth) and np.all(dark.contrast > 0.1)
+
+
+def test_phantom_particle_and_support_columns():
+    ph = pt_on_ceo2_phantom((512, 512), seed=3)
+    cols = detect_columns(ph.image)
+    h, w = ph.image.shape
+    inner = ph.columns[(ph.columns.min(axis=1) > 15) & (ph.columns[:, 0] < h - 15)
+                       & (ph.columns[:, 1] < w - 15)]
+    m = recovery_metrics(inner, cols.centres, match_distance_a=0.2)
+    assert m.recall == 1.0
+    assert m.precision > 0.95  # only columns cut by the frame edge are extra
+
+
+def test_reference_images_columns_stable_and_none_in_vacuum():
+    counts = []
+    for clean in reference_images():
+        img = rescale(clean, 0.8, order=1, anti_aliasing=False)  # 4.88 -> 6.1 pm
+        cols = detect_columns(img, pixel_size_pm=6.1)
+        counts.append(len(cols))
+        # the top 150 rows (about 9 A) are vacuum in all four images
+        assert not np.any(cols.centres[:, 0] < 150)
+    assert min(counts) > 100 and max(counts) - min(counts) <= 5
+
+
+def test_surface_mask_on_a_hexagon_of_columns():
+    pts = np.array([(r, c) for r in range(0, 50, 10) for c in range(0, 50, 10)], float)
+    surface = surface_mask(pts)
+    # a 5x5 square grid: the 16 boundary points are surface, the 9 inside are bulk
+    assert surface.sum() == 16
+    assert not surface[(pts[:, 0] == 20) & (pts[:, 1] == 20)].any()
+
+
+def test_recovery_metrics_on_hand_made_sets():
+    a = np.array([[0, 0], [0, 40], [40, 0], [40, 40]], float)
+    exact = recovery_metrics(a, a + 1.0)
+    assert (exact.precision, exact.recall, exact.f1, exact.jaccard) == (1, 1, 1, 1)
+    extra = recovery_metrics(a, np.vstack([a, [[80, 80]]]))
+    assert extra.precision == pytest.approx(0.8) and extra.recall == 1.0
+    assert extra.jaccard == pytest.approx(0.8) and extra.f1 == pytest.approx(8 / 9)
+    missing = recovery_metrics(a, a[:3])
+    assert missing.recall == pytest.approx(0.75) and missing.jaccard == pytest.approx(0.75)
+    far = recovery_metrics(a, a + 20.0, match_distance_a=0.5)  # 20 px = 1.2 A: no match
+    assert far.matched == 0 and far.f1 == 0.0
+    assert recovery_metrics(np.zeros((0, 2)), np.zeros((0, 2))).jaccard == 1.0
+
+
+def test_structure_recovery_splits_surface_and_bulk():
+    a = np.array([(r, c) for r in range(0, 50, 10) for c in range(0, 50, 10)], float)
+    # a bulk column lost in denoising: bulk recall drops, the surface is intact
+    lost = structure_recovery(a, a[~((a[:, 0] == 20) & (a[:, 1] == 20))])
+    assert lost["bulk"].recall == pytest.approx(8 / 9) and lost["bulk"].precision == 1.0
+    assert lost["surface"].f1 == 1.0 and lost["surface"].n_reference == 16
+    # a spurious adatom above the top facet is a surface false positive
+    extra = structure_recovery(a, np.vstack([a, [[-10, 20]]]))
+    assert extra["surface"].precision < 1.0 and extra["surface"].recall < 1.0
+    assert extra["surface"].n_detected + extra["bulk"].n_detected == 26

@@ -1,0 +1,67 @@
+"""core.jacobian: the crop filter equals the whole-frame gradient; Euler's identity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_sbd.core.inference import Denoiser
+from napari_sbd.core.jacobian import effective_filter, filter_crop
+from napari_sbd.core.models import BiasFreeUNet
+
+from .conftest import randomise_bn
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(7)
+    net = randomise_bn(BiasFreeUNet(scales=3, base=4, centre_sigma=2.0))
+    return Denoiser(net, {"dose": 0.45})
+
+
+@pytest.fixture(scope="module")
+def frame():
+    return np.random.default_rng(3).poisson(0.45, (150, 173)).astype(np.float32)
+
+
+def _whole_frame_gradient(model, frame, pixel):
+    m = model.size_multiple
+    x = torch.from_numpy(frame)[None, None].requires_grad_(True)
+    h, w = frame.shape
+    xp = torch.nn.functional.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+    model.network(xp)[0, 0, pixel[0], pixel[1]].backward()
+    return x.grad[0, 0].numpy()
+
+
+@pytest.mark.parametrize("pixel", [(75, 86), (2, 90), (149, 3), (0, 0), (149, 172), (70, 170)],
+                         ids=["interior", "top-edge", "bottom-left", "corner", "far-corner", "right"])
+def test_crop_filter_equals_whole_frame_gradient(model, frame, pixel):
+    filt, (r0, c0) = effective_filter(model, frame, pixel)
+    full = _whole_frame_gradient(model, frame, pixel)
+    placed = np.zeros_like(full)
+    placed[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] = filt
+    assert np.abs(full).max() > 0
+    np.testing.assert_allclose(placed, full, atol=1e-6 * np.abs(full).max() + 1e-9)
+
+
+def test_bias_free_identity(model, frame):
+    den = model.denoise(frame, tile_size=None)
+    for pixel in [(75, 86), (0, 0), (149, 172)]:
+        filt, (r0, c0) = effective_filter(model, frame, pixel)
+        crop = frame[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]]
+        value = float((filt.astype(np.float64) * crop).sum())
+        assert value == pytest.approx(float(den[pixel]), rel=1e-4)
+
+
+def test_crop_geometry():
+    # interior: aligned to the grid, covers the receptive radius on both sides
+    r0, r1, c0, c1 = filter_crop((1024, 1024), (500, 300), 122, 16)
+    assert r0 % 16 == 0 and c0 % 16 == 0 and r0 <= 500 - 122 and r1 > 500 + 122
+    assert (r1 - r0) <= 2 * 122 + 2 * 16
+    assert filter_crop((100, 100), (5, 95), 122, 16) == (0, 100, 0, 100)
+
+
+def test_pixel_outside_the_frame(model, frame):
+    with pytest.raises(ValueError, match="outside"):
+        effective_filter(model, frame, (150, 0))
