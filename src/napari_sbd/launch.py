@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-WIDGETS = ("Denoise (SBD)",)
+WIDGETS = ("Denoise (SBD)", "Columns & likelihood (SBD)", "Effective filter (SBD)")
 
 
 def build_viewer(files: Sequence[str] = (), *, show: bool = True):

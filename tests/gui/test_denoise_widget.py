@@ -64,7 +64,7 @@ def test_cancel_marks_the_layer_incomplete(widget, qtbot, rng):
     assert out.metadata["sbd_frames_done"] < 40
 
 
-def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path):
+def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path, model_file):
     viewer, w = widget
     rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
     w.layer_combo.value = rgb
@@ -78,6 +78,15 @@ def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path):
     w.layer_combo.value = viewer.layers["frame"]
     w.run()
     assert "frame denoised" not in viewer.layers
+    # a frame that is not counts, found by the worker: reported, and no layer is left
+    w.model_file.value = model_file
+    bad_stack = np.zeros((2, 64, 64), np.float32)
+    bad_stack[1] = -1
+    viewer.add_image(bad_stack, name="offset")
+    w.layer_combo.value = viewer.layers["offset"]
+    w.run()
+    _wait(qtbot, w)
+    assert "negative" in w.info.value and "offset denoised" not in viewer.layers
 
 
 def test_sample_data_and_launcher(make_napari_viewer):

@@ -56,3 +56,10 @@ def current_frame_index(viewer: Any, layer: Any) -> int:
     world = viewer.dims.point[axis] if hasattr(viewer.dims, "point") else step[axis]
     idx = int(round((world - layer.translate[0]) / layer.scale[0]))
     return int(np.clip(idx, 0, layer.data.shape[0] - 1))
+
+
+def image_layers(viewer: Any) -> list[tuple[str, Any]]:
+    """(name, layer) of every Image layer, for a ComboBox's choices."""
+    from napari.layers import Image
+
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]

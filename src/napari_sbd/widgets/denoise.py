@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import (
-    DEFAULT_TILE,
-    Denoiser,
-    available_devices,
-    default_model_path,
-    estimate_dose,
-    load_model,
-)
+from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
 from napari_sbd.core.inputs import InputError, check_stack_shape
-from napari_sbd.widgets._layers import copy_geometry, pixel_size_pm
+from napari_sbd.widgets._layers import copy_geometry, image_layers, pixel_size_pm
+from napari_sbd.widgets._model import FILE_CHOICE, Failure, ModelPicker, wrap
 
-DEFAULT_CHOICE = "bundled default"
-FILE_CHOICE = "checkpoint file..."
+__all__ = ["FILE_CHOICE", "DenoiseWidget"]
 
 
 class DenoiseWidget(QWidget):
@@ -42,28 +34,21 @@ class DenoiseWidget(QWidget):
         self.viewer = napari_viewer
         self.worker: Any = None
         self.output_layer: Image | None = None
-        self._denoiser: Denoiser | None = None
-        self._denoiser_key: tuple | None = None
 
-        self.layer_combo = ComboBox(label="image", choices=self._image_layers)
-        sources = [DEFAULT_CHOICE, FILE_CHOICE] if default_model_path().exists() else [FILE_CHOICE]
-        self.model_combo = ComboBox(label="model", choices=sources, value=sources[0])
-        self.model_file = FileEdit(label="checkpoint", mode="r", filter="*.pt")
-        self.device_combo = ComboBox(label="device", choices=["auto", *available_devices()])
+        self.layer_combo = ComboBox(label="image", choices=lambda _w: image_layers(self.viewer))
+        self.model = ModelPicker()
+        # short names used by scripts and tests
+        self.model_combo, self.model_file = self.model.source, self.model.file
         self.tile_spin = SpinBox(label="tile (px)", min=64, max=8192, step=64, value=DEFAULT_TILE)
-        self.info = Label(value="")
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.form = Container(
             widgets=[
                 self.layer_combo,
-                self.model_combo,
-                self.model_file,
-                self.device_combo,
+                self.model,
                 self.tile_spin,
                 self.run_button,
                 self.cancel_button,
-                self.info,
             ]
         )
         self.progress = QProgressBar()
@@ -73,50 +58,22 @@ class DenoiseWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addStretch()
 
-        self.model_combo.changed.connect(self._model_changed)
-        self.model_file.changed.connect(self._model_changed)
-        self.device_combo.changed.connect(self._model_changed)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
         self.viewer.layers.events.inserted.connect(self._reset_layers)
         self.viewer.layers.events.removed.connect(self._reset_layers)
-        self._model_changed()
 
-    # -- choices --------------------------------------------------------------
-    def _image_layers(self, _widget: Any = None) -> list[tuple[str, Image]]:
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+    @property
+    def info(self) -> Label:
+        """The message line under the model (metadata, or the last problem)."""
+        return self.model.info
+
+    def load_denoiser(self) -> Denoiser:
+        """The selected model (see :meth:`ModelPicker.load`)."""
+        return self.model.load()
 
     def _reset_layers(self, _event: Any = None) -> None:
         self.layer_combo.reset_choices()
-
-    def _model_source(self) -> str | Path:
-        if self.model_combo.value == DEFAULT_CHOICE:
-            return "default"
-        return Path(self.model_file.value)
-
-    # -- model ----------------------------------------------------------------
-    def load_denoiser(self) -> Denoiser:
-        """Load (or reuse) the selected model on the selected device."""
-        source = self._model_source()
-        key = (str(source), self.device_combo.value)
-        if self._denoiser is None or self._denoiser_key != key:
-            if source != "default" and (str(source) in ("", ".") or Path(source).is_dir()):
-                raise CheckpointError("choose a checkpoint file (*.pt) trained with napari-sbd-train")
-            self._denoiser = load_model(source, device=self.device_combo.value)
-            self._denoiser_key = key
-        return self._denoiser
-
-    def _model_changed(self, _value: Any = None) -> None:
-        self.model_file.visible = self.model_combo.value == FILE_CHOICE
-        try:
-            den = self.load_denoiser()
-        except (CheckpointError, ValueError) as exc:
-            self._denoiser = None
-            self.info.value = _wrap(str(exc)) if self.model_combo.value != FILE_CHOICE or str(
-                self.model_file.value
-            ) not in ("", ".") else "choose a checkpoint file"
-            return
-        self.info.value = _wrap(den.describe())
 
     # -- running --------------------------------------------------------------
     def run(self, _value: Any = None) -> None:
@@ -134,7 +91,7 @@ class DenoiseWidget(QWidget):
             den = self.load_denoiser()
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
-            self.info.value = _wrap(str(exc))
+            self.info.value = wrap(str(exc))
             return
         for msg in den.compatibility_warnings(estimate_dose(data), pixel_size_pm(layer)):
             show_warning(msg)
@@ -181,7 +138,10 @@ class DenoiseWidget(QWidget):
         if self.worker is not None:
             self.worker.quit()
 
-    def _frame_done(self, item: tuple[int, np.ndarray]) -> None:
+    def _frame_done(self, item: tuple[int, np.ndarray] | Failure) -> None:
+        if isinstance(item, Failure):
+            self._failed(item)
+            return
         index, frame = item
         layer = self.output_layer
         if layer is None:
@@ -214,20 +174,23 @@ class DenoiseWidget(QWidget):
             layer.name = f"{layer.name} (cancelled: {done} of {self._total} frames)"
             show_info(f"denoising cancelled after {done} of {self._total} frames")
 
-    def _failed(self, exc: Exception) -> None:
+    def _failed(self, exc: BaseException | Failure) -> None:
         if self.output_layer is not None and self.output_layer in self.viewer.layers:
             self.viewer.layers.remove(self.output_layer)
         self.output_layer = None
         show_error(f"denoising failed: {exc}")
-        self.info.value = _wrap(f"denoising failed: {exc}")
+        self.info.value = wrap(f"denoising failed: {exc}")
 
 
 def _denoise_frames(den: Denoiser, data: Any, tile: int):
-    """Worker body: yield each denoised frame (runs off the GUI thread)."""
-    yield from den.iter_denoise(data, tile_size=tile)
+    """Worker body: yield each denoised frame (runs off the GUI thread).
+
+    A bad frame (NaN, negative, not counts) is yielded as the error itself, so
+    the widget can report it as a notification instead of a crash.
+    """
+    try:
+        yield from den.iter_denoise(data, tile_size=tile)
+    except ValueError as exc:
+        yield Failure(exc)
 
 
-def _wrap(text: str, width: int = 48) -> str:
-    import textwrap
-
-    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())

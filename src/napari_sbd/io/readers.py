@@ -1,0 +1,210 @@
+"""napari readers (npe2) for TIFF stacks, MRC and microscope formats, and a TIFF writer.
+
+Every reader puts the file's pixel size into the layer's ``scale`` in
+Angstrom (units "angstrom" on the two image axes) and into
+``metadata["pixel_size_pm"]``; a stack's first axis is the frame number.
+Large TIFFs are memory-mapped (or read lazily through zarr when compressed),
+never read whole.
+
+Formats: TIFF (tifffile; ImageJ spacing, resolution tags or a napari-sbd JSON
+description), MRC/MRCS (mrcfile), and through RosettaSciIO (``pip install
+"napari-sbd[io]"``): Gatan DM3/DM4, Thermo Fisher Velox EMD, FEI TIA SER.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sbd.core.checkpoint import atomic_write
+
+__all__ = ["get_reader", "read_file", "write_tiff"]
+
+LayerData = tuple[Any, dict, str]
+RSCIIO = {".dm3": "digitalmicrograph", ".dm4": "digitalmicrograph", ".emd": "emd", ".ser": "tia"}
+TIFF = (".tif", ".tiff")
+MRC = (".mrc", ".mrcs", ".st")
+_LENGTH_TO_PM = {"pm": 1.0, "a": 100.0, "å": 100.0, "angstrom": 100.0, "ang": 100.0, "nm": 1e3,
+                 "µm": 1e6, "um": 1e6, "micron": 1e6, "mm": 1e9, "m": 1e12}
+
+
+class ReaderError(ValueError):
+    """A file napari-sbd cannot turn into an image layer."""
+
+
+def _to_pm(value: float | None, unit: str | None) -> float | None:
+    if value is None or unit is None:
+        return None
+    factor = _LENGTH_TO_PM.get(str(unit).strip().lower())
+    if factor is None or not np.isfinite(value) or value <= 0:
+        return None
+    return float(value) * factor
+
+
+def _layer(data: Any, name: str, pixel_size_pm: float | None, source: str, extra: dict) -> LayerData:
+    nd = len(data.shape)
+    meta = {"source_file": source, "pixel_size_pm": pixel_size_pm, **extra}
+    kwargs: dict[str, Any] = {"name": name, "metadata": meta, "colormap": "gray"}
+    if pixel_size_pm:
+        a = pixel_size_pm / 100.0
+        kwargs["scale"] = (1.0,) * (nd - 2) + (a, a)
+        kwargs["units"] = ("pixel",) * (nd - 2) + ("angstrom", "angstrom")
+    return data, kwargs, "image"
+
+
+# -- TIFF -----------------------------------------------------------------------
+def _tiff_pixel_size(tif: Any) -> float | None:
+    page = tif.pages[0]
+    desc = page.description or ""
+    if desc.startswith("{"):
+        try:
+            d = json.loads(desc)
+            if d.get("pixel_size_pm"):
+                return float(d["pixel_size_pm"])
+        except (ValueError, TypeError):
+            pass
+    ij = tif.imagej_metadata or {}
+    if "spacing" in ij or "unit" in ij:
+        tags = page.tags
+        if "XResolution" in tags:
+            num, den = tags["XResolution"].value
+            px = _to_pm(den / num if num else None, ij.get("unit"))
+            if px:
+                return px
+    tags = page.tags
+    if "XResolution" in tags and "ResolutionUnit" in tags:
+        num, den = tags["XResolution"].value
+        unit = {2: "inch", 3: "cm"}.get(int(tags["ResolutionUnit"].value))
+        if num and unit == "cm":
+            return den / num * 1e10  # cm per pixel -> pm
+    return None
+
+
+def read_tiff(path: str) -> list[LayerData]:
+    """Read a TIFF image or stack lazily."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        px = _tiff_pixel_size(tif)
+        series = tif.series[0]
+        shape, dtype = series.shape, series.dtype
+    if len(shape) == 3 and shape[-1] in (3, 4):
+        raise ReaderError(f"{path} is an RGB(A) image, not counts; napari's own reader opens it")
+    try:
+        data: Any = tifffile.memmap(path, mode="r")
+    except ValueError:  # compressed or not contiguous: read lazily through zarr
+        import zarr
+
+        data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+    if len(data.shape) not in (2, 3):
+        raise ReaderError(f"{path} has shape {shape}; expected a 2-D image or a 3-D stack")
+    return [_layer(data, Path(path).stem, px, path, {"dtype": str(dtype)})]
+
+
+# -- MRC ------------------------------------------------------------------------
+def read_mrc(path: str) -> list[LayerData]:
+    """Read an MRC image/movie (memory-mapped); voxel size in A from the header."""
+    import mrcfile
+
+    mrc = mrcfile.mmap(path, mode="r", permissive=True)
+    if mrc.data is None:
+        raise ReaderError(f"{path} has no image data (broken MRC header?)")
+    vx = float(mrc.voxel_size.x)
+    px = vx * 100.0 if vx > 0 else None
+    return [_layer(mrc.data, Path(path).stem, px, path, {"format": "MRC"})]
+
+
+# -- RosettaSciIO -------------------------------------------------------------------
+def read_rsciio(path: str) -> list[LayerData]:
+    """Read DM3/DM4, EMD or SER through RosettaSciIO: every 2-D/3-D image signal."""
+    import importlib
+
+    ext = Path(path).suffix.lower()
+    try:
+        mod = importlib.import_module(f"rsciio.{RSCIIO[ext]}")
+    except ImportError as exc:
+        raise ReaderError(
+            f"reading {ext} files needs RosettaSciIO ({exc}): pip install \"napari-sbd[io]\""
+        ) from None
+    out = []
+    for k, sig in enumerate(mod.file_reader(path, lazy=False)):
+        data, axes = sig["data"], sig["axes"]
+        if data.ndim not in (2, 3):
+            continue  # spectra, profiles, 4-D data: not images
+        sx = axes[-1]
+        px = _to_pm(float(sx.get("scale", 0) or 0), sx.get("units"))
+        title = (sig.get("metadata", {}).get("General", {}) or {}).get("title") or Path(path).stem
+        name = title if k == 0 else f"{title} [{k}]"
+        out.append(_layer(data, name, px, path, {"format": RSCIIO[ext]}))
+    if not out:
+        raise ReaderError(f"{path} holds no 2-D image or 3-D image stack")
+    return out
+
+
+def read_file(path: str | os.PathLike) -> list[LayerData]:
+    """Read any supported file into napari layer data.
+
+    Parameters
+    ----------
+    path : path-like
+        The file.
+
+    Returns
+    -------
+    list of tuple
+        ``(data, kwargs, "image")`` per image in the file.
+    """
+    p = str(path)
+    ext = Path(p).suffix.lower()
+    if ext in TIFF:
+        return read_tiff(p)
+    if ext in MRC:
+        return read_mrc(p)
+    if ext in RSCIIO:
+        return read_rsciio(p)
+    raise ReaderError(f"napari-sbd does not read {ext} files")
+
+
+def get_reader(path: str | list[str]) -> Callable[[str], list[LayerData]] | None:
+    """npe2 reader contribution: a reader for ``path``, or None."""
+    if isinstance(path, list):
+        return None
+    ext = Path(path).suffix.lower()
+    if ext not in TIFF + MRC + tuple(RSCIIO):
+        return None
+    return read_file
+
+
+def write_tiff(path: str, data: Any, attributes: dict) -> list[str]:
+    """npe2 writer: a float32 TIFF (BigTIFF when large) with the layer's metadata.
+
+    The description holds JSON with the pixel size, the model's metadata and
+    the source layer; the file is written atomically (never half-written, and
+    an existing file is only replaced once the new one is complete).
+    """
+    import tifffile
+
+    arr = np.asarray(data, dtype=np.float32)
+    meta = dict(attributes.get("metadata") or {})
+    scale = attributes.get("scale")
+    px = meta.get("pixel_size_pm")
+    units = attributes.get("units")
+    if not px and scale is not None and units is not None and len(units) >= 1:
+        px = _to_pm(float(scale[-1]), str(units[-1]))
+    description = {
+        "napari_sbd": True,
+        "name": attributes.get("name"),
+        "pixel_size_pm": px,
+        "model": meta.get("sbd_model"),
+        "source_layer": meta.get("sbd_source_layer"),
+        "complete": meta.get("sbd_complete"),
+    }
+    text = json.dumps(description, default=str)
+    atomic_write(path, lambda tmp: tifffile.imwrite(
+        tmp, arr, description=text, bigtiff=arr.nbytes > 2**31, photometric="minisblack"))
+    return [path]

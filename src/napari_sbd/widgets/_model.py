@@ -1,0 +1,85 @@
+"""A model chooser shared by the widgets: bundled default or a checkpoint file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from magicgui.widgets import ComboBox, Container, FileEdit, Label
+
+from napari_sbd.core.checkpoint import CheckpointError
+from napari_sbd.core.inference import Denoiser, available_devices, default_model_path, load_model
+
+DEFAULT_CHOICE = "bundled default"
+FILE_CHOICE = "checkpoint file..."
+
+
+class ModelPicker(Container):
+    """Source (default / file), file, device, and a description of the loaded model."""
+
+    def __init__(self) -> None:
+        sources = [DEFAULT_CHOICE, FILE_CHOICE] if default_model_path().exists() else [FILE_CHOICE]
+        self.source = ComboBox(label="model", choices=sources, value=sources[0])
+        self.file = FileEdit(label="checkpoint", mode="r", filter="*.pt")
+        self.device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self.info = Label(value="")
+        super().__init__(widgets=[self.source, self.file, self.device, self.info])
+        self._denoiser: Denoiser | None = None
+        self._key: tuple | None = None
+        self.source.changed.connect(self._changed)
+        self.file.changed.connect(self._changed)
+        self.device.changed.connect(self._changed)
+        self._changed()
+
+    def _path(self) -> str | Path:
+        return "default" if self.source.value == DEFAULT_CHOICE else Path(self.file.value)
+
+    def load(self) -> Denoiser:
+        """The selected model on the selected device (cached).
+
+        Raises
+        ------
+        CheckpointError
+            Nothing usable is selected.
+        """
+        path = self._path()
+        key = (str(path), self.device.value)
+        if self._denoiser is None or self._key != key:
+            if path != "default" and (str(path) in ("", ".") or Path(path).is_dir()):
+                raise CheckpointError("choose a checkpoint file (*.pt) trained with napari-sbd-train")
+            self._denoiser = load_model(path, device=self.device.value)
+            self._key = key
+        return self._denoiser
+
+    def _changed(self, _value: Any = None) -> None:
+        self.file.visible = self.source.value == FILE_CHOICE
+        try:
+            den = self.load()
+        except (CheckpointError, ValueError) as exc:
+            self._denoiser = None
+            unset = self.source.value == FILE_CHOICE and str(self.file.value) in ("", ".")
+            self.info.value = "choose a checkpoint file" if unset else wrap(str(exc))
+            return
+        self.info.value = wrap(den.describe())
+
+
+def wrap(text: str, width: int = 48) -> str:
+    """Wrap a message for a narrow dock widget."""
+    import textwrap
+
+    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
+
+
+class Failure:
+    """A bad-input error carried out of a worker as a value.
+
+    superqt re-raises exceptions that a worker returns or raises into the Qt
+    event loop; a worker that meets bad data returns this instead, and the
+    widget shows the message as a notification.
+    """
+
+    def __init__(self, exc: BaseException) -> None:
+        self.message = str(exc)
+
+    def __str__(self) -> str:
+        return self.message

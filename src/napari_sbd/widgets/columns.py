@@ -1,0 +1,230 @@
+"""Dock widget: atomic columns and their log-likelihood ratios, frame by frame."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from napari_sbd.core.columns import Columns, detect_columns
+from napari_sbd.core.likelihood import (
+    LLR_REAL,
+    LLR_SPURIOUS,
+    column_log_likelihood_ratios,
+    likelihood_map,
+)
+from napari_sbd.widgets._layers import current_frame_index, image_layers, pixel_size_pm
+from napari_sbd.widgets._model import Failure, wrap
+
+__all__ = ["ColumnsWidget", "ColumnsResult", "analyse_frame"]
+
+# symmetric colour range of the LLR display: beyond +-0.02 every column is decided
+LLR_DISPLAY_LIMIT = 0.02
+
+
+@dataclass
+class ColumnsResult:
+    """Everything the widget shows for one frame."""
+
+    frame: int
+    columns: Columns
+    llr: np.ndarray
+    map: np.ndarray
+
+    def counts(self) -> tuple[int, int, int]:
+        """(real, spurious, undecided) by the papers' thresholds."""
+        real = int(np.sum(self.llr >= LLR_REAL))
+        spurious = int(np.sum(self.llr <= LLR_SPURIOUS))
+        return real, spurious, len(self.llr) - real - spurious
+
+
+def analyse_frame_safely(*args: Any) -> ColumnsResult | Failure:
+    """Worker body: the analysis, with bad-input errors returned, not raised."""
+    try:
+        return analyse_frame(*args)
+    except ValueError as exc:  # bad data (no vacuum, not counts, ...): a message, not a crash
+        return Failure(exc)
+
+
+def analyse_frame(
+    raw: np.ndarray,
+    denoised: np.ndarray,
+    frame: int,
+    pixel_size_pm: float,
+    detect: dict[str, Any],
+    vacuum_level: float | None,
+    radius_a: float,
+) -> ColumnsResult:
+    """Detect columns, their LLRs and the map for one frame (worker thread)."""
+    cols = detect_columns(denoised, pixel_size_pm, **detect)
+    llr = column_log_likelihood_ratios(raw, denoised, cols, vacuum_level, radius_a=radius_a)
+    lmap = likelihood_map(denoised.shape, cols, llr, radius_a=radius_a)
+    return ColumnsResult(frame, cols, llr, lmap)
+
+
+def _frame(data: Any, index: int) -> np.ndarray:
+    return np.asarray(data[index] if data.ndim == 3 else data, dtype=np.float32)
+
+
+class ColumnsWidget(QWidget):
+    """Columns of the denoised layer, coloured by how well the raw counts support them.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.result: ColumnsResult | None = None
+        choices = lambda _w: image_layers(self.viewer)  # noqa: E731
+        self.denoised_combo = ComboBox(label="denoised", choices=choices)
+        self.raw_combo = ComboBox(label="raw counts", choices=choices)
+        self.pixel_spin = FloatSpinBox(label="pixel size (pm)", min=0.1, max=1000, step=0.1,
+                                       value=6.1)
+        self.sigma_min = FloatSpinBox(label="min sigma (A)", min=0.05, max=5, step=0.05, value=0.2)
+        self.sigma_max = FloatSpinBox(label="max sigma (A)", min=0.05, max=5, step=0.05, value=0.7)
+        self.contrast_spin = FloatSpinBox(label="min contrast (counts)", min=0.0, max=100,
+                                          step=0.01, value=0.03)
+        self.dark_check = CheckBox(label="dark columns", value=False)
+        self.radius_spin = FloatSpinBox(label="LLR radius (A)", min=0.1, max=3, step=0.1, value=0.7)
+        self.vacuum_spin = FloatSpinBox(label="vacuum (0 = find)", min=0.0, max=1e4, step=0.01,
+                                        value=0.0)
+        self.follow_check = CheckBox(label="follow the frame slider", value=True)
+        self.run_button = PushButton(text="Detect columns")
+        self.summary = Label(value="")
+        self.form = Container(widgets=[
+            self.denoised_combo, self.raw_combo, self.pixel_spin, self.sigma_min, self.sigma_max,
+            self.contrast_spin, self.dark_check, self.radius_spin, self.vacuum_spin,
+            self.follow_check, self.run_button, self.summary,
+        ])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addStretch()
+        self.run_button.changed.connect(self.run)
+        self.denoised_combo.changed.connect(self._guess_defaults)
+        self.viewer.layers.events.inserted.connect(self._reset)
+        self.viewer.layers.events.removed.connect(self._reset)
+        self.viewer.dims.events.current_step.connect(self._frame_changed)
+        self._guess_defaults()
+
+    # -- layer choices ----------------------------------------------------------
+    def _reset(self, _event: Any = None) -> None:
+        self.denoised_combo.reset_choices()
+        self.raw_combo.reset_choices()
+        self._guess_defaults()
+
+    def _guess_defaults(self, _value: Any = None) -> None:
+        """Pair the denoised layer with its raw layer and take its pixel size."""
+        den = self.denoised_combo.value
+        made_here = lambda ly: bool((ly.metadata or {}).get("sbd_source_layer"))  # noqa: E731
+        if den is None or not made_here(den):
+            # prefer a layer the denoise widget made (it knows its raw layer)
+            for _name, layer in image_layers(self.viewer):
+                if made_here(layer) and layer is not den:
+                    self.denoised_combo.value = layer
+                    return  # the change event calls us again
+        if den is None:
+            return
+        source = (den.metadata or {}).get("sbd_source_layer")
+        if source in self.viewer.layers:
+            self.raw_combo.value = self.viewer.layers[source]
+        px = pixel_size_pm(den)
+        if px:
+            self.pixel_spin.value = px
+
+    # -- running ------------------------------------------------------------------
+    def _frame_changed(self, _event: Any = None) -> None:
+        if self.follow_check.value and self.result is not None and self.worker is None:
+            den = self.denoised_combo.value
+            if den is not None and den.data.ndim == 3:
+                if current_frame_index(self.viewer, den) != self.result.frame:
+                    self.run()
+
+    def run(self, _value: Any = None) -> None:
+        """Analyse the current frame in a worker thread."""
+        den, raw = self.denoised_combo.value, self.raw_combo.value
+        if den is None or raw is None:
+            self._fail("choose the denoised layer and the raw layer it came from")
+            return
+        if den.data.shape != raw.data.shape:
+            self._fail(f"'{den.name}' {den.data.shape} and '{raw.name}' {raw.data.shape} differ in "
+                       "shape: pick the raw layer that was denoised")
+            return
+        if den.data.ndim not in (2, 3) or getattr(raw, "rgb", False):
+            self._fail("columns need single-channel (H, W) or (T, H, W) layers")
+            return
+        if self.worker is not None:
+            return
+        index = current_frame_index(self.viewer, den)
+        detect = dict(min_sigma_a=self.sigma_min.value, max_sigma_a=self.sigma_max.value,
+                      min_contrast=self.contrast_spin.value, dark=self.dark_check.value)
+        vacuum = self.vacuum_spin.value or None
+        self.worker = create_worker(
+            analyse_frame_safely, _frame(raw.data, index), _frame(den.data, index), index,
+            self.pixel_spin.value, detect, vacuum, self.radius_spin.value,
+            _progress={"desc": f"Columns, frame {index}"},
+        )
+        self.worker.returned.connect(self._show)
+        self.worker.errored.connect(lambda exc: self._fail(str(exc)))
+        self.worker.finished.connect(self._done)
+        self.run_button.enabled = False
+        self.worker.start()
+
+    def _done(self) -> None:
+        self.worker = None
+        self.run_button.enabled = True
+
+    def _fail(self, message: str) -> None:
+        show_error(message)
+        self.summary.value = wrap(message)
+
+    def _show(self, res: ColumnsResult | Failure) -> None:
+        if isinstance(res, Failure):
+            self._fail(str(res))
+            return
+        self.result = res
+        den = self.denoised_combo.value
+        scale, translate = tuple(den.scale[-2:]), tuple(den.translate[-2:])
+        name_pts, name_map = f"{den.name} columns", f"{den.name} LLR map"
+        features = {"sigma_a": res.columns.sigma_a, "peak": res.columns.peak,
+                    "contrast": res.columns.contrast, "llr": res.llr}
+        if name_pts in self.viewer.layers:
+            pts = self.viewer.layers[name_pts]
+            pts.data = res.columns.centres
+            pts.features = features
+            pts.face_color = "llr"
+            pts.refresh_colors()
+        else:
+            pts = self.viewer.add_points(
+                res.columns.centres, name=name_pts, features=features, face_color="llr",
+                face_colormap="RdBu_r", face_contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT),
+                border_color="black", border_width=0.05, scale=scale, translate=translate,
+            )
+        pts.size = 0.5 * 100 / self.pixel_spin.value  # half-Angstrom markers, in pixels
+        pts.metadata["frame"] = res.frame
+        if name_map in self.viewer.layers:
+            lay = self.viewer.layers[name_map]
+            lay.data = res.map
+        else:
+            lay = self.viewer.add_image(
+                res.map, name=name_map, colormap="RdBu_r", blending="translucent",
+                contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT), scale=scale,
+                translate=translate, opacity=0.8,
+            )
+        lay.metadata["frame"] = res.frame
+        real, spurious, undecided = res.counts()
+        self.summary.value = (
+            f"frame {res.frame}: {len(res.llr)} columns\n"
+            f"  real (LLR >= {LLR_REAL}): {real}\n"
+            f"  spurious (LLR <= {LLR_SPURIOUS}): {spurious}\n"
+            f"  undecided: {undecided}"
+        )

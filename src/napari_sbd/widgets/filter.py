@@ -1,0 +1,143 @@
+"""Dock widget: click a pixel, see the network's effective filter there."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import QVBoxLayout, QWidget
+
+from napari_sbd.core.checkpoint import CheckpointError
+from napari_sbd.core.jacobian import effective_filter
+from napari_sbd.widgets._layers import image_layers
+from napari_sbd.widgets._model import Failure, ModelPicker, wrap
+
+__all__ = ["FilterWidget"]
+
+FILTER_LAYER = "effective filter"
+BOX_LAYER = "effective filter: crop"
+PIXEL_LAYER = "effective filter: pixel"
+
+
+class FilterWidget(QWidget):
+    """While active, a click on the raw (or denoised) layer shows the effective filter.
+
+    Parameters
+    ----------
+    napari_viewer : napari.viewer.Viewer
+        The viewer (injected by napari).
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.raw_combo = ComboBox(label="raw counts", choices=lambda _w: image_layers(self.viewer))
+        self.model = ModelPicker()
+        self.active = CheckBox(label="click to show the filter", value=True)
+        self.status = Label(value="click a pixel of the raw or denoised layer")
+        self.form = Container(widgets=[self.raw_combo, self.model, self.active, self.status])
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addStretch()
+        self.viewer.layers.events.inserted.connect(lambda _e: self.raw_combo.reset_choices())
+        self.viewer.layers.events.removed.connect(lambda _e: self.raw_combo.reset_choices())
+        self.viewer.mouse_drag_callbacks.append(self._on_click)
+        self._guess_raw()
+
+    def _guess_raw(self) -> None:
+        for _name, layer in image_layers(self.viewer):
+            source = (layer.metadata or {}).get("sbd_source_layer")
+            if source in self.viewer.layers:
+                self.raw_combo.value = self.viewer.layers[source]
+                return
+
+    def _on_click(self, _viewer: Any, event: Any) -> None:
+        if not self.active.value or event.type != "mouse_press":
+            return
+        raw = self.raw_combo.value
+        if raw is None:
+            return
+        data_pos = raw.world_to_data(event.position)
+        self.compute_at(tuple(int(round(v)) for v in data_pos))
+
+    def compute_at(self, position: tuple[int, ...]) -> None:
+        """Compute the filter at a data position of the raw layer ((t,) row, col)."""
+        raw = self.raw_combo.value
+        if raw is None or getattr(raw, "rgb", False) or raw.data.ndim not in (2, 3):
+            self._fail("choose the single-channel raw layer that was denoised")
+            return
+        shape = raw.data.shape
+        pos = position[-raw.data.ndim:]
+        if any(p < 0 or p >= n for p, n in zip(pos, shape)):
+            return  # a click outside the image: nothing to explain
+        frame_index = pos[0] if raw.data.ndim == 3 else 0
+        frame = np.asarray(raw.data[frame_index] if raw.data.ndim == 3 else raw.data)
+        try:
+            model = self.model.load()
+        except (CheckpointError, ValueError) as exc:
+            self._fail(str(exc))
+            return
+        if self.worker is not None:
+            self.worker.quit()
+        row, col = pos[-2:]
+        self.status.value = f"computing the filter at ({row}, {col})..."
+        self.worker = create_worker(_filter_safely, model, frame, (row, col),
+                                    _progress={"desc": "Effective filter"})
+        self.worker.returned.connect(lambda res: self._show(res, frame_index, (row, col)))
+        self.worker.errored.connect(lambda exc: self._fail(str(exc)))
+        self.worker.finished.connect(self._done)
+        self.worker.start()
+
+    def _done(self) -> None:
+        self.worker = None
+
+    def _fail(self, message: str) -> None:
+        show_error(message)
+        self.status.value = wrap(message)
+
+    def _show(self, res: Any, frame: int, pixel: tuple[int, int]) -> None:
+        if isinstance(res, Failure):
+            self._fail(str(res))
+            return
+        filt, (r0, c0) = res
+        raw = self.raw_combo.value
+        scale, translate = np.asarray(raw.scale[-2:]), np.asarray(raw.translate[-2:])
+        origin = translate + np.array([r0, c0]) * scale
+        lim = float(np.abs(filt).max()) or 1.0
+        for name in (FILTER_LAYER, BOX_LAYER, PIXEL_LAYER):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+        self.viewer.add_image(
+            filt, name=FILTER_LAYER, colormap="RdBu_r", contrast_limits=(-lim, lim),
+            scale=tuple(scale), translate=tuple(origin), blending="translucent",
+            metadata={"frame": frame, "pixel": pixel, "origin": (r0, c0)},
+        )
+        h, w = filt.shape
+        corners = np.array([[r0, c0], [r0 + h, c0 + w]], dtype=float) - 0.5
+        self.viewer.add_shapes(
+            [corners], shape_type="rectangle", name=BOX_LAYER, edge_color="yellow",
+            face_color="transparent", edge_width=max(h, w) / 200, scale=tuple(scale),
+            translate=tuple(translate),
+        )
+        self.viewer.add_points(
+            [pixel], name=PIXEL_LAYER, size=max(h, w) / 40, face_color="transparent",
+            border_color="lime", border_width=0.3, scale=tuple(scale),
+            translate=tuple(translate),
+        )
+        total = float(filt.sum())
+        self.status.value = (
+            f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
+            f"({r0}, {c0}); weights sum {total:.3g}, max |w| {lim:.3g}"
+        )
+
+
+def _filter_safely(*args: Any) -> Any:
+    """Worker body: bad-input errors are returned as values, shown as notifications."""
+    try:
+        return effective_filter(*args)
+    except ValueError as exc:
+        return Failure(exc)

@@ -1,0 +1,103 @@
+"""Columns & likelihood widget and the click-for-filter widget, end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sbd.core.checkpoint import save_checkpoint
+from napari_sbd.core.jacobian import effective_filter
+from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
+from napari_sbd.core.phantom import pt_on_ceo2_phantom
+from napari_sbd.widgets._model import FILE_CHOICE
+from napari_sbd.widgets.columns import ColumnsWidget
+from napari_sbd.widgets.filter import BOX_LAYER, FILTER_LAYER, PIXEL_LAYER, FilterWidget
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture
+def scene(make_napari_viewer):
+    """A raw stack and a 'denoised' stack (the clean phantom), as the denoise widget makes them."""
+    viewer = make_napari_viewer()
+    ph = pt_on_ceo2_phantom((256, 256), particle_radius_a=5.0, seed=4)
+    rng = np.random.default_rng(0)
+    raw = rng.poisson(np.broadcast_to(ph.image, (3, 256, 256))).astype(np.uint16)
+    kw = dict(scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"))
+    viewer.add_image(raw, name="movie", **kw)
+    den = np.broadcast_to(ph.image, raw.shape).copy()
+    den[2] = ph.image * 0 + 0.45  # frame 2: a blank vacuum frame (no column)
+    viewer.add_image(den, name="movie denoised", metadata={"sbd_source_layer": "movie"}, **kw)
+    return viewer, ph
+
+
+def test_columns_points_and_map_follow_the_frame(scene, qtbot):
+    viewer, ph = scene
+    w = ColumnsWidget(viewer)
+    assert w.denoised_combo.value.name == "movie denoised" and w.raw_combo.value.name == "movie"
+    assert w.pixel_spin.value == pytest.approx(6.1)
+    w.vacuum_spin.value = 0.45
+    w.run()
+    qtbot.waitUntil(lambda: w.result is not None, timeout=30_000)
+    pts = viewer.layers["movie denoised columns"]
+    lmap = viewer.layers["movie denoised LLR map"]
+    assert len(pts.data) == len(w.result.columns) > 10
+    assert set(pts.features.columns) >= {"sigma_a", "peak", "llr"}
+    assert lmap.data.shape == (256, 256) and np.isnan(lmap.data).mean() > 0.5
+    assert tuple(pts.scale) == (0.061, 0.061)
+    real, spurious, _ = w.result.counts()
+    assert f"real (LLR >= {LLR_REAL}): {real}" in w.summary.value
+    assert f"spurious (LLR <= {LLR_SPURIOUS}): {spurious}" in w.summary.value
+    # red for real, blue for spurious: the colour follows the LLR
+    top = int(np.argmax(pts.features["llr"]))
+    assert pts.face_color[top][0] > pts.face_color[top][2]
+    # moving the slider to the blank frame re-runs the analysis there
+    viewer.dims.set_current_step(0, 2)
+    qtbot.waitUntil(lambda: w.result.frame == 2 and w.worker is None, timeout=30_000)
+    assert len(viewer.layers["movie denoised columns"].data) == 0
+
+
+def test_columns_bad_pairs_and_no_vacuum(scene, qtbot, make_napari_viewer):
+    viewer, _ = scene
+    w = ColumnsWidget(viewer)
+    viewer.add_image(np.zeros((64, 64), np.float32), name="other")
+    w.raw_combo.value = viewer.layers["other"]
+    w.run()
+    assert "differ in shape" in w.summary.value
+    # a crystal filling the frame: no vacuum to estimate lambda0 from
+    ph = pt_on_ceo2_phantom((256, 256), seed=1)
+    crystal = np.tile(ph.image[200:, :], (5, 1))[:256]
+    viewer.add_image(np.random.default_rng(0).poisson(crystal).astype(np.float32), name="c raw")
+    viewer.add_image(crystal, name="c denoised", metadata={"sbd_source_layer": "c raw"})
+    w.denoised_combo.value = viewer.layers["c denoised"]
+    w.raw_combo.value = viewer.layers["c raw"]
+    w.vacuum_spin.value = 0.0
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert "no vacuum" in w.summary.value
+
+
+def test_click_shows_the_filter_over_its_crop(scene, qtbot, tmp_path, tiny_unet):
+    viewer, _ = scene
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
+                    dose=0.45, pixel_size_pm=6.1, contrast="white")
+    w = FilterWidget(viewer)
+    w.model.source.value = FILE_CHOICE
+    w.model.file.value = path
+    assert w.raw_combo.value.name == "movie"
+    w.compute_at((1, 100, 120))
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers, timeout=30_000)
+    layer = viewer.layers[FILTER_LAYER]
+    expected, (r0, c0) = effective_filter(w.model.load(), viewer.layers["movie"].data[1], (100, 120))
+    np.testing.assert_allclose(layer.data, expected)
+    np.testing.assert_allclose(layer.translate, np.array([r0, c0]) * 0.061)
+    lo, hi = layer.contrast_limits
+    assert lo == pytest.approx(-hi)
+    assert BOX_LAYER in viewer.layers and PIXEL_LAYER in viewer.layers
+    np.testing.assert_allclose(viewer.layers[PIXEL_LAYER].data, [[100, 120]])
+    # a second click replaces the first
+    w.compute_at((0, 10, 10))
+    qtbot.waitUntil(lambda: viewer.layers[FILTER_LAYER].metadata["pixel"] == (10, 10), timeout=30_000)
+    assert sum(ly.name == FILTER_LAYER for ly in viewer.layers) == 1
+    assert viewer.layers[FILTER_LAYER].metadata["frame"] == 0
