@@ -149,3 +149,17 @@ def test_torchrun_two_cpu_processes(dataset, tmp_path):
     # two processes, 2 patches each per step, 3 steps per epoch
     assert [int(r["patches_seen"]) for r in rows] == [12, 24]
     load_checkpoint(out / "last.pt")
+
+
+def test_two_runs_cannot_write_one_folder(dataset, tmp_path, capsys):
+    from napari_sbd.training.loop import _lock_output
+
+    out = tmp_path / "busy"
+    held = _lock_output(out)  # as if another napari-sbd-train were running there
+    try:
+        assert main([str(dataset), "--out", str(out), *TINY, "--epochs", "1"]) == 2
+        assert "already writing" in capsys.readouterr().err
+    finally:
+        held.close()
+    assert main([str(dataset), "--out", str(out), *TINY, "--epochs", "1",
+                 "--val-fraction", "0.25"]) == 0

@@ -24,8 +24,10 @@ def build_viewer(files: Sequence[str] = (), *, show: bool = True):
 
     Returns
     -------
-    napari.Viewer
+    viewer : napari.Viewer
         The viewer.
+    docks : dict
+        Display name -> (dock widget, widget) of each docked widget.
     """
     import napari
 
@@ -34,9 +36,8 @@ def build_viewer(files: Sequence[str] = (), *, show: bool = True):
         viewer.open(list(files))
     else:
         viewer.open_sample("napari-sbd", "pt_ceo2_movie")
-    for name in WIDGETS:
-        viewer.window.add_plugin_dock_widget("napari-sbd", name)
-    return viewer
+    docks = {name: viewer.window.add_plugin_dock_widget("napari-sbd", name) for name in WIDGETS}
+    return viewer, docks
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -101,3 +101,19 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tmp_path, tiny_unet)
     qtbot.waitUntil(lambda: viewer.layers[FILTER_LAYER].metadata["pixel"] == (10, 10), timeout=30_000)
     assert sum(ly.name == FILTER_LAYER for ly in viewer.layers) == 1
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 0
+
+
+@pytest.mark.parametrize("name", ["multi_signal.dm3", "test-1.dm4", "fei_example_tem_stack.emd",
+                                  "64x64_TEM_images_acquire_1.ser", "Custom_movie.mrc"])
+def test_napari_opens_each_format_with_our_reader(make_napari_viewer, name):
+    from tests.conftest import FORMATS_DIR
+
+    path = FORMATS_DIR / name
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(path), plugin="napari-sbd")
+    assert layers and layers[0].data.ndim in (2, 3)
+    px = layers[0].metadata["pixel_size_pm"]
+    if px:
+        assert layers[0].scale[-1] == pytest.approx(px / 100)

@@ -253,6 +253,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
 
+    lock = _lock_output(out) if rank == 0 else None
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, **cfg.model_params()).to(device)
     multiple = model.size_multiple
@@ -381,8 +382,31 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         import torch.distributed as dist
 
         dist.destroy_process_group()
+    if lock is not None:
+        lock.close()
     return {"best_val_psnr": best, "stopped": stopped, "out": str(out),
             "epochs": len(log_rows) if rank == 0 else None}
+
+
+def _lock_output(out: Path):
+    """Hold an exclusive lock on OUT for the whole run (released when the process ends).
+
+    Two runs writing one folder would interleave checkpoints and logs; the
+    second one stops before training instead.
+    """
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    fh = open(out / ".lock", "w")  # noqa: SIM115 - held for the run's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise TrainingDataError(
+            f"another napari-sbd-train is already writing to {out}; wait for it to finish or "
+            "choose another --out"
+        ) from None
+    return fh
 
 
 def _median_of(images: list[TrainingImage], key: str, default: float) -> float:

@@ -1,0 +1,84 @@
+"""Screenshots of each widget at work on the sample movie, for docs/.
+
+Run under Xvfb (the test set-up installs it)::
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--model PATH]
+
+It drives the real widgets, waits for their workers, and saves
+docs/images/{denoise,columns,filter}.png (the whole window, docks included).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from qtpy.QtWidgets import QApplication
+
+OUT = Path(__file__).resolve().parent / "images"
+
+
+def _wait(predicate, timeout_s: float = 300.0) -> None:
+    import time
+
+    t0 = time.monotonic()
+    while not predicate():
+        QApplication.processEvents()
+        time.sleep(0.02)
+        if time.monotonic() - t0 > timeout_s:
+            raise TimeoutError("the widget did not finish in time")
+    for _ in range(20):
+        QApplication.processEvents()
+
+
+def main() -> None:
+    """Build the viewer, run each widget, save the pictures."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", default="default", help="checkpoint to use (default: bundled)")
+    args = parser.parse_args()
+    from napari_sbd.launch import build_viewer
+    from napari_sbd.widgets._model import DEFAULT_CHOICE, FILE_CHOICE
+
+    OUT.mkdir(exist_ok=True)
+    viewer, docked = build_viewer(show=True)
+    viewer.window._qt_window.resize(1600, 1000)
+    docks = {name: dock for name, (dock, _w) in docked.items()}
+    den_w = docked["Denoise (SBD)"][1]
+    col_w = docked["Columns & likelihood (SBD)"][1]
+    fil_w = docked["Effective filter (SBD)"][1]
+    for picker in (den_w.model, fil_w.model):
+        if args.model == "default":
+            picker.source.value = DEFAULT_CHOICE
+        else:
+            picker.source.value = FILE_CHOICE
+            picker.file.value = args.model
+    # the denoise widget on the noisy movie
+    den_w.layer_combo.value = viewer.layers["Pt-CeO2 noisy"]
+    den_w.run()
+    _wait(lambda: den_w.run_button.enabled)
+    viewer.reset_view()
+    docks["Denoise (SBD)"].raise_()
+    viewer.window.screenshot(str(OUT / "denoise.png"), canvas_only=False)
+    # columns and likelihood on the denoised movie
+    col_w._reset()
+    col_w.run()
+    _wait(lambda: col_w.result is not None and col_w.worker is None)
+    viewer.layers["Pt-CeO2 noisy"].visible = False
+    docks["Columns & likelihood (SBD)"].raise_()
+    viewer.window.screenshot(str(OUT / "columns.png"), canvas_only=False)
+    # the effective filter at a surface column of the particle
+    viewer.layers["Pt-CeO2 noisy denoised LLR map"].visible = False
+    viewer.layers["Pt-CeO2 noisy denoised columns"].visible = False
+    cols = col_w.result.columns.centres
+    top = cols[cols[:, 0].argmin()]  # the topmost column: a surface site
+    fil_w.raw_combo.value = viewer.layers["Pt-CeO2 noisy"]
+    fil_w.compute_at((0, int(top[0]), int(top[1])))
+    _wait(lambda: "effective filter" in viewer.layers and fil_w.worker is None)
+    docks["Effective filter (SBD)"].raise_()
+    viewer.window.screenshot(str(OUT / "filter.png"), canvas_only=False)
+    print("saved", *(p.name for p in sorted(OUT.glob("*.png"))))
+    viewer.close()
+
+
+if __name__ == "__main__":
+    main()
