@@ -81,18 +81,26 @@ def _activation(name: str) -> nn.Module:
     raise ValueError(f"unknown activation {name!r}: use 'relu' or 'leaky_relu'")
 
 
+def _norm(channels: int, norm: str) -> nn.Module:
+    if norm == "batch":
+        return BiasFreeBatchNorm2d(channels)
+    if norm == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {norm!r}: use 'batch' or 'none'")
+
+
 class _ConvBlock(nn.Sequential):
     """(replication pad, 3x3 conv without bias, bias-free BN, activation) x 2."""
 
-    def __init__(self, cin: int, cmid: int, cout: int, activation: str) -> None:
+    def __init__(self, cin: int, cmid: int, cout: int, activation: str, norm: str = "batch") -> None:
         super().__init__(
             nn.ReplicationPad2d(1),
             nn.Conv2d(cin, cmid, 3, bias=False),
-            BiasFreeBatchNorm2d(cmid),
+            _norm(cmid, norm),
             _activation(activation),
             nn.ReplicationPad2d(1),
             nn.Conv2d(cmid, cout, 3, bias=False),
-            BiasFreeBatchNorm2d(cout),
+            _norm(cout, norm),
             _activation(activation),
         )
 
@@ -140,6 +148,8 @@ class BiasFreeUNet(nn.Module):
         Sigma in input pixels of the centring blur (0: no centring).
     activation : {"relu", "leaky_relu"}
         Non-linearity (the papers: ReLU).
+    norm : {"batch", "none"}
+        Bias-free BatchNorm after each convolution (the papers), or none.
     """
 
     def __init__(
@@ -149,6 +159,7 @@ class BiasFreeUNet(nn.Module):
         unshuffle: int = 1,
         centre_sigma: float = 0.0,
         activation: str = "relu",
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         if not 2 <= scales <= 8:
@@ -160,14 +171,15 @@ class BiasFreeUNet(nn.Module):
         self.unshuffle = unshuffle
         self.centre_sigma = float(centre_sigma)
         self.activation = activation
+        self.norm = norm
         cin = unshuffle * unshuffle
         # Encoder widths e_0..e_S (authors' layout: C, C, C, 2C, 4C, ...; the
         # bottom repeats the level above so the decoder concatenates evenly).
         enc = [base * 2 ** max(0, lev - 2) for lev in range(scales)]
         enc.append(enc[-1])
-        self.inc = _ConvBlock(cin, enc[0], enc[0], activation)
+        self.inc = _ConvBlock(cin, enc[0], enc[0], activation, norm)
         self.down = nn.ModuleList(
-            _ConvBlock(enc[lev - 1], enc[lev], enc[lev], activation)
+            _ConvBlock(enc[lev - 1], enc[lev], enc[lev], activation, norm)
             for lev in range(1, scales + 1)
         )
         ups = []
@@ -175,10 +187,16 @@ class BiasFreeUNet(nn.Module):
         for lev in range(scales - 1, -1, -1):
             cat = below + enc[lev]
             out = enc[lev - 1] if lev >= 1 else enc[0]
-            ups.append(_ConvBlock(cat, cat // 2, out, activation))
+            ups.append(_ConvBlock(cat, cat // 2, out, activation, norm))
             below = out
         self.up = nn.ModuleList(ups)
         self.outc = nn.Conv2d(enc[0], cin, 1, bias=False)
+        if norm == "none":  # no BN to rescale: keep activations' variance by init
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(m.weight, a=0.1 if activation == "leaky_relu" else 0.0)
+            with torch.no_grad():  # start close to the identity path (small correction)
+                self.outc.weight.mul_(0.1)
         if self.centre_sigma > 0:
             self.register_buffer("centre_kernel", gaussian_kernel1d(self.centre_sigma))
         else:

@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sigma in pixels of the linear centring blur (0: none)")
     m.add_argument("--activation", choices=["relu", "leaky_relu"], default="relu",
                    help="non-linearity (default relu, as in the papers)")
+    m.add_argument("--norm", choices=["batch", "none"], default="batch",
+                   help="bias-free BatchNorm after each convolution (default, the papers') or none")
     o = p.add_argument_group("optimisation")
     o.add_argument("--batch", type=int, default=4, help="patches per step per process (4)")
     o.add_argument("--steps-per-epoch", type=int, default=100, help="steps per epoch (100)")
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, lr=args.lr,
         warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, lr_patience=args.lr_patience,
         early_stop=args.early_stop, arch=args.arch, scales=args.scales, base=args.base,
-        unshuffle=args.unshuffle, centre_sigma=args.centre_sigma, activation=args.activation,
+        unshuffle=args.unshuffle, centre_sigma=args.centre_sigma, activation=args.activation, norm=args.norm,
         max_angle=args.max_angle, scale_min=args.scale_min, scale_max=args.scale_max,
         device=args.device, amp=not args.no_amp, seed=args.seed, resume=args.resume,
         max_minutes=args.max_minutes, progress=not args.quiet,

@@ -82,6 +82,7 @@ class TrainConfig:
     unshuffle: int = 1
     centre_sigma: float = 0.0
     activation: str = "relu"
+    norm: str = "batch"
     max_angle: float = 45.0
     scale_min: float = 0.955
     scale_max: float = 1.055
@@ -101,6 +102,7 @@ class TrainConfig:
                 "unshuffle": self.unshuffle,
                 "centre_sigma": self.centre_sigma,
                 "activation": self.activation,
+                "norm": self.norm,
             }
         if self.arch == "dncnn":
             return {"depth": 20, "width": 64}

@@ -1,0 +1,87 @@
+"""Classical denoisers the network is measured against (the papers' Table 1).
+
+All take a noisy frame in counts and return float32 counts. Parameters are
+tuned on simulated validation images by the benchmark scripts, never on the
+test images. BM3D is optional (``pip install "napari-sbd[baselines]"``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+__all__ = [
+    "anscombe",
+    "binned_vst_bm3d",
+    "gaussian_blur",
+    "inverse_anscombe_unbiased",
+    "vst_bm3d",
+]
+
+
+def gaussian_blur(noisy: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian low-pass of standard deviation ``sigma_px`` pixels (reflecting edges)."""
+    return ndimage.gaussian_filter(np.asarray(noisy, dtype=np.float64), sigma_px,
+                                   mode="reflect").astype(np.float32)
+
+
+def anscombe(x: np.ndarray) -> np.ndarray:
+    """Anscombe transform 2 sqrt(x + 3/8): Poisson counts -> noise of unit variance."""
+    return 2.0 * np.sqrt(np.asarray(x, dtype=np.float64) + 3.0 / 8.0)
+
+
+def inverse_anscombe_unbiased(d: np.ndarray) -> np.ndarray:
+    """Exact unbiased inverse of the Anscombe transform (Makitalo & Foi, closed form).
+
+    The algebraic inverse (d/2)^2 - 3/8 is biased at low counts and costs about
+    10 dB here (../shared/notes/baselines.md).
+    """
+    d = np.maximum(np.asarray(d, dtype=np.float64), 0.8)  # the formula's domain
+    s = np.sqrt(1.5)
+    return 0.25 * d**2 + 0.25 * s / d - 11.0 / 8.0 / d**2 + 5.0 / 8.0 * s / d**3 - 1.0 / 8.0
+
+
+def _bm3d(z: np.ndarray, sigma: float) -> np.ndarray:
+    try:
+        import bm3d
+    except ImportError:
+        raise ImportError('BM3D needs the bm3d package: pip install "napari-sbd[baselines]"') from None
+    return np.asarray(bm3d.bm3d(z, sigma_psd=sigma), dtype=np.float64)
+
+
+def vst_bm3d(noisy: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    """Anscombe, BM3D with noise level ``sigma``, exact unbiased inverse."""
+    return np.clip(inverse_anscombe_unbiased(_bm3d(anscombe(noisy), sigma)), 0, None).astype(np.float32)
+
+
+def binned_vst_bm3d(noisy: np.ndarray, factor: int = 12, sigma: float = 1.0) -> np.ndarray:
+    """b x b binning, Anscombe, BM3D, unbiased inverse, cubic upsampling back.
+
+    Binning sums counts (still Poisson, b^2 times the dose), which the VST and
+    BM3D handle far better than 0.45 counts/pixel; the strongest classical
+    method measured here (../shared/notes/baselines.md).
+
+    Parameters
+    ----------
+    noisy : numpy.ndarray
+        (H, W) counts.
+    factor : int
+        Bin size b in pixels.
+    sigma : float
+        BM3D noise level in the VST domain (1 = the nominal unit variance).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (H, W) counts per pixel.
+    """
+    y = np.asarray(noisy, dtype=np.float64)
+    h, w = y.shape
+    b = int(factor)
+    ph, pw = (-h) % b, (-w) % b
+    yp = np.pad(y, ((0, ph), (0, pw)), mode="reflect")
+    binned = yp.reshape(yp.shape[0] // b, b, yp.shape[1] // b, b).sum(axis=(1, 3))
+    est = inverse_anscombe_unbiased(_bm3d(anscombe(binned), sigma)) / (b * b)
+    # cubic upsampling on the bin-centre grid, then crop the padding
+    up = ndimage.zoom(est, b, order=3, mode="nearest", grid_mode=True)
+    return np.clip(up[:h, :w], 0, None).astype(np.float32)

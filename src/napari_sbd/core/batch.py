@@ -1,0 +1,308 @@
+"""Headless denoising of long movies into a resumable zarr store.
+
+Layout of an output store (a zarr v3 group, i.e. a folder)::
+
+    OUT.zarr/denoised        (T, H, W) float32, one chunk per frame
+    OUT.zarr/llr_map         (T, H, W) float32 (with likelihood=True)
+    OUT.zarr/columns.csv     frame,row,col,sigma_a,peak,contrast,llr (with columns=True)
+    OUT.zarr/.sbd/done/NNNNNN   a marker per finished frame
+    OUT.zarr/.sbd/columns/NNNNNN.csv   per-frame column rows
+
+The group's attributes hold the model's metadata, the input's path, shape and
+pixel size, the exact command, and ``complete``. A frame counts as done only
+when its marker exists, and the marker is written after the frame's chunks:
+a process killed at any moment leaves at worst a half-written frame without a
+marker, which the next run of the same command rewrites. Frames are processed
+one at a time from a memory-mapped input, so memory does not grow with the
+movie's length. Several processes may fill one store at once (``frames``
+ranges): each frame is its own chunk and marker.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sbd.core.checkpoint import atomic_write
+from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, load_model
+from napari_sbd.core.inputs import InputError, as_frame, check_stack_shape
+
+__all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
+
+COLUMN_FIELDS = ["frame", "row", "col", "sigma_a", "peak", "contrast", "llr"]
+
+
+class BatchError(ValueError):
+    """The job cannot start or continue; the message names the problem and the fix."""
+
+
+@dataclass
+class BatchResult:
+    """What a run did."""
+
+    output: Path
+    frames_total: int
+    frames_done_now: int
+    frames_skipped: int
+    complete: bool
+    warnings: list[str]
+
+
+def open_movie(path: str | os.PathLike) -> tuple[Any, float | None]:
+    """Open a movie lazily with the plugin's readers; returns (array-like, pixel size pm)."""
+    from napari_sbd.io.readers import ReaderError, read_file
+
+    p = Path(path)
+    if not p.exists():
+        raise BatchError(f"input {p} does not exist")
+    try:
+        data, kwargs, _ = read_file(p)[0]
+    except (ReaderError, ValueError) as exc:
+        raise BatchError(f"cannot read {p}: {exc}") from None
+    return data, (kwargs.get("metadata") or {}).get("pixel_size_pm")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns: bool,
+              likelihood: bool, tile: int | None) -> dict[str, Any]:
+    st = input_path.stat()
+    model_path = Path(model.metadata.get("path", ""))
+    return {
+        "input": str(input_path.resolve()),
+        "input_bytes": st.st_size,
+        "input_mtime_ns": st.st_mtime_ns,
+        "shape": list(shape),
+        "model_sha256": _file_sha256(model_path) if model_path.is_file() else None,
+        "columns": columns,
+        "likelihood": likelihood,
+        "tile": tile,
+    }
+
+
+def _parse_frames(frames: str | slice | None, n: int) -> range:
+    if frames is None:
+        return range(n)
+    if isinstance(frames, str):
+        try:
+            parts = [int(p) if p.strip() else None for p in frames.split(":")]
+        except ValueError:
+            raise BatchError(f"--frames {frames!r}: use START:STOP (e.g. 0:100)") from None
+        if len(parts) != 2:
+            raise BatchError(f"--frames {frames!r}: use START:STOP (e.g. 0:100)")
+        frames = slice(*parts)
+    r = range(*frames.indices(n))
+    if len(r) == 0:
+        raise BatchError(f"the frame range selects no frame of the {n}-frame movie")
+    return r
+
+
+def denoise_movie(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike | Denoiser = "default",
+    device: str = "auto",
+    frames: str | slice | None = None,
+    columns: bool = False,
+    likelihood: bool = False,
+    vacuum_level: float | None = None,
+    tile_size: int | None = DEFAULT_TILE,
+    overwrite: bool = False,
+    command: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> BatchResult:
+    """Denoise a movie frame by frame into a zarr store, resuming where a previous run stopped.
+
+    Parameters
+    ----------
+    input_path : path-like
+        TIFF stack (memory-mapped), MRC, DM3/DM4, EMD or SER.
+    output : path-like
+        The zarr store to create (conventionally ``*.zarr``).
+    model : str, path-like or Denoiser
+        "default", a checkpoint path, or a loaded model.
+    device : str
+        "auto", "cpu" or "cuda[:N]".
+    frames : str or slice, optional
+        ``"START:STOP"`` range of frames for this process (all by default).
+    columns : bool
+        Also detect columns and write their table (with LLRs).
+    likelihood : bool
+        Also write the LLR map stack (implies columns).
+    vacuum_level : float, optional
+        lambda0 for the LLRs; found per frame in the vacuum when omitted.
+    tile_size : int or None
+        Inference tile (see :meth:`Denoiser.denoise_frame`).
+    overwrite : bool
+        Replace an existing output that is not a resumable run of this job.
+    command : str
+        The command line, stored in the output.
+    progress : callable, optional
+        ``progress(done, total)`` after each frame of this run's range.
+
+    Returns
+    -------
+    BatchResult
+        Counts of frames done, skipped, and whether the store is complete.
+    """
+
+    input_path = Path(input_path)
+    out = Path(output)
+    data, pixel_size = open_movie(input_path)
+    try:
+        single = check_stack_shape(tuple(data.shape), data.dtype)
+    except InputError as exc:
+        raise BatchError(f"{input_path}: {exc}") from None
+    if single:
+        data = data[None]
+    n, h, w = (int(v) for v in data.shape)
+    if out.resolve() == input_path.resolve():
+        raise BatchError(f"the output {out} is the input itself: choose a new file name")
+    try:
+        den = model if isinstance(model, Denoiser) else load_model(model, device=device)
+    except ValueError as exc:
+        raise BatchError(str(exc)) from None
+    columns = columns or likelihood
+    todo = _parse_frames(frames, n)
+    # check the first frame of the range before creating anything
+    try:
+        as_frame(data[todo[0]], index=todo[0], model_dose=den.dose)
+    except InputError as exc:
+        raise BatchError(f"{input_path}: {exc}") from None
+    ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size)
+    group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w))
+    state = out / ".sbd"
+    done_dir = state / "done"
+    cols_dir = state / "columns"
+    warnings: list[str] = []
+    skipped = done_now = 0
+    arr = group["denoised"]
+    lmap_arr = group["llr_map"] if likelihood else None
+    for k, i in enumerate(todo):
+        marker = done_dir / f"{i:06d}"
+        if marker.exists():
+            skipped += 1
+        else:
+            frame = as_frame(data[i], index=i, model_dose=den.dose)
+            result = den.denoise_frame(frame, tile_size=tile_size)
+            arr[i] = result
+            if columns:
+                rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),
+                                      vacuum_level, warnings)
+                if lmap_arr is not None:
+                    lmap_arr[i] = lmap
+                _write_rows(cols_dir / f"{i:06d}.csv", rows)
+            marker.touch()
+            done_now += 1
+        if progress is not None:
+            progress(k + 1, len(todo))
+    complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
+    if complete:
+        if columns:
+            _merge_columns(cols_dir, out / "columns.csv", n)
+        attrs = dict(group.attrs["napari_sbd"])
+        attrs["complete"] = True
+        group.attrs["napari_sbd"] = attrs
+    return BatchResult(out, n, done_now, skipped, complete, warnings)
+
+
+def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | None, command: str,
+                    overwrite: bool, likelihood: bool, shape: tuple[int, int, int]):
+    import zarr
+
+    if out.exists():
+        previous = None
+        try:
+            previous = dict(zarr.open_group(str(out), mode="r").attrs.get("napari_sbd", {}))
+        except Exception:  # noqa: BLE001 - not a zarr store at all
+            previous = None
+        if previous and previous.get("job") == ident:
+            # same thread count as the first run: CPU convolutions sum in a
+            # thread-dependent order, and a resumed store must be bit-identical
+            if previous.get("torch_threads"):
+                import torch
+
+                torch.set_num_threads(int(previous["torch_threads"]))
+            return zarr.open_group(str(out), mode="r+")
+        if not overwrite:
+            what = "a different napari-sbd job" if previous else "something that is not a napari-sbd output"
+            raise BatchError(
+                f"the output {out} already exists and holds {what}; choose another name, or pass "
+                "--overwrite to replace it"
+            )
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    group = zarr.open_group(str(out), mode="w")
+    n, h, w = shape
+    group.create_array("denoised", shape=shape, chunks=(1, h, w), dtype="float32", fill_value=np.nan)
+    if likelihood:
+        group.create_array("llr_map", shape=shape, chunks=(1, h, w), dtype="float32",
+                           fill_value=np.nan)
+    group.attrs["napari_sbd"] = {
+        "job": ident,
+        "command": command,
+        "pixel_size_pm": pixel_size,
+        "model": json.loads(json.dumps(den.metadata, default=str)),
+        "units": "counts per pixel per frame",
+        "torch_threads": __import__("torch").get_num_threads(),
+        "complete": False,
+    }
+    (out / ".sbd" / "done").mkdir(parents=True, exist_ok=True)
+    (out / ".sbd" / "columns").mkdir(parents=True, exist_ok=True)
+    return group
+
+
+def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | None,
+             vacuum_level: float | None, warnings: list[str]):
+    from napari_sbd.core.columns import detect_columns
+    from napari_sbd.core.likelihood import column_log_likelihood_ratios, likelihood_map
+
+    px = float(pixel_size or 6.1)
+    cols = detect_columns(den, px)
+    try:
+        llr = column_log_likelihood_ratios(raw, den, cols, vacuum_level, pixel_size_pm=px)
+    except ValueError as exc:  # no vacuum in this frame, or raw data not counts
+        if not warnings:
+            warnings.append(f"frame {index}: LLRs left empty: {exc}")
+        llr = np.full(len(cols), np.nan)
+    rows = [
+        {"frame": index, "row": f"{r:.3f}", "col": f"{c:.3f}", "sigma_a": f"{s:.4f}",
+         "peak": f"{p:.5f}", "contrast": f"{ct:.5f}", "llr": f"{v:.6g}"}
+        for (r, c), s, p, ct, v in zip(cols.centres, cols.sigma_a, cols.peak, cols.contrast, llr)
+    ]
+    return rows, likelihood_map(den.shape, cols, llr, pixel_size_pm=px)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=COLUMN_FIELDS)
+    wr.writeheader()
+    wr.writerows(rows)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+
+def _merge_columns(folder: Path, target: Path, n: int) -> None:
+    buf = io.StringIO()
+    buf.write(",".join(COLUMN_FIELDS) + "\n")
+    for i in range(n):
+        part = folder / f"{i:06d}.csv"
+        lines = part.read_text().splitlines()[1:]
+        if lines:
+            buf.write("\n".join(lines) + "\n")
+    atomic_write(target, lambda tmp: Path(tmp).write_text(buf.getvalue()))

@@ -1,0 +1,133 @@
+"""napari-sbd-denoise: equals the API, resumes after a kill, refuses to overwrite, bad input."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from napari_sbd.core.checkpoint import save_checkpoint
+from napari_sbd.core.inference import load_model
+from napari_sbd.denoise_cli import main
+from napari_sbd.sample_data import clean_frame
+
+
+@pytest.fixture
+def model_path(tmp_path, tiny_unet):
+    p = tmp_path / "tiny.pt"
+    save_checkpoint(p, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
+                    dose=0.45, pixel_size_pm=6.1, contrast="white")
+    return p
+
+
+@pytest.fixture
+def movie(tmp_path):
+    clean, _ = clean_frame()
+    clean = clean[:160, 200:392]  # vacuum on top, the particle below
+    stack = np.random.default_rng(0).poisson(np.broadcast_to(clean, (6, *clean.shape)))
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, stack.astype(np.uint16))
+    return path, stack
+
+
+def test_output_equals_the_api_and_has_metadata(movie, model_path, tmp_path):
+    path, stack = movie
+    out = tmp_path / "out.zarr"
+    assert main([str(path), "-o", str(out), "--model", str(model_path), "--quiet", "--columns",
+                 "--likelihood", "--vacuum-level", "0.45"]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    expected = load_model(model_path, device="cpu").denoise(stack)
+    np.testing.assert_array_equal(g["denoised"][:], expected)
+    meta = g.attrs["napari_sbd"]
+    assert meta["complete"] is True and meta["model"]["dose"] == 0.45
+    assert meta["command"].startswith("napari-sbd-denoise ") and "--columns" in meta["command"]
+    assert g["llr_map"].shape == stack.shape
+    with open(out / "columns.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["frame", "row", "col", "sigma_a", "peak", "contrast", "llr"] if rows else True
+    np.testing.assert_array_equal(stack, tifffile.imread(path))  # input untouched
+
+
+def test_refuses_to_overwrite(movie, model_path, tmp_path, capsys):
+    path, _ = movie
+    out = tmp_path / "out.zarr"
+    out.mkdir()
+    (out / "precious.txt").write_text("keep me")
+    assert main([str(path), "-o", str(out), "--model", str(model_path), "--quiet"]) == 2
+    assert "already exists" in capsys.readouterr().err and (out / "precious.txt").exists()
+    assert main([str(path), "-o", str(path), "--model", str(model_path), "--quiet"]) == 2
+    assert "is the input itself" in capsys.readouterr().err
+    assert main([str(path), "-o", str(out), "--model", str(model_path), "--quiet",
+                 "--overwrite"]) == 0
+
+
+def test_frame_ranges_fill_one_store(movie, model_path, tmp_path):
+    path, stack = movie
+    out = tmp_path / "shared.zarr"
+    args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet"]
+    assert main([*args, "--frames", "0:4"]) == 0
+    assert zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["complete"] is False
+    assert main([*args, "--frames", "4:"]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    assert g.attrs["napari_sbd"]["complete"] is True
+    np.testing.assert_array_equal(g["denoised"][:], load_model(model_path).denoise(stack))
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_is_bit_identical(tmp_path, model_path):
+    stack = np.random.default_rng(1).poisson(0.45, (40, 96, 96)).astype(np.uint16)
+    path = tmp_path / "long.tif"
+    tifffile.imwrite(path, stack)
+    ref, out = tmp_path / "ref.zarr", tmp_path / "killed.zarr"
+    base = [sys.executable, "-m", "napari_sbd.denoise_cli", str(path), "--model",
+            str(model_path), "--quiet", "--columns", "--vacuum-level", "0.45"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([*base, "-o", str(ref)], check=True, capture_output=True, env=env)
+    proc = subprocess.Popen([*base, "-o", str(out)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    done = out / ".sbd" / "done"
+    t0 = time.time()
+    while (not done.exists() or len(list(done.iterdir())) < 5) and time.time() - t0 < 120:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < len(list(done.iterdir())) < 40
+    # resumed with another thread setting: the store pins the first run's
+    subprocess.run([*base, "-o", str(out)], check=True, capture_output=True)
+    a, b = zarr.open_group(str(ref), mode="r"), zarr.open_group(str(out), mode="r")
+    assert b.attrs["napari_sbd"]["complete"] is True
+    assert a["denoised"][:].tobytes() == b["denoised"][:].tobytes()
+    assert (ref / "columns.csv").read_bytes() == (out / "columns.csv").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [("missing", "does not exist"), ("rgb", "RGB"), ("negative", "negative"),
+     ("offset", "look like counts"), ("bad_model", "not a readable PyTorch file")],
+)
+def test_bad_input_one_clear_error_and_no_output(tmp_path, model_path, capsys, setup, message):
+    path = tmp_path / "in.tif"
+    model = model_path
+    if setup == "rgb":
+        tifffile.imwrite(path, np.zeros((32, 32, 3), np.uint8), photometric="rgb")
+    elif setup == "negative":
+        tifffile.imwrite(path, -np.ones((2, 32, 32), np.float32))
+    elif setup == "offset":
+        tifffile.imwrite(path, np.full((2, 32, 32), 100, np.uint16))
+    elif setup == "bad_model":
+        tifffile.imwrite(path, np.zeros((2, 32, 32), np.uint16))
+        model = tmp_path / "fake.pt"
+        model.write_text("not a model")
+    out = tmp_path / "out.zarr"
+    assert main([str(path), "-o", str(out), "--model", str(model), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
