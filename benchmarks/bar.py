@@ -90,7 +90,8 @@ def evaluate(name, fn, frames):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[], help="checkpoint(s) to evaluate")
     parser.add_argument("--tune-data", default="/work/data-sim/v1", help="simulator folder for tuning")
     parser.add_argument("--out", default=str(REPO / "docs" / "bar.md"), help="markdown report")
@@ -134,8 +135,8 @@ def main() -> None:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | {r['psnr_median']:.2f} | {r['psnr_mean']:.2f} +- {r['psnr_std']:.2f} "
-                     f"| {r['ssim_mean']:.3f} +- {r['ssim_std']:.3f} | {r['seconds_per_frame']:.2f} |")
+        lines.append(f"| {r['method']} | {r['psnr_median']:.2f} | {r['psnr_mean']:.2f} "
+                     f"+- {r['psnr_std']:.2f} | {r['ssim_mean']:.3f} +- {r['ssim_std']:.3f} | {r['seconds_per_frame']:.2f} |")
     for r in rows[3:]:
         verdict = "meets" if r["psnr_median"] >= 38 and r["margin_db"] >= 1.5 else "does NOT meet"
         lines.append("")
