@@ -136,7 +136,8 @@ def main() -> None:
     ]
     for r in rows:
         lines.append(f"| {r['method']} | {r['psnr_median']:.2f} | {r['psnr_mean']:.2f} "
-                     f"+- {r['psnr_std']:.2f} | {r['ssim_mean']:.3f} +- {r['ssim_std']:.3f} | {r['seconds_per_frame']:.2f} |")
+                     f"+- {r['psnr_std']:.2f} | {r['ssim_mean']:.3f} +- {r['ssim_std']:.3f} "
+                     f"| {r['seconds_per_frame']:.2f} |")
     for r in rows[3:]:
         verdict = "meets" if r["psnr_median"] >= 38 and r["margin_db"] >= 1.5 else "does NOT meet"
         lines.append("")

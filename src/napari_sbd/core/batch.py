@@ -58,9 +58,30 @@ class BatchResult:
     warnings: list[str]
 
 
+class TiffFrames:
+    """Frames of a TIFF stack read one page at a time.
+
+    Unlike a memory map, nothing stays mapped after a frame is read, so the
+    process's resident memory does not grow with the number of frames read.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self._tif = tifffile.TiffFile(path)
+        self._series = self._tif.series[0]
+        self.shape, self.dtype = tuple(self._series.shape), self._series.dtype
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        # one page per frame in ordinary stacks; otherwise let tifffile find the frame
+        if len(self._series.pages) == self.shape[0]:
+            return self._series.pages[index].asarray()
+        return np.asarray(self._series.asarray(key=index))
+
+
 def open_movie(path: str | os.PathLike) -> tuple[Any, float | None]:
     """Open a movie lazily with the plugin's readers; returns (array-like, pixel size pm)."""
-    from napari_sbd.io.readers import ReaderError, read_file
+    from napari_sbd.io.readers import TIFF, ReaderError, read_file
 
     p = Path(path)
     if not p.exists():
@@ -69,6 +90,8 @@ def open_movie(path: str | os.PathLike) -> tuple[Any, float | None]:
         data, kwargs, _ = read_file(p)[0]
     except (ReaderError, ValueError) as exc:
         raise BatchError(f"cannot read {p}: {exc}") from None
+    if p.suffix.lower() in TIFF and len(data.shape) == 3:
+        data = TiffFrames(p)
     return data, (kwargs.get("metadata") or {}).get("pixel_size_pm")
 
 
