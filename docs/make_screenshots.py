@@ -62,7 +62,9 @@ def main() -> None:
     # columns and likelihood on the denoised movie
     col_w._reset()
     col_w.run()
-    _wait(lambda: col_w.result is not None and col_w.worker is None)
+    _wait(lambda: col_w.worker is None)
+    if col_w.result is None:
+        raise RuntimeError(f"column detection failed: {col_w.summary.value}")
     viewer.layers["Pt-CeO2 noisy"].visible = False
     docks["Columns & likelihood (SBD)"].raise_()
     viewer.window.screenshot(str(OUT / "columns.png"), canvas_only=False)

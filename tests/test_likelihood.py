@@ -70,7 +70,9 @@ def test_vacuum_found_in_a_particle_frame_and_missing_in_a_crystal():
     assert mask[:40].mean() > 0.9 and mask[300:].mean() < 0.05
     noisy = np.random.default_rng(0).poisson(ph.image)
     assert estimate_vacuum_level(noisy, ph.image) == pytest.approx(0.45, abs=0.02)
-    crystal = pt_on_ceo2_phantom((384, 384), seed=1).image[300:, :]  # support only
+    from napari_sbd.sample_data import clean_frame
+
+    crystal = np.tile(clean_frame()[0][400:], (3, 1))  # the simulated CeO2 support only
     with pytest.raises(VacuumNotFound, match="give the vacuum level"):
         vacuum_mask(crystal)
 

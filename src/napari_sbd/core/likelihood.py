@@ -68,16 +68,18 @@ def vacuum_mask(
     denoised: np.ndarray,
     pixel_size_pm: float = 6.1,
     *,
-    window_a: float = 2.0,
+    window_a: float = 3.0,
     min_area_fraction: float = 0.03,
+    min_contrast_ratio: float = 1.5,
 ) -> np.ndarray:
     """The vacuum: the largest flat region of the denoised frame.
 
-    Vacuum is where the denoised frame is featureless: the local standard
-    deviation over ``window_a`` is small (below a quarter of the frame's
-    median local deviation, or below 2% of the median level), and it is also
-    on the low side of the material's contrast. The largest connected such
-    region wins; it must cover ``min_area_fraction`` of the frame.
+    Vacuum is where the denoised frame is featureless. The local standard
+    deviation over ``window_a`` splits the frame (Otsu's threshold on its
+    logarithm) into flat and textured pixels; the flat ones must be at least
+    ``min_contrast_ratio`` times smoother (medians) than the textured ones, and
+    the largest connected flat region, which must cover ``min_area_fraction``
+    of the frame, is the vacuum.
 
     Parameters
     ----------
@@ -86,9 +88,12 @@ def vacuum_mask(
     pixel_size_pm : float
         Pixel size, picometres.
     window_a : float
-        Side of the local-statistics window, Angstrom (about one column spacing).
+        Side of the local-statistics window, Angstrom (longer than the lattice
+        periods, so that a crystal looks uniformly textured).
     min_area_fraction : float
         Minimum size of the vacuum region, as a fraction of the frame.
+    min_contrast_ratio : float
+        How much smoother the vacuum must be than the material.
 
     Returns
     -------
@@ -100,13 +105,24 @@ def vacuum_mask(
     VacuumNotFound
         When no flat region is large enough.
     """
+    from skimage.filters import threshold_otsu
+
     den = np.asarray(denoised, dtype=np.float64)
     size = max(3, int(round(window_a / (pixel_size_pm / 100.0))) | 1)
     mean = ndimage.uniform_filter(den, size, mode="nearest")
     var = ndimage.uniform_filter(den * den, size, mode="nearest") - mean**2
-    std = np.sqrt(np.clip(var, 0, None))
-    level = float(np.median(den))
-    flat = std < max(0.25 * float(np.median(std)), 0.02 * abs(level) + 1e-12)
+    log_std = np.log(np.sqrt(np.clip(var, 0, None)) + 1e-9)
+    # two populations of local roughness, flat (vacuum) and textured (material),
+    # split where they separate best (Otsu); the flat one must be clearly flatter
+    try:
+        cut = threshold_otsu(log_std)
+    except ValueError:  # a constant frame: all vacuum
+        return np.ones(den.shape, dtype=bool)
+    flat = log_std < cut
+    if flat.all() or not flat.any():
+        raise VacuumNotFound(_NO_VACUUM)
+    if np.median(log_std[~flat]) - np.median(log_std[flat]) < np.log(min_contrast_ratio):
+        raise VacuumNotFound(_NO_VACUUM)
     flat = ndimage.binary_opening(flat, iterations=2)
     labels, n = ndimage.label(flat)
     if n == 0:
