@@ -71,15 +71,16 @@ def main() -> None:
     # the effective filter at a surface column of the particle
     viewer.layers["Pt-CeO2 noisy denoised LLR map"].visible = False
     viewer.layers["Pt-CeO2 noisy denoised columns"].visible = False
-    cols = col_w.result.columns.centres
-    top = cols[cols[:, 0].argmin()]  # the topmost column: a surface site
+    res = col_w.result
+    real = res.columns.centres[res.llr >= 0.005]
+    top = real[real[:, 0].argmin()]  # the topmost well-supported column: a surface site
     fil_w.raw_combo.value = viewer.layers["Pt-CeO2 noisy"]
     fil_w.compute_at((0, int(top[0]), int(top[1])))
     _wait(lambda: "effective filter" in viewer.layers and fil_w.worker is None)
+    viewer.reset_view()
     docks["Effective filter (SBD)"].raise_()
     viewer.window.screenshot(str(OUT / "filter.png"), canvas_only=False)
     print("saved", *(p.name for p in sorted(OUT.glob("*.png"))))
-    viewer.close()
 
 
 if __name__ == "__main__":

@@ -63,3 +63,21 @@ def image_layers(viewer: Any) -> list[tuple[str, Any]]:
     from napari.layers import Image
 
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
+def plane_geometry(layer: Any) -> dict[str, Any]:
+    """scale/translate/units of the last two (image) axes, for 2-D overlay layers."""
+    return {
+        "scale": tuple(layer.scale[-2:]),
+        "translate": tuple(layer.translate[-2:]),
+        "units": tuple(str(u) for u in layer.units[-2:]),
+    }
+
+
+def diverging_overlay_colormap(name: str = "sbd diverging overlay"):
+    """Blue (negative) - transparent (zero) - red (positive): an overlay that hides nothing at 0."""
+    from napari.utils.colormaps import Colormap
+
+    colors = [[0.13, 0.40, 0.67, 1.0], [0.57, 0.77, 0.87, 0.6], [1.0, 1.0, 1.0, 0.0],
+              [0.96, 0.65, 0.51, 0.6], [0.70, 0.09, 0.17, 1.0]]
+    return Colormap(colors=colors, controls=[0.0, 0.25, 0.5, 0.75, 1.0], name=name)

@@ -18,7 +18,7 @@ from napari_sbd.core.likelihood import (
     column_log_likelihood_ratios,
     likelihood_map,
 )
-from napari_sbd.widgets._layers import current_frame_index, image_layers, pixel_size_pm
+from napari_sbd.widgets._layers import current_frame_index, image_layers, pixel_size_pm, plane_geometry
 from napari_sbd.widgets._model import Failure, wrap
 
 __all__ = ["ColumnsWidget", "ColumnsResult", "analyse_frame"]
@@ -193,7 +193,7 @@ class ColumnsWidget(QWidget):
             return
         self.result = res
         den = self.denoised_combo.value
-        scale, translate = tuple(den.scale[-2:]), tuple(den.translate[-2:])
+        geo = plane_geometry(den)
         name_pts, name_map = f"{den.name} columns", f"{den.name} LLR map"
         features = {"sigma_a": res.columns.sigma_a, "peak": res.columns.peak,
                     "contrast": res.columns.contrast, "llr": res.llr}
@@ -207,7 +207,7 @@ class ColumnsWidget(QWidget):
             pts = self.viewer.add_points(
                 res.columns.centres, name=name_pts, features=features, face_color="llr",
                 face_colormap="RdBu_r", face_contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT),
-                border_color="black", border_width=0.05, scale=scale, translate=translate,
+                border_color="black", border_width=0.05, **geo,
             )
         pts.size = 0.5 * 100 / self.pixel_spin.value  # half-Angstrom markers, in pixels
         pts.metadata["frame"] = res.frame
@@ -217,8 +217,7 @@ class ColumnsWidget(QWidget):
         else:
             lay = self.viewer.add_image(
                 res.map, name=name_map, colormap="RdBu_r", blending="translucent",
-                contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT), scale=scale,
-                translate=translate, opacity=0.8,
+                contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT), opacity=0.8, **geo,
             )
         lay.metadata["frame"] = res.frame
         real, spurious, undecided = res.counts()

@@ -12,7 +12,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.jacobian import effective_filter
-from napari_sbd.widgets._layers import image_layers
+from napari_sbd.widgets._layers import diverging_overlay_colormap, image_layers, plane_geometry
 from napari_sbd.widgets._model import Failure, ModelPicker, wrap
 
 __all__ = ["FilterWidget"]
@@ -105,29 +105,32 @@ class FilterWidget(QWidget):
             return
         filt, (r0, c0) = res
         raw = self.raw_combo.value
-        scale, translate = np.asarray(raw.scale[-2:]), np.asarray(raw.translate[-2:])
-        origin = translate + np.array([r0, c0]) * scale
-        lim = float(np.abs(filt).max()) or 1.0
+        geo = plane_geometry(raw)
+        scale, translate = np.asarray(geo["scale"]), np.asarray(geo["translate"])
+        peak = float(np.abs(filt).max()) or 1.0
+        # symmetric limits at a high percentile: the central peak saturates,
+        # the weights the network gives to other columns stay visible
+        lim = float(np.percentile(np.abs(filt), 99.5)) or peak
         for name in (FILTER_LAYER, BOX_LAYER, PIXEL_LAYER):
             if name in self.viewer.layers:
                 self.viewer.layers.remove(name)
         self.viewer.add_image(
-            filt, name=FILTER_LAYER, colormap="RdBu_r", contrast_limits=(-lim, lim),
-            scale=tuple(scale), translate=tuple(origin), blending="translucent",
+            filt, name=FILTER_LAYER, colormap=diverging_overlay_colormap(),
+            contrast_limits=(-lim, lim), scale=geo["scale"], units=geo["units"],
+            translate=tuple(translate + np.array([r0, c0]) * scale), blending="translucent",
             metadata={"frame": frame, "pixel": pixel, "origin": (r0, c0)},
         )
         h, w = filt.shape
         corners = np.array([[r0, c0], [r0 + h, c0 + w]], dtype=float) - 0.5
         self.viewer.add_shapes(
             [corners], shape_type="rectangle", name=BOX_LAYER, edge_color="yellow",
-            face_color="transparent", edge_width=max(h, w) / 200, scale=tuple(scale),
-            translate=tuple(translate),
+            face_color="transparent", edge_width=max(h, w) / 200, **geo,
         )
         self.viewer.add_points(
             [pixel], name=PIXEL_LAYER, size=max(h, w) / 40, face_color="transparent",
-            border_color="lime", border_width=0.3, scale=tuple(scale),
-            translate=tuple(translate),
+            border_color="lime", border_width=0.3, **geo,
         )
+        lim = peak
         total = float(filt.sum())
         self.status.value = (
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
