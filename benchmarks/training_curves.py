@@ -1,6 +1,6 @@
 """Validation PSNR against patches seen, for training runs' log.csv files.
 
-    python benchmarks/training_curves.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--png docs/images/training_curves.png]
+    python benchmarks/training_curves.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--png FILE.png]
 
 Prints a markdown table (the PSNR at given numbers of patches, from the log
 rows) and draws the curves.
