@@ -56,3 +56,14 @@ def reference_images() -> list[np.ndarray]:
     if not files:
         pytest.skip(f"reference images not found in {REFERENCE_DIR}")
     return [tifffile.imread(f).astype(np.float32) for f in files]
+
+
+@pytest.fixture
+def tiny_model_file(tmp_path, tiny_unet):
+    """A checkpoint of the tiny UNet, as napari-sbd-train would write it."""
+    from napari_sbd.core.checkpoint import save_checkpoint
+
+    path = tmp_path / "tiny.pt"
+    save_checkpoint(path, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
+                    dose=0.45, pixel_size_pm=6.1, contrast="white")
+    return path

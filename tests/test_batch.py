@@ -14,18 +14,14 @@ import pytest
 import tifffile
 import zarr
 
-from napari_sbd.core.checkpoint import save_checkpoint
 from napari_sbd.core.inference import load_model
 from napari_sbd.denoise_cli import main
 from napari_sbd.sample_data import clean_frame
 
 
 @pytest.fixture
-def model_path(tmp_path, tiny_unet):
-    p = tmp_path / "tiny.pt"
-    save_checkpoint(p, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
-                    dose=0.45, pixel_size_pm=6.1, contrast="white")
-    return p
+def model_path(tiny_model_file):
+    return tiny_model_file
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sbd.core.checkpoint import save_checkpoint
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.phantom import pt_on_ceo2_phantom
@@ -78,11 +77,9 @@ def test_columns_bad_pairs_and_no_vacuum(scene, qtbot, make_napari_viewer):
     assert "no vacuum" in w.summary.value
 
 
-def test_click_shows_the_filter_over_its_crop(scene, qtbot, tmp_path, tiny_unet):
+def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     viewer, _ = scene
-    path = tmp_path / "m.pt"
-    save_checkpoint(path, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
-                    dose=0.45, pixel_size_pm=6.1, contrast="white")
+    path = tiny_model_file
     w = FilterWidget(viewer)
     w.model.source.value = FILE_CHOICE
     w.model.file.value = path

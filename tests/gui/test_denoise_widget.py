@@ -5,18 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sbd.core.checkpoint import save_checkpoint
 from napari_sbd.widgets.denoise import FILE_CHOICE, DenoiseWidget
 
 pytestmark = pytest.mark.gui
 
 
 @pytest.fixture
-def model_file(tmp_path, tiny_unet):
-    path = tmp_path / "tiny.pt"
-    save_checkpoint(path, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
-                    dose=0.45, pixel_size_pm=6.1, contrast="white")
-    return path
+def model_file(tiny_model_file):
+    return tiny_model_file
 
 
 @pytest.fixture

@@ -81,3 +81,14 @@ def diverging_overlay_colormap(name: str = "sbd diverging overlay"):
     colors = [[0.13, 0.40, 0.67, 1.0], [0.57, 0.77, 0.87, 0.6], [1.0, 1.0, 1.0, 0.0],
               [0.96, 0.65, 0.51, 0.6], [0.70, 0.09, 0.17, 1.0]]
     return Colormap(colors=colors, controls=[0.0, 0.25, 0.5, 0.75, 1.0], name=name)
+
+
+def dock_layout(widget: Any, form: Any, *extra: Any) -> None:
+    """Stack a magicgui form (and extra Qt widgets) at the top of a dock widget."""
+    from qtpy.QtWidgets import QVBoxLayout
+
+    layout = QVBoxLayout(widget)
+    layout.addWidget(form.native)
+    for w in extra:
+        layout.addWidget(w)
+    layout.addStretch()

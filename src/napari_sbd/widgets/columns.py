@@ -9,7 +9,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from napari_sbd.core.columns import Columns, detect_columns
 from napari_sbd.core.likelihood import (
@@ -18,7 +18,13 @@ from napari_sbd.core.likelihood import (
     column_log_likelihood_ratios,
     likelihood_map,
 )
-from napari_sbd.widgets._layers import current_frame_index, image_layers, pixel_size_pm, plane_geometry
+from napari_sbd.widgets._layers import (
+    current_frame_index,
+    dock_layout,
+    image_layers,
+    pixel_size_pm,
+    plane_geometry,
+)
 from napari_sbd.widgets._model import Failure, wrap
 
 __all__ = ["ColumnsWidget", "ColumnsResult", "analyse_frame"]
@@ -106,9 +112,7 @@ class ColumnsWidget(QWidget):
             self.contrast_spin, self.dark_check, self.radius_spin, self.vacuum_spin,
             self.follow_check, self.run_button, self.summary,
         ])
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addStretch()
+        dock_layout(self, self.form)
         self.run_button.changed.connect(self.run)
         self.denoised_combo.changed.connect(self._guess_defaults)
         self.viewer.layers.events.inserted.connect(self._reset)

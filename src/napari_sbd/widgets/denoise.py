@@ -9,12 +9,12 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QProgressBar, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QProgressBar, QWidget
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
 from napari_sbd.core.inputs import InputError, check_stack_shape
-from napari_sbd.widgets._layers import copy_geometry, image_layers, pixel_size_pm
+from napari_sbd.widgets._layers import copy_geometry, dock_layout, image_layers, pixel_size_pm
 from napari_sbd.widgets._model import FILE_CHOICE, Failure, ModelPicker, wrap
 
 __all__ = ["FILE_CHOICE", "DenoiseWidget"]
@@ -53,10 +53,7 @@ class DenoiseWidget(QWidget):
         )
         self.progress = QProgressBar()
         self.progress.setVisible(False)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.progress)
-        layout.addStretch()
+        dock_layout(self, self.form, self.progress)
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)

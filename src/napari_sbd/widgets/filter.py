@@ -8,11 +8,11 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.jacobian import effective_filter
-from napari_sbd.widgets._layers import diverging_overlay_colormap, image_layers, plane_geometry
+from napari_sbd.widgets._layers import diverging_overlay_colormap, dock_layout, image_layers, plane_geometry
 from napari_sbd.widgets._model import Failure, ModelPicker, wrap
 
 __all__ = ["FilterWidget"]
@@ -40,9 +40,7 @@ class FilterWidget(QWidget):
         self.active = CheckBox(label="click to show the filter", value=True)
         self.status = Label(value="click a pixel of the raw or denoised layer")
         self.form = Container(widgets=[self.raw_combo, self.model, self.active, self.status])
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.form.native)
-        layout.addStretch()
+        dock_layout(self, self.form)
         self.viewer.layers.events.inserted.connect(lambda _e: self.raw_combo.reset_choices())
         self.viewer.layers.events.removed.connect(lambda _e: self.raw_combo.reset_choices())
         self.viewer.mouse_drag_callbacks.append(self._on_click)
