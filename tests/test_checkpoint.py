@@ -33,7 +33,13 @@ def test_round_trip_keeps_weights_and_metadata(saved, tiny_unet):
 
 
 def test_save_is_atomic_and_leaves_no_temporary(saved):
+    import os
+    import stat
+
     assert [p.name for p in saved.parent.iterdir()] == ["model.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~umask  # not private like mkstemp
 
 
 def test_missing_file(tmp_path):
