@@ -46,7 +46,7 @@ def run(n_frames: int, size: int, model: str, work: Path) -> tuple[float, float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", required=True, help="checkpoint to run")
+    parser.add_argument("--model", default="default", help="checkpoint to run (default: bundled)")
     parser.add_argument("--size", type=int, default=512, help="frame side in pixels (512)")
     args = parser.parse_args()
     rows = []

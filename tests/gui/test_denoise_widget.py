@@ -62,6 +62,10 @@ def test_cancel_marks_the_layer_incomplete(widget, qtbot, rng):
 
 def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path, model_file):
     viewer, w = widget
+    # label layers are not images of counts: they are never offered
+    viewer.add_labels(np.zeros((64, 64), np.int32), name="mask")
+    assert "mask" not in [name for name, _ in w.layer_combo.choices] and not any(
+        getattr(c, "name", None) == "mask" for c in w.layer_combo.choices)
     rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
     w.layer_combo.value = rgb
     w.run()

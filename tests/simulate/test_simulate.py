@@ -116,3 +116,13 @@ def test_impossible_parameters_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "x"), "--defocus", "20:0"])
     assert json.dumps(FAST.record())
+
+
+def test_dask_distributed_executor(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        n = simulate_dataset(tmp_path / "dask", 1, [6.0], FAST, seed=11, fixed=SMALL,
+                             executor=client.get_executor())
+    assert n == 1 and (tmp_path / "dask" / "s00011_df+06.0nm.tif").exists()

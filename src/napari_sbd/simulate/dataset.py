@@ -146,8 +146,6 @@ def simulate_structure(
     list of dict
         The metadata rows written.
     """
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        os.environ.setdefault(var, "1")
     out = Path(out)
     atoms, info = build_structure(sp)
     psi, sampling = exit_wave(atoms, ip)
@@ -178,6 +176,16 @@ def simulate_structure(
     atomic_write(out / "records" / f"{sid}.json",
                  lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1)))
     return rows
+
+
+def _single_threaded_worker() -> None:
+    """ProcessPool initializer: one process per core, each single-threaded.
+
+    Set before NumPy/numba start their thread pools in the fresh process (in an
+    already running process numba refuses a changed NUMBA_NUM_THREADS).
+    """
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        os.environ[var] = "1"
 
 
 def _rebuild_table(out: Path) -> int:
@@ -247,8 +255,8 @@ def simulate_dataset(
     if progress:
         progress(done, n_structures)
     own = executor is None and (workers or os.cpu_count() or 1) > 1 and len(todo) > 1
-    pool = executor or (ProcessPoolExecutor(min(len(todo), workers or os.cpu_count() or 1))
-                        if own else None)
+    pool = executor or (ProcessPoolExecutor(min(len(todo), workers or os.cpu_count() or 1),
+                                            initializer=_single_threaded_worker) if own else None)
     try:
         if pool is None:
             for sp in todo:
