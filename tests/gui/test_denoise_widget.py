@@ -98,3 +98,20 @@ def test_sample_data_and_launcher(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.open_sample("napari-sbd", "pt_ceo2_movie")
     assert {"Pt-CeO2 noisy", "Pt-CeO2 clean"} <= {ly.name for ly in viewer.layers}
+
+
+def test_save_denoised_layer_with_our_writer(make_napari_viewer, tmp_path):
+    import json
+
+    import tifffile
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.ones((2, 32, 32), np.float32), name="x denoised",
+                             scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"),
+                             metadata={"sbd_model": {"dose": 0.45}, "sbd_complete": True})
+    path = tmp_path / "x.tif"
+    layer.save(str(path), plugin="napari-sbd")
+    with tifffile.TiffFile(path) as tif:
+        assert tif.series[0].shape == (2, 32, 32)
+        desc = json.loads(tif.pages[0].description)
+    assert desc["pixel_size_pm"] == pytest.approx(6.1) and desc["complete"] is True
