@@ -115,3 +115,18 @@ def test_save_denoised_layer_with_our_writer(make_napari_viewer, tmp_path):
         assert tif.series[0].shape == (2, 32, 32)
         desc = json.loads(tif.pages[0].description)
     assert desc["pixel_size_pm"] == pytest.approx(6.1) and desc["complete"] is True
+
+
+def test_warns_before_running_when_dose_or_pixel_size_differ(widget, qtbot, rng):
+    from napari.utils.notifications import notification_manager
+
+    viewer, w = widget
+    bright = rng.poisson(4.0, (1, 48, 48)).astype(np.float32)  # 9x the model's dose
+    raw = viewer.add_image(bright, name="bright", scale=(1, 0.122, 0.122),
+                           units=("pixel", "angstrom", "angstrom"))  # 12.2 pm: twice the model's
+    w.layer_combo.value = raw
+    notification_manager.records.clear()
+    w.run()
+    _wait(qtbot, w)
+    messages = " ".join(str(n.message) for n in notification_manager.records)
+    assert "trained at 0.45" in messages and "pm/pixel" in messages
