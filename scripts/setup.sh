@@ -34,8 +34,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   $PIP install -q --upgrade pip
   echo ">> installing $TORCH_SPEC (CPU build) before anything else"
   $PIP install -q "$TORCH_SPEC"
-  echo ">> installing napari-sbd with its test, file-format and simulator extras"
-  $PIP install -q -e ".[testing,io,simulate]"
+  echo ">> installing napari-sbd with its test, file-format, simulator and baseline extras"
+  $PIP install -q -e ".[testing,io,simulate,baselines]"
   touch "$stamp"
 fi
 "$VENV/bin/python" -c "import torch, napari, napari_sbd; print('>> ready: torch', torch.__version__, '| napari', napari.__version__)"

@@ -50,7 +50,10 @@ def fourier_lowpass(
     ky = np.fft.fftfreq(y.shape[0], pixel_size_pm / 100.0)
     kx = np.fft.rfftfreq(y.shape[1], pixel_size_pm / 100.0)
     k = np.hypot(ky[:, None], kx[None, :])
-    h = (k <= cutoff_per_a).astype(float) if order is None else 1.0 / (1.0 + (k / cutoff_per_a) ** (2 * order))
+    if order is None:
+        h = (k <= cutoff_per_a).astype(float)
+    else:
+        h = 1.0 / (1.0 + (k / cutoff_per_a) ** (2 * order))
     return np.fft.irfft2(np.fft.rfft2(y) * h, s=y.shape).astype(np.float32)
 
 
