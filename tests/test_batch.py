@@ -127,3 +127,16 @@ def test_bad_input_one_clear_error_and_no_output(tmp_path, model_path, capsys, s
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_tiff_frames_are_read_one_by_one(tmp_path, compression):
+    from napari_sbd.core.batch import TiffFrames
+
+    stack = np.random.default_rng(2).poisson(0.45, (5, 40, 24)).astype(np.uint16)
+    path = tmp_path / "s.tif"
+    tifffile.imwrite(path, stack, compression=compression)
+    frames = TiffFrames(path)
+    assert frames.shape == stack.shape and frames.dtype == stack.dtype
+    for i in (0, 3, 4):
+        np.testing.assert_array_equal(frames[i], stack[i])
