@@ -14,6 +14,7 @@ is never read whole.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from napari_sbd.core.checkpoint import CheckpointError, load_checkpoint
-from napari_sbd.core.inputs import InputError, as_frame, check_stack_shape
+from napari_sbd.core.inputs import as_frame, check_stack_shape
 from napari_sbd.core.models import fold_batchnorm
 
 __all__ = [
@@ -147,8 +148,6 @@ class Denoiser:
         self.receptive_radius: int = int(net.receptive_radius())
         self.size_multiple: int = int(net.size_multiple)
         if fold:
-            import copy
-
             net = fold_batchnorm(copy.deepcopy(net))
         self.channels_last = (self.device.type == "cpu") if channels_last is None else channels_last
         net = net.to(self.device)
@@ -439,5 +438,3 @@ def load_model(
     meta["path"] = str(path)
     return Denoiser(net, meta, device=device, fold=fold)
 
-
-__all__ += ["InputError", "CheckpointError"]
