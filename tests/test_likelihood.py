@@ -109,3 +109,9 @@ def test_shape_mismatch_and_bad_vacuum():
         column_log_likelihood_ratios(np.zeros((10, 10)), np.zeros((12, 10)), np.zeros((0, 2)), 0.45)
     with pytest.raises(ValueError, match="positive"):
         column_log_likelihood_ratios(np.zeros((10, 10)), np.zeros((10, 10)), np.zeros((0, 2)), 0.0)
+
+
+def test_llr_classes_use_the_papers_thresholds():
+    from napari_sbd.core.likelihood import llr_classes
+
+    assert llr_classes(np.array([0.005, 0.02, -0.006, -0.1, 0.0, 0.0049, np.nan])) == (2, 2, 3)

@@ -31,6 +31,7 @@ __all__ = [
     "VacuumNotFound",
     "column_log_likelihood_ratios",
     "estimate_vacuum_level",
+    "llr_classes",
     "likelihood_map",
     "vacuum_mask",
 ]
@@ -230,6 +231,14 @@ def column_log_likelihood_ratios(
         lam1 = max(float(den[rr, cc].mean()), tiny)
         out[k] = float(y[rr, cc].mean()) * np.log(lam1 / lam0) - (lam1 - lam0)
     return out
+
+
+def llr_classes(llr: np.ndarray) -> tuple[int, int, int]:
+    """Counts of (real, spurious, undecided) columns by the papers' thresholds."""
+    values = np.asarray(llr, dtype=np.float64)
+    real = int(np.sum(values >= LLR_REAL))
+    spurious = int(np.sum(values <= LLR_SPURIOUS))
+    return real, spurious, int(values.size) - real - spurious
 
 
 def likelihood_map(

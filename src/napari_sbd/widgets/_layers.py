@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from qtpy.QtWidgets import QWidget
 
 
 def pixel_size_pm(layer: Any) -> float | None:
@@ -81,6 +82,15 @@ def diverging_overlay_colormap(name: str = "sbd diverging overlay"):
     colors = [[0.13, 0.40, 0.67, 1.0], [0.57, 0.77, 0.87, 0.6], [1.0, 1.0, 1.0, 0.0],
               [0.96, 0.65, 0.51, 0.6], [0.70, 0.09, 0.17, 1.0]]
     return Colormap(colors=colors, controls=[0.0, 0.25, 0.5, 0.75, 1.0], name=name)
+
+
+class DockWidget(QWidget):
+    """Base of our dock widgets: the viewer and the (at most one) running worker."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
 
 
 def dock_layout(widget: Any, form: Any, *extra: Any) -> None:

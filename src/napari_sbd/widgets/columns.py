@@ -9,7 +9,6 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QWidget
 
 from napari_sbd.core.columns import Columns, detect_columns
 from napari_sbd.core.likelihood import (
@@ -17,8 +16,10 @@ from napari_sbd.core.likelihood import (
     LLR_SPURIOUS,
     column_log_likelihood_ratios,
     likelihood_map,
+    llr_classes,
 )
 from napari_sbd.widgets._layers import (
+    DockWidget,
     current_frame_index,
     dock_layout,
     image_layers,
@@ -44,9 +45,7 @@ class ColumnsResult:
 
     def counts(self) -> tuple[int, int, int]:
         """(real, spurious, undecided) by the papers' thresholds."""
-        real = int(np.sum(self.llr >= LLR_REAL))
-        spurious = int(np.sum(self.llr <= LLR_SPURIOUS))
-        return real, spurious, len(self.llr) - real - spurious
+        return llr_classes(self.llr)
 
 
 def analyse_frame_safely(*args: Any) -> ColumnsResult | Failure:
@@ -77,7 +76,7 @@ def _frame(data: Any, index: int) -> np.ndarray:
     return np.asarray(data[index] if data.ndim == 3 else data, dtype=np.float32)
 
 
-class ColumnsWidget(QWidget):
+class ColumnsWidget(DockWidget):
     """Columns of the denoised layer, coloured by how well the raw counts support them.
 
     Parameters
@@ -87,9 +86,7 @@ class ColumnsWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.worker: Any = None
+        super().__init__(napari_viewer)
         self.result: ColumnsResult | None = None
         choices = lambda _w: image_layers(self.viewer)  # noqa: E731
         self.denoised_combo = ComboBox(label="denoised", choices=choices)

@@ -9,18 +9,18 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QProgressBar, QWidget
+from qtpy.QtWidgets import QProgressBar
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
 from napari_sbd.core.inputs import InputError, check_stack_shape
-from napari_sbd.widgets._layers import copy_geometry, dock_layout, image_layers, pixel_size_pm
+from napari_sbd.widgets._layers import DockWidget, copy_geometry, dock_layout, image_layers, pixel_size_pm
 from napari_sbd.widgets._model import FILE_CHOICE, Failure, ModelPicker, wrap
 
 __all__ = ["FILE_CHOICE", "DenoiseWidget"]
 
 
-class DenoiseWidget(QWidget):
+class DenoiseWidget(DockWidget):
     """Pick an image layer and a model; denoise into ``<name> denoised``.
 
     Parameters
@@ -30,9 +30,7 @@ class DenoiseWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.worker: Any = None
+        super().__init__(napari_viewer)
         self.output_layer: Image | None = None
 
         self.layer_combo = ComboBox(label="image", choices=lambda _w: image_layers(self.viewer))

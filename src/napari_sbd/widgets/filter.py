@@ -8,11 +8,16 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QWidget
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.jacobian import effective_filter
-from napari_sbd.widgets._layers import diverging_overlay_colormap, dock_layout, image_layers, plane_geometry
+from napari_sbd.widgets._layers import (
+    DockWidget,
+    diverging_overlay_colormap,
+    dock_layout,
+    image_layers,
+    plane_geometry,
+)
 from napari_sbd.widgets._model import Failure, ModelPicker, wrap
 
 __all__ = ["FilterWidget"]
@@ -22,7 +27,7 @@ BOX_LAYER = "effective filter: crop"
 PIXEL_LAYER = "effective filter: pixel"
 
 
-class FilterWidget(QWidget):
+class FilterWidget(DockWidget):
     """While active, a click on the raw (or denoised) layer shows the effective filter.
 
     Parameters
@@ -32,9 +37,7 @@ class FilterWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
-        super().__init__()
-        self.viewer = napari_viewer
-        self.worker: Any = None
+        super().__init__(napari_viewer)
         self.raw_combo = ComboBox(label="raw counts", choices=lambda _w: image_layers(self.viewer))
         self.model = ModelPicker()
         self.active = CheckBox(label="click to show the filter", value=True)
