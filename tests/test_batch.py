@@ -140,3 +140,19 @@ def test_tiff_frames_are_read_one_by_one(tmp_path, compression):
     assert frames.shape == stack.shape and frames.dtype == stack.dtype
     for i in (0, 3, 4):
         np.testing.assert_array_equal(frames[i], stack[i])
+
+
+def test_processes_starting_together_share_one_store(movie, model_path, tmp_path):
+    path, stack = movie
+    out = tmp_path / "race.zarr"
+    base = [sys.executable, "-m", "napari_sbd.denoise_cli", str(path), "-o", str(out), "--model",
+            str(model_path), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([*base, "--frames", r], env=env, stderr=subprocess.PIPE)
+             for r in ("0:3", "3:6")]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, p.stderr.read().decode()[-1000:]
+    g = zarr.open_group(str(out), mode="r")
+    assert g.attrs["napari_sbd"]["complete"] is True
+    assert not list(tmp_path.glob(".race.zarr.creating-*"))
+    np.testing.assert_allclose(g["denoised"][:], load_model(model_path).denoise(stack), atol=1e-5)

@@ -265,30 +265,28 @@ def denoise_movie(
 
 def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | None, command: str,
                     overwrite: bool, likelihood: bool, shape: tuple[int, int, int]):
+    """Open the store of this job (resume) or create it, atomically.
+
+    The new store is built in a temporary sibling folder and renamed into
+    place: of several processes starting the same job at once, one rename wins
+    and the others open the winner's store, never wiping each other's work.
+    """
     import zarr
 
     if out.exists():
-        previous = None
-        try:
-            previous = dict(zarr.open_group(str(out), mode="r").attrs.get("napari_sbd", {}))
-        except Exception:  # noqa: BLE001 - not a zarr store at all
-            previous = None
-        if previous and previous.get("job") == ident:
-            # same thread count as the first run: CPU convolutions sum in a
-            # thread-dependent order, and a resumed store must be bit-identical
-            if previous.get("torch_threads"):
-                import torch
-
-                torch.set_num_threads(int(previous["torch_threads"]))
-            return zarr.open_group(str(out), mode="r+")
+        group = _resumable(out, ident)
+        if group is not None:
+            return group
         if not overwrite:
-            what = "a different napari-sbd job" if previous else "something that is not a napari-sbd output"
+            what = ("a different napari-sbd job" if _job_of(out)
+                    else "something that is not a napari-sbd output")
             raise BatchError(
                 f"the output {out} already exists and holds {what}; choose another name, or pass "
                 "--overwrite to replace it"
             )
         shutil.rmtree(out) if out.is_dir() else out.unlink()
-    group = zarr.open_group(str(out), mode="w")
+    tmp = out.with_name(f".{out.name}.creating-{os.getpid()}")
+    group = zarr.open_group(str(tmp), mode="w")
     n, h, w = shape
     group.create_array("denoised", shape=shape, chunks=(1, h, w), dtype="float32", fill_value=np.nan)
     if likelihood:
@@ -303,9 +301,42 @@ def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | N
         "torch_threads": __import__("torch").get_num_threads(),
         "complete": False,
     }
-    (out / ".sbd" / "done").mkdir(parents=True, exist_ok=True)
-    (out / ".sbd" / "columns").mkdir(parents=True, exist_ok=True)
-    return group
+    (tmp / ".sbd" / "done").mkdir(parents=True, exist_ok=True)
+    (tmp / ".sbd" / "columns").mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process created it first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        group = _resumable(out, ident)
+        if group is None:
+            raise BatchError(f"the output {out} appeared meanwhile and holds another job") from None
+        return group
+    return zarr.open_group(str(out), mode="r+")
+
+
+def _job_of(out: Path) -> dict | None:
+    import zarr
+
+    try:
+        return dict(zarr.open_group(str(out), mode="r").attrs.get("napari_sbd", {})) or None
+    except Exception:  # noqa: BLE001 - not a zarr store at all
+        return None
+
+
+def _resumable(out: Path, ident: dict):
+    """The store at ``out`` opened for writing if it holds this very job, else None."""
+    import zarr
+
+    previous = _job_of(out)
+    if not previous or previous.get("job") != ident:
+        return None
+    # same thread count as the first run: CPU convolutions sum in a
+    # thread-dependent order, and a resumed store must be bit-identical
+    if previous.get("torch_threads"):
+        import torch
+
+        torch.set_num_threads(int(previous["torch_threads"]))
+    return zarr.open_group(str(out), mode="r+")
 
 
 def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | None,
