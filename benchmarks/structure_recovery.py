@@ -1,0 +1,179 @@
+"""Structure recovery and LLR distributions (journal paper Fig. 5 and 6; issue 6, item 3).
+
+For held-out simulated structures (seeds never used for training) with surface
+defects: clean image -> Poisson draws -> the model -> LoG columns of the
+particle in the clean image (A) and in each denoised image (B) -> precision,
+recall, F1 and Jaccard for surface and bulk apart; each denoised column is
+real (matched to A within 0.5 A) or spurious, and its LLR goes into that
+distribution. Writes docs/structure-recovery.md and two PNGs.
+
+    python benchmarks/structure_recovery.py [--model default] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from napari_sbd.core.columns import detect_columns, recovery_metrics, structure_recovery  # noqa: E402
+from napari_sbd.core.inference import load_model  # noqa: E402
+from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS, column_log_likelihood_ratios  # noqa: E402
+from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci  # noqa: E402
+from napari_sbd.simulate.structures import StructureParams, build_structure  # noqa: E402
+
+PX = 6.1
+MATCH_A = 0.5
+
+
+def particle_columns(img: np.ndarray, support_row: int) -> np.ndarray:
+    """Columns detected above the support (the particle's), pixels."""
+    cols = detect_columns(img[: support_row - 8], PX)
+    return cols.centres
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--quick", action="store_true", help="3 structures x 2 defoci x 4 draws")
+    args = parser.parse_args()
+    n_struct, defoci, draws = (3, [6.0, 8.0], 4) if args.quick else (10, [6.0, 7.0, 8.0, 9.0, 10.0], 5)
+    t0 = time.perf_counter()
+    model = load_model(args.model)
+    ip = ImagingParams()
+    defects = ["remove_column", "half_column", "single_atom", "none"]
+    rows, llr_real, llr_fake = [], [], []
+    far_fake = 0  # spurious columns more than 3 A from any clean column: in the vacuum
+    for k in range(n_struct):
+        sp = StructureParams(seed=9000 + k, particle="2nm", thickness_nm=4.0, tilt_x_deg=3.0,
+                             tilt_y_deg=-1.0, defect=defects[k % len(defects)])
+        atoms, info = build_structure(sp)
+        psi, s = exit_wave(atoms, ip)
+        images = images_at_defoci(psi, s, defoci, ip)
+        ly = info["cell_a"][1]
+        support_row = int((ly - info["support_top_a"]) / (PX / 100))
+        for d, clean in images.items():
+            a = particle_columns(clean, support_row)
+            for j in range(draws):
+                noisy = np.random.default_rng([9000 + k, int(d * 10), j]).poisson(clean).astype(np.float32)
+                den = model.denoise(noisy)
+                cols = detect_columns(den[: support_row - 8], PX)
+                b = cols.centres
+                rec = structure_recovery(a, b, MATCH_A, PX)
+                rows.append({"structure": sp.seed, "defect": sp.defect, "defocus": d, **{
+                    f"{part}_{m}": getattr(rec[part], m) for part in ("surface", "bulk")
+                    for m in ("precision", "recall", "f1", "jaccard")}})
+                vacuum = float(np.mean(noisy[:60]))  # the top rows are vacuum in these models
+                llr = column_log_likelihood_ratios(noisy[: support_row - 8], den[: support_row - 8], cols,
+                                                   vacuum, pixel_size_pm=PX)
+                # real: matched one-to-one to a clean column
+                m = recovery_metrics(a, b, MATCH_A, PX)
+                from scipy.optimize import linear_sum_assignment
+
+                if len(a) and len(b):
+                    dist = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
+                    ri, ci = linear_sum_assignment(np.where(dist <= MATCH_A / (PX / 100), dist, 1e6))
+                    real_idx = set(ci[dist[ri, ci] <= MATCH_A / (PX / 100)].tolist())
+                else:
+                    real_idx = set()
+                assert len(real_idx) == m.matched
+                for i, v in enumerate(llr):
+                    (llr_real if i in real_idx else llr_fake).append(float(v))
+                if len(a) and len(b):
+                    nearest = dist.min(axis=0) * PX / 100
+                    far_fake += int(sum(1 for i in range(len(b)) if i not in real_idx and nearest[i] > 3))
+    elapsed = time.perf_counter() - t0
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = ["precision", "recall", "f1", "jaccard"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    data, labels = [], []
+    for m in metrics:
+        for part in ("surface", "bulk"):
+            data.append([r[f"{part}_{m}"] for r in rows])
+            labels.append(f"{m}\n{part}")
+    bp = ax.boxplot(data, tick_labels=labels, patch_artist=True)
+    for i, patch in enumerate(bp["boxes"]):
+        patch.set_facecolor("tab:blue" if i % 2 == 0 else "tab:orange")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(f"Pt column recovery over {len(rows)} denoised images")
+    fig.tight_layout()
+    fig.savefig(REPO / "docs" / "images" / "structure_recovery.png", dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bins = np.linspace(-0.04, 0.06, 81)
+    ax.hist(llr_real, bins, alpha=0.6, label=f"real ({len(llr_real)})", color="tab:red", density=True)
+    ax.hist(llr_fake, bins, alpha=0.6, label=f"spurious ({len(llr_fake)})", color="tab:blue", density=True)
+    for x in (LLR_REAL, LLR_SPURIOUS):
+        ax.axvline(x, color="k", ls="--", lw=1)
+    ax.set_xlabel("column log-likelihood ratio (nats/pixel)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(REPO / "docs" / "images" / "llr_distributions.png", dpi=100)
+
+    def med(key):
+        v = np.array([r[key] for r in rows])
+        return f"{np.median(v):.2f} [{np.percentile(v, 25):.2f}, {np.percentile(v, 75):.2f}]"
+
+    real, fake = np.array(llr_real), np.array(llr_fake)
+    frac = lambda a, cond: f"{100 * np.mean(cond(a)):.0f}%" if len(a) else "-"  # noqa: E731
+    text = "\n".join([
+        "# Structure recovery and LLR distributions",
+        "",
+        f"Command: `python benchmarks/structure_recovery.py {' '.join(sys.argv[1:])}` "
+        f"({dt.date.today().isoformat()}, {elapsed / 60:.1f} min on this 2-core machine). "
+        f"Model: {model.metadata.get('architecture')} {model.metadata.get('params')}, "
+        f"validation PSNR {model.metadata.get('validation_psnr', float('nan')):.2f} dB.",
+        "",
+        f"{n_struct} held-out structures (seeds 9000+, 2 nm particle, 4 nm support, tilt 3/-1 degrees, "
+        f"defects {', '.join(defects)}), defoci {defoci} nm, {draws} Poisson draws each at 0.45 "
+        f"counts/pixel: {len(rows)} denoised images. Columns: LoG on the particle region (above the "
+        f"support); matching within {MATCH_A} A. Median [quartiles]:",
+        "",
+        "| metric | surface | bulk |",
+        "|---|---|---|",
+        *[f"| {m} | {med('surface_' + m)} | {med('bulk_' + m)} |" for m in metrics],
+        "",
+        "The papers (journal Fig. 5d, their 6-scale network): surface precision and recall median "
+        "1.0, F1 about 0.96, Jaccard 0.93; bulk all 1.0.",
+        "",
+        "![recovery](images/structure_recovery.png)",
+        "",
+        f"LLR of {len(real)} real and {len(fake)} spurious denoised columns "
+        f"(vacuum level measured on the top rows of each raw frame):",
+        "",
+        "| | real | spurious |",
+        "|---|---|---|",
+        f"| median LLR | {np.median(real) if len(real) else float('nan'):.4f} | "
+        f"{np.median(fake) if len(fake) else float('nan'):.4f} |",
+        f"| LLR >= {LLR_REAL} (read as real) | {frac(real, lambda a: a >= LLR_REAL)} | "
+        f"{frac(fake, lambda a: a >= LLR_REAL)} |",
+        f"| LLR <= {LLR_SPURIOUS} (read as spurious) | {frac(real, lambda a: a <= LLR_SPURIOUS)} | "
+        f"{frac(fake, lambda a: a <= LLR_SPURIOUS)} |",
+        "",
+        "![LLR](images/llr_distributions.png)",
+        "",
+        f"Spurious columns per denoised image: {len(fake) / max(1, len(rows)):.1f}, of which "
+        f"{100 * far_fake / max(1, len(fake)):.0f}% lie more than 3 A from any real column, i.e. in "
+        "the vacuum, where the model leaves a faint texture that LoG detection picks up; they also "
+        "spoil the convex-hull surface of the detected set (hence the low surface scores). Their "
+        "LLRs sit near 0 (undecided), not below -0.006: the likelihood test cannot flag a column "
+        "whose denoised intensity is itself close to the vacuum level.",
+        "",
+    ])
+    (REPO / "docs" / "structure-recovery.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
