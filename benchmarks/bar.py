@@ -7,12 +7,11 @@ or tuned on.
 
 Classical methods (Gaussian blur; b x b binning + Anscombe + BM3D + exact
 unbiased inverse + cubic upsampling) are tuned on simulated validation images
-from a napari-sbd-simulate folder, then applied to the test frames.
+(benchmarks/_common.py: held-out structures), then applied to the test frames.
 
 Usage::
 
-    python benchmarks/bar.py --model runs/x/best.pt [--model other.pt] \
-        [--tune-data /work/data-sim/v1] [--out docs/bar.md]
+    python benchmarks/bar.py [--model runs/x/best.pt --model other.pt] [--out docs/bar.md]
 
 PSNR/SSIM in the papers' convention (counts, data range 1, no clipping).
 """
@@ -20,70 +19,36 @@ PSNR/SSIM in the papers' convention (counts, data range 1, no clipping).
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import tifffile
-from skimage.transform import rescale
+from _common import (
+    DEFAULT_CACHE,
+    DOCS,
+    VAL_DEFOCI,
+    VAL_SEED,
+    header,
+    noisy_frames,
+    reference_frames,
+    simulated_set,
+    tune,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from napari_sbd.core.baselines import binned_vst_bm3d, gaussian_blur  # noqa: E402
-from napari_sbd.core.inference import load_model  # noqa: E402
-from napari_sbd.core.metrics import psnr, ssim  # noqa: E402
-
-REFERENCE = REPO.parent / "shared" / "data" / "reference"
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/data/reference")
-
-
-def test_frames() -> list[tuple[str, np.ndarray, np.ndarray]]:
-    """(name, clean, noisy) for the 12 test frames."""
-    out = []
-    for i, f in enumerate(sorted(REFERENCE.glob("*.tif"))):
-        clean = rescale(tifffile.imread(f).astype(np.float64), 0.8, order=1,
-                        anti_aliasing=False).astype(np.float32)
-        for k in range(3):
-            noisy = np.random.default_rng(1000 * i + k).poisson(clean).astype(np.float32)
-            out.append((f"{f.stem[:24]}#{k}", clean, noisy))
-    return out
+from napari_sbd.core.baselines import binned_vst_bm3d, gaussian_blur
+from napari_sbd.core.inference import load_model
+from napari_sbd.core.metrics import psnr, ssim
 
 
-def tuning_frames(folder: Path, n: int = 6) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Simulated white-contrast images (not the test set), one noise draw each."""
-    import csv
-
-    with open(folder / "metadata.csv") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["contrast"] == "white"]
-    structures = sorted({r["structure_id"] for r in rows})[-n:]  # the last structures
-    picks = [next(r for r in rows if r["structure_id"] == s and abs(float(r["defocus_nm"]) - 6) < 3)
-             for s in structures]
-    out = []
-    for j, r in enumerate(picks):
-        clean = tifffile.imread(folder / r["file"]).astype(np.float32)
-        out.append((clean, np.random.default_rng(77 + j).poisson(clean).astype(np.float32)))
-    return out
-
-
-def tune(frames, method, grid):
-    """Grid value with the best mean PSNR on the tuning frames."""
-    scores = {g: np.mean([psnr(c, method(n, g)) for c, n in frames]) for g in grid}
-    best = max(scores, key=scores.get)
-    return best, scores[best]
-
-
-def evaluate(name, fn, frames):
+def evaluate(name: str, fn, frames) -> dict:
+    """Median, mean and std of PSNR, SSIM and time per frame of ``fn`` on ``frames``."""
     t0 = time.perf_counter()
-    ests = [fn(n) for _, _, n in frames]
+    ests = [fn(f.noisy) for f in frames]
     per = (time.perf_counter() - t0) / len(frames)
-    p = np.array([psnr(c, e) for (_, c, _), e in zip(frames, ests)])
-    s = np.array([ssim(c, e) for (_, c, _), e in zip(frames, ests)])
+    p = np.array([psnr(f.clean, e) for f, e in zip(frames, ests)])
+    s = np.array([ssim(f.clean, e) for f, e in zip(frames, ests)])
     return {"method": name, "psnr_median": float(np.median(p)), "psnr_mean": float(p.mean()),
             "psnr_std": float(p.std()), "ssim_mean": float(s.mean()), "ssim_std": float(s.std()),
             "seconds_per_frame": per}
@@ -92,13 +57,17 @@ def evaluate(name, fn, frames):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", default=[], help="checkpoint(s) to evaluate")
-    parser.add_argument("--tune-data", default="/work/data-sim/v1", help="simulator folder for tuning")
-    parser.add_argument("--out", default=str(REPO / "docs" / "bar.md"), help="markdown report")
+    parser.add_argument("--model", action="append", default=[],
+                        help="checkpoint(s) to evaluate (default: the bundled model)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="simulated-set cache folder")
+    parser.add_argument("--out", type=Path, default=DOCS / "bar.md", help="markdown report")
     args = parser.parse_args()
+    t_start = time.perf_counter()
 
-    frames = test_frames()
-    tune_set = tuning_frames(Path(args.tune_data))
+    frames = reference_frames(3)
+    val_rows = [r for r in simulated_set("val", VAL_SEED, 2, VAL_DEFOCI, args.cache)
+                if r["contrast"] == "white"]
+    tune_set = noisy_frames(val_rows[:6], seed=1)
     sigma, _ = tune(tune_set, gaussian_blur, [4.0, 5.0, 6.0, 7.0, 7.5, 8.0, 9.0, 10.0, 12.0])
     grid = [(b, s) for b in (8, 10, 12, 14, 16) for s in (0.8, 1.0, 1.2)]
     (b, s), _ = tune(tune_set, lambda n, g: binned_vst_bm3d(n, *g), grid)
@@ -109,26 +78,22 @@ def main() -> None:
                  frames),
     ]
     best_classical = max(r["psnr_median"] for r in rows)
-    for path in args.model:
+    for path in args.model or ["default"]:
         model = load_model(path, device="auto")
-        model.denoise(frames[0][2][:256, :256])  # warm-up
-        r = evaluate(f"SBD {Path(path).parent.name}/{Path(path).name}", model.denoise, frames)
+        model.denoise(frames[0].noisy[:256, :256])  # warm-up
+        name = "bundled default" if path == "default" else f"{Path(path).parent.name}/{Path(path).name}"
+        r = evaluate(f"SBD {name}", model.denoise, frames)
         r["margin_db"] = r["psnr_median"] - best_classical
         r["meta"] = {k: model.metadata.get(k) for k in ("architecture", "params", "validation_psnr",
                                                         "patches_seen", "epoch")}
         rows.append(r)
 
-    cmd = "python benchmarks/bar.py " + " ".join(sys.argv[1:])
-    lines = [
-        "# The bar: SBD against classical denoisers on the papers' test images",
-        "",
-        f"Command: `{cmd}`  ",
-        f"Machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-        f"{__import__('os').cpu_count()} cores; date {dt.date.today().isoformat()}.",
-        "",
+    lines = header("The bar: SBD against classical denoisers on the papers' test images", sys.argv[1:],
+                   time.perf_counter() - t_start) + [
         "Test set: the 4 reference simulations resampled to 6.1 pm/pixel (x0.8, bilinear), "
-        "3 Poisson draws each (12 frames). Classical parameters tuned on 6 simulated images "
-        f"from `{args.tune_data}` (white contrast, never the test images).",
+        "3 Poisson draws each (12 frames). Classical parameters tuned on "
+        f"{len(tune_set)} simulated white-contrast validation images (structure seeds {VAL_SEED}+, "
+        "never the test images).  ",
         "Bar: median PSNR >= 38 dB and >= 1.5 dB above the best classical method.",
         "",
         "| method | PSNR median (dB) | PSNR mean +- std | SSIM mean +- std | s/frame |",
@@ -152,7 +117,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    Path(args.out).write_text(text)
+    args.out.write_text(text)
 
 
 if __name__ == "__main__":
