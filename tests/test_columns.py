@@ -43,8 +43,9 @@ def test_phantom_particle_and_support_columns():
     ph = pt_on_ceo2_phantom((512, 512), seed=3)
     cols = detect_columns(ph.image)
     h, w = ph.image.shape
-    inner = ph.columns[(ph.columns.min(axis=1) > 15) & (ph.columns[:, 0] < h - 15)
-                       & (ph.columns[:, 1] < w - 15)]
+    edge = 2.0 / 0.061 + 2  # the default border exclusion, 2 A, in pixels, plus a margin
+    inner = ph.columns[(ph.columns.min(axis=1) > edge) & (ph.columns[:, 0] < h - edge)
+                       & (ph.columns[:, 1] < w - edge)]
     m = recovery_metrics(inner, cols.centres, match_distance_a=0.2)
     assert m.recall == 1.0
     assert m.precision > 0.95  # only columns cut by the frame edge are extra
@@ -59,6 +60,27 @@ def test_reference_images_columns_stable_and_none_in_vacuum():
         # the top 150 rows (about 9 A) are vacuum in all four images
         assert not np.any(cols.centres[:, 0] < 150)
     assert min(counts) > 100 and max(counts) - min(counts) <= 5
+
+
+def test_vacuum_floor_drops_texture_columns_and_keeps_real_ones():
+    from scipy.ndimage import gaussian_filter
+
+    # a denoiser's leftover in the vacuum: a smooth random texture at the column scale
+    rng = np.random.default_rng(4)
+    real = np.mgrid[300:480:40, 100:420:40].reshape(2, -1).T.astype(float)
+    img = gaussian_columns((512, 512), real, 6.0, 0.12, 0.45)
+    texture = gaussian_filter(rng.standard_normal(img.shape), 5.0)
+    img += 0.012 * texture / texture.std()
+    vacuum = np.zeros(img.shape, bool)
+    vacuum[:250] = True
+    plain = detect_columns(img, vacuum_floor=None)
+    floored = detect_columns(img, vacuum=vacuum)
+    assert np.sum(plain.centres[:, 0] < 250) >= 5  # texture passes a fixed 0.03 threshold
+    assert np.sum(floored.centres[:, 0] < 250) <= 1
+    assert recovery_metrics(real, floored.centres, match_distance_a=0.2).recall == 1.0
+    assert floored.params["contrast_threshold"] > 0.03
+    with pytest.raises(ValueError, match="vacuum mask has shape"):
+        detect_columns(img, vacuum=vacuum[:10])
 
 
 def test_surface_mask_on_a_hexagon_of_columns():
@@ -93,3 +115,27 @@ def test_structure_recovery_splits_surface_and_bulk():
     extra = structure_recovery(a, np.vstack([a, [[-10, 20]]]))
     assert extra["surface"].precision < 1.0 and extra["surface"].recall < 1.0
     assert extra["surface"].n_detected + extra["bulk"].n_detected == 26
+
+
+def test_vacuum_floor_on_the_bundled_model_keeps_the_particle_and_drops_vacuum_texture():
+    # the real case: the sample's clean abTEM frame, one Poisson draw, the bundled model
+    from napari_sbd.core.inference import load_model
+    from napari_sbd.core.likelihood import vacuum_mask
+    from napari_sbd.sample_data import clean_frame
+
+    clean, info = clean_frame()
+    px = info["pixel_size_pm"]
+    noisy = np.random.default_rng(0).poisson(clean).astype(np.float32)
+    den = load_model("default", device="cpu").denoise(noisy)
+    truth = detect_columns(clean, px)
+    vac = vacuum_mask(clean, px)  # where the true vacuum is
+    in_vac = lambda c: vac[tuple(np.round(c.centres).astype(int).T)].sum()  # noqa: E731
+    plain = detect_columns(den, px, vacuum_floor=None)
+    floored = detect_columns(den, px)
+    assert in_vac(truth) == 0
+    assert in_vac(floored) <= in_vac(plain) and in_vac(floored) <= 1
+    assert floored.params["vacuum_texture"] is not None
+    # the particle's columns are still found: no loss of recall for the gain in precision
+    rec = lambda c: recovery_metrics(truth.centres, c.centres, match_distance_a=0.5, pixel_size_pm=px)  # noqa: E731
+    assert rec(floored).recall >= max(0.95, rec(plain).recall - 0.02)
+    assert rec(floored).precision >= rec(plain).precision

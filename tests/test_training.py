@@ -96,6 +96,17 @@ def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+def test_warm_restart_sets_the_rate_and_keeps_the_best(dataset, tmp_path):
+    args = [str(dataset), "--out", str(tmp_path / "r"), "--val-fraction", "0.25", *TINY, "--lr", "1e-3"]
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main([*args, "--epochs", "2", "--restart-lr", "5e-4"]) == 2  # only with --resume
+    assert main([*args, "--epochs", "2", "--resume", "--restart-lr", "2e-4"]) == 0
+    with open(tmp_path / "r" / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[1]["lr"]) == pytest.approx(2e-4)
+    assert float(rows[1]["best_val_psnr"]) >= float(rows[0]["best_val_psnr"])
+
+
 @pytest.mark.parametrize(
     ("setup", "extra", "message"),
     [

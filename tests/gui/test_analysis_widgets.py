@@ -47,6 +47,8 @@ def test_columns_points_and_map_follow_the_frame(scene, qtbot):
     real, spurious, _ = w.result.counts()
     assert f"real (LLR >= {LLR_REAL}): {real}" in w.summary.value
     assert f"spurious (LLR <= {LLR_SPURIOUS}): {spurious}" in w.summary.value
+    assert w.result.columns.params["vacuum_floor"] == w.floor_spin.value == 4.0
+    assert f"contrast >= {w.result.columns.params['contrast_threshold']:.3f} counts" in w.summary.value
     # red for real, blue for spurious: the colour follows the LLR
     top = int(np.argmax(pts.features["llr"]))
     assert pts.face_color[top][0] > pts.face_color[top][2]

@@ -71,6 +71,25 @@ class Columns:
         return cls(np.zeros((0, 2)), z, z.copy(), z.copy(), pixel_size_pm)
 
 
+def _vacuum_texture(img: np.ndarray, detail: np.ndarray, pixel_size_pm: float,
+                    vacuum: np.ndarray | None) -> float | None:
+    """Robust std (1.4826 MAD) of the detail image in the vacuum; None without vacuum."""
+    from napari_sbd.core.likelihood import VacuumNotFound, vacuum_mask
+
+    if vacuum is None:
+        try:
+            vacuum = vacuum_mask(img, pixel_size_pm)
+        except VacuumNotFound:
+            return None
+    vacuum = np.asarray(vacuum, dtype=bool)
+    if vacuum.shape != img.shape:
+        raise ValueError(f"the vacuum mask has shape {vacuum.shape}, the frame {img.shape}")
+    if vacuum.sum() < 100:
+        return None
+    d = detail[vacuum]
+    return float(1.4826 * np.median(np.abs(d - np.median(d))))
+
+
 def _refine(img: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.ndarray:
     """Background-subtracted intensity centroid, iterated (sub-pixel positions)."""
     h, w = img.shape
@@ -103,7 +122,9 @@ def detect_columns(
     min_contrast: float = 0.03,
     min_distance_a: float = 1.0,
     dark: bool = False,
-    exclude_border_a: float = 0.5,
+    exclude_border_a: float = 2.0,
+    vacuum_floor: float | None = 4.0,
+    vacuum: np.ndarray | None = None,
 ) -> Columns:
     """Find atomic columns in a denoised frame by LoG blob detection.
 
@@ -126,12 +147,22 @@ def detect_columns(
     dark : bool
         Look for dark columns (contrast reversal at other defoci).
     exclude_border_a : float
-        Ignore detections this close to the frame edge, Angstrom.
+        Ignore detections this close to the frame edge, Angstrom (the
+        network sees less context there: its edge artefacts look like columns).
+    vacuum_floor : float or None
+        Raise the contrast threshold to this many robust standard deviations
+        of the denoised vacuum's local detail: a network leaves a faint
+        texture in the vacuum, and LoG finds "columns" in it. None: off; also
+        off when the frame has no vacuum.
+    vacuum : numpy.ndarray, optional
+        (H, W) bool vacuum mask; by default found with
+        :func:`napari_sbd.core.likelihood.vacuum_mask`.
 
     Returns
     -------
     Columns
-        Centres (sub-pixel row/col), sigma, peak value and contrast.
+        Centres (sub-pixel row/col), sigma, peak value and contrast; ``params``
+        records the contrast threshold used and the vacuum texture it came from.
     """
     from skimage.feature import blob_log
 
@@ -150,10 +181,17 @@ def detect_columns(
     # local background: a wide average removes the vacuum level and slow variations
     background = gaussian_filter(signed, 3 * smax, mode="nearest")
     detail = signed - background
+    texture = _vacuum_texture(img, detail, pixel_size_pm, vacuum) if vacuum_floor else None
+    threshold = max(min_contrast, vacuum_floor * texture) if texture is not None else min_contrast
+    params = dict(min_sigma_a=min_sigma_a, max_sigma_a=max_sigma_a, min_contrast=min_contrast,
+                  dark=dark, min_distance_a=min_distance_a, vacuum_floor=vacuum_floor,
+                  vacuum_texture=texture, contrast_threshold=threshold)
     blobs = blob_log(detail, min_sigma=smin, max_sigma=smax, num_sigma=num_sigma,
                      threshold=min_contrast / 10, overlap=0.5, exclude_border=False)
     if len(blobs) == 0:
-        return Columns.empty(pixel_size_pm)
+        out = Columns.empty(pixel_size_pm)
+        out.params = params
+        return out
     centres = blobs[:, :2]
     sigma = blobs[:, 2]
     centres = _refine(detail, centres, 1.5 * sigma)
@@ -164,7 +202,7 @@ def detect_columns(
     ring = uniform_filter(signed, size=int(2 * np.ceil(3 * smax) + 1), mode="nearest")
     contrast = peak_signed - ring[rc[:, 0], rc[:, 1]]
     border = exclude_border_a / px_a
-    keep = (contrast >= min_contrast) & (centres[:, 0] >= border) & (centres[:, 0] <= h - 1 - border)
+    keep = (contrast >= threshold) & (centres[:, 0] >= border) & (centres[:, 0] <= h - 1 - border)
     keep &= (centres[:, 1] >= border) & (centres[:, 1] <= w - 1 - border)
     centres, sigma, contrast = centres[keep], sigma[keep], contrast[keep]
     # merge duplicates (the strongest wins)
@@ -177,8 +215,6 @@ def detect_columns(
     idx = np.array(sorted(taken, key=lambda i: (centres[i, 0], centres[i, 1])), dtype=int)
     centres, sigma, contrast = centres[idx], sigma[idx], contrast[idx]
     rc = np.clip(np.round(centres).astype(int), [0, 0], [h - 1, w - 1])
-    params = dict(min_sigma_a=min_sigma_a, max_sigma_a=max_sigma_a, min_contrast=min_contrast,
-                  dark=dark, min_distance_a=min_distance_a)
     return Columns(centres, sigma, img[rc[:, 0], rc[:, 1]], contrast, pixel_size_pm, params)
 
 

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     r.add_argument("--seed", type=int, default=0, help="random seed (0)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
+    r.add_argument("--restart-lr", type=float, default=0.0,
+                   help="with --resume: set the learning rate to this value and start a fresh "
+                   "plateau schedule (a warm restart, when the rate has decayed too far; 0: keep)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     return p
 
@@ -104,6 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from napari_sbd.training.data import TrainingDataError
     from napari_sbd.training.loop import TrainConfig, train
 
+    if args.restart_lr and not args.resume:
+        print("napari-sbd-train: error: --restart-lr only applies with --resume", file=sys.stderr)
+        return 2
     if not args.dose_of_data and not args.dose > 0:
         print(f"napari-sbd-train: error: --dose must be > 0 counts/pixel, got {args.dose}",
               file=sys.stderr)
@@ -119,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         unshuffle=args.unshuffle, centre_sigma=args.centre_sigma, activation=args.activation, norm=args.norm,
         max_angle=args.max_angle, scale_min=args.scale_min, scale_max=args.scale_max,
         device=args.device, amp=not args.no_amp, seed=args.seed, resume=args.resume,
+        restart_lr=args.restart_lr,
         max_minutes=args.max_minutes, progress=not args.quiet,
     )
     try:

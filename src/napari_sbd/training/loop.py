@@ -90,6 +90,7 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     resume: bool = False
+    restart_lr: float = 0.0
     max_minutes: float = 0.0
     progress: bool = True
 
@@ -277,8 +278,18 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         scaler.load_state_dict(st["scaler"])
         start_epoch, best, bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
         global_step, patches_seen = st["global_step"], st["patches_seen"]
+        if cfg.restart_lr > 0:  # warm restart: a fresh plateau schedule from a higher rate
+            for g in opt.param_groups:
+                g["lr"] = cfg.restart_lr
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+                opt, mode="max", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr
+            )
+            sched.best = best
+            bad_epochs = 0
         if rank == 0:
-            print(f"resuming {out} after epoch {start_epoch} (best {best:.2f} dB)", file=sys.stderr)
+            print(f"resuming {out} after epoch {start_epoch} (best {best:.2f} dB"
+                  + (f"; lr restarted at {cfg.restart_lr:g}" if cfg.restart_lr > 0 else "") + ")",
+                  file=sys.stderr)
     elif state_path.exists() and rank == 0:
         raise TrainingDataError(
             f"{out} already holds a training run (state.pt); pass --resume to continue it or "

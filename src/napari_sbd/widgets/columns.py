@@ -97,6 +97,10 @@ class ColumnsWidget(DockWidget):
         self.sigma_max = FloatSpinBox(label="max sigma (A)", min=0.05, max=5, step=0.05, value=0.7)
         self.contrast_spin = FloatSpinBox(label="min contrast (counts)", min=0.0, max=100,
                                           step=0.01, value=0.03)
+        self.floor_spin = FloatSpinBox(label="vacuum floor (sigmas, 0 = off)", min=0.0, max=20,
+                                       step=0.5, value=4.0)
+        self.floor_spin.tooltip = ("columns must also stand out by this many standard deviations of the "
+                                   "denoised vacuum's texture (a network leaves a faint texture there)")
         self.dark_check = CheckBox(label="dark columns", value=False)
         self.radius_spin = FloatSpinBox(label="LLR radius (A)", min=0.1, max=3, step=0.1, value=0.7)
         self.vacuum_spin = FloatSpinBox(label="vacuum (0 = find)", min=0.0, max=1e4, step=0.01,
@@ -106,7 +110,7 @@ class ColumnsWidget(DockWidget):
         self.summary = Label(value="")
         self.form = Container(widgets=[
             self.denoised_combo, self.raw_combo, self.pixel_spin, self.sigma_min, self.sigma_max,
-            self.contrast_spin, self.dark_check, self.radius_spin, self.vacuum_spin,
+            self.contrast_spin, self.floor_spin, self.dark_check, self.radius_spin, self.vacuum_spin,
             self.follow_check, self.run_button, self.summary,
         ])
         dock_layout(self, self.form)
@@ -167,7 +171,8 @@ class ColumnsWidget(DockWidget):
             return
         index = current_frame_index(self.viewer, den)
         detect = dict(min_sigma_a=self.sigma_min.value, max_sigma_a=self.sigma_max.value,
-                      min_contrast=self.contrast_spin.value, dark=self.dark_check.value)
+                      min_contrast=self.contrast_spin.value, dark=self.dark_check.value,
+                      vacuum_floor=self.floor_spin.value or None)
         vacuum = self.vacuum_spin.value or None
         self.worker = create_worker(
             analyse_frame_safely, _frame(raw.data, index), _frame(den.data, index), index,
@@ -222,8 +227,12 @@ class ColumnsWidget(DockWidget):
             )
         lay.metadata["frame"] = res.frame
         real, spurious, undecided = res.counts()
+        p = res.columns.params
+        floor = (f" (vacuum texture {p['vacuum_texture']:.4f})" if p.get("vacuum_texture") is not None
+                 else "")
         self.summary.value = (
             f"frame {res.frame}: {len(res.llr)} columns\n"
+            f"  contrast >= {p.get('contrast_threshold', 0):.3f} counts{floor}\n"
             f"  real (LLR >= {LLR_REAL}): {real}\n"
             f"  spurious (LLR <= {LLR_SPURIOUS}): {spurious}\n"
             f"  undecided: {undecided}"
