@@ -82,7 +82,8 @@ def match(found: list[float], d: float) -> float | None:
 def analyse(img: np.ndarray) -> dict:
     top = support_top(img)
     sup = img[top + 20 :, :]  # the whole support below its surface
-    cols = detect_columns(img[: top - 10], 6.1)
+    cols = detect_columns(img, 6.1)
+    cols = cols.subset(cols.centres[:, 0] < top - 10)
     # the particle: the bounding box of the columns detected above the support
     (r0, c0), (r1, c1) = cols.centres.min(axis=0).astype(int), cols.centres.max(axis=0).astype(int)
     part = img[r0 : r1 + 1, c0 : c1 + 1]

@@ -33,10 +33,10 @@ PX = 6.1
 MATCH_A = 0.5
 
 
-def particle_columns(img: np.ndarray, support_row: int) -> np.ndarray:
-    """Columns detected above the support (the particle's), pixels."""
-    cols = detect_columns(img[: support_row - 8], PX)
-    return cols.centres
+def particle_columns(img: np.ndarray, support_row: int):
+    """Columns detected in the whole frame, kept above the support (the particle's)."""
+    cols = detect_columns(img, PX)
+    return cols.subset(cols.centres[:, 0] < support_row - 8)
 
 
 def main() -> None:
@@ -61,18 +61,18 @@ def main() -> None:
         ly = info["cell_a"][1]
         support_row = int((ly - info["support_top_a"]) / (PX / 100))
         for d, clean in images.items():
-            a = particle_columns(clean, support_row)
+            a = particle_columns(clean, support_row).centres
             for j in range(draws):
                 noisy = np.random.default_rng([9000 + k, int(d * 10), j]).poisson(clean).astype(np.float32)
                 den = model.denoise(noisy)
-                cols = detect_columns(den[: support_row - 8], PX)
+                cols = particle_columns(den, support_row)
                 b = cols.centres
                 rec = structure_recovery(a, b, MATCH_A, PX)
                 rows.append({"structure": sp.seed, "defect": sp.defect, "defocus": d, **{
                     f"{part}_{m}": getattr(rec[part], m) for part in ("surface", "bulk")
                     for m in ("precision", "recall", "f1", "jaccard")}})
                 vacuum = float(np.mean(noisy[:60]))  # the top rows are vacuum in these models
-                llr = column_log_likelihood_ratios(noisy[: support_row - 8], den[: support_row - 8], cols,
+                llr = column_log_likelihood_ratios(noisy, den, cols,
                                                    vacuum, pixel_size_pm=PX)
                 # real: matched one-to-one to a clean column
                 m = recovery_metrics(a, b, MATCH_A, PX)

@@ -29,6 +29,10 @@ def test_finds_a_lattice_of_gaussians_with_subpixel_accuracy():
     assert d.max() < 0.15  # pixels
     np.testing.assert_allclose(cols.peak, 0.65, atol=0.01)
     assert np.all((cols.sigma_a > 0.2) & (cols.sigma_a < 0.7))
+    top = cols.subset(cols.centres[:, 0] < 200)  # a region of interest keeps every field aligned
+    assert len(top) == np.sum(truth[:, 0] < 200)
+    np.testing.assert_array_equal(top.peak, cols.peak[cols.centres[:, 0] < 200])
+    assert top.params == cols.params and top.pixel_size_pm == 6.1
 
 
 def test_dark_columns_option():

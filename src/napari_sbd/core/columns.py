@@ -64,6 +64,12 @@ class Columns:
         """Column scale in Angstrom."""
         return self.sigma * self.pixel_size_pm / 100.0
 
+    def subset(self, keep: np.ndarray) -> Columns:
+        """The columns selected by a boolean mask or index array (e.g. a region of interest)."""
+        keep = np.asarray(keep)
+        return Columns(self.centres[keep], self.sigma[keep], self.peak[keep], self.contrast[keep],
+                       self.pixel_size_pm, dict(self.params))
+
     @classmethod
     def empty(cls, pixel_size_pm: float) -> Columns:
         """No columns."""
