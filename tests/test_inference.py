@@ -8,6 +8,7 @@ import torch
 
 from napari_sbd.core.checkpoint import CheckpointError, save_checkpoint
 from napari_sbd.core.inference import (
+    EDGE_PAD,
     Denoiser,
     DenoisingCancelled,
     estimate_dose,
@@ -26,17 +27,18 @@ def denoiser(tiny_unet):
 
 
 def _reference(net, frame):
-    """Whole-frame forward of the unfolded network, padded by hand."""
-    m = net.size_multiple
-    x = torch.from_numpy(frame)[None, None]
+    """Whole-frame forward of the unfolded network, mirror-padded by hand."""
+    m, e = net.size_multiple, EDGE_PAD
     h, w = frame.shape
-    x = torch.nn.functional.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
+    padded = np.pad(frame, ((e, e + (-(h + 2 * e)) % m), (e, e + (-(w + 2 * e)) % m)), mode="reflect")
+    x = torch.from_numpy(padded)[None, None]
     with torch.no_grad():
-        return net(x)[0, 0, :h, :w].numpy()
+        return net(x)[0, 0, e : e + h, e : e + w].numpy()
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (64, 64), (100, 17 + 64)])
 def test_any_frame_size_is_padded_and_cropped_back(denoiser, tiny_unet, rng, shape):
+    # mirrored edges (even wider than a small frame), then up to the pooling grid
     frame = rng.poisson(0.45, shape).astype(np.float32)
     out = denoiser.denoise(frame)
     assert out.shape == shape and out.dtype == np.float32

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sbd.core.inference import Denoiser
+from napari_sbd.core.inference import EDGE_PAD, Denoiser
 from napari_sbd.core.jacobian import effective_filter, filter_crop
 from napari_sbd.core.models import BiasFreeUNet
 
@@ -26,11 +26,12 @@ def frame():
 
 
 def _whole_frame_gradient(model, frame, pixel):
-    m = model.size_multiple
+    """Gradient through a whole-frame pass, with the mirror padding done by torch."""
+    m, e = model.size_multiple, EDGE_PAD
     x = torch.from_numpy(frame)[None, None].requires_grad_(True)
     h, w = frame.shape
-    xp = torch.nn.functional.pad(x, (0, (-w) % m, 0, (-h) % m), mode="replicate")
-    model.network(xp)[0, 0, pixel[0], pixel[1]].backward()
+    xp = torch.nn.functional.pad(x, (e, e + (-(w + 2 * e)) % m, e, e + (-(h + 2 * e)) % m), mode="reflect")
+    model.network(xp)[0, 0, pixel[0] + e, pixel[1] + e].backward()
     return x.grad[0, 0].numpy()
 
 

@@ -8,10 +8,11 @@ Microsc. Microanal. paper, Fig. 8).
 
 It is computed by one backward pass on a crop, not on the whole frame: the
 output pixel depends only on inputs within the network's receptive radius,
-and a crop that contains that neighbourhood and starts on the network's
-pooling grid reproduces the whole-frame computation for that pixel exactly
-(to float rounding). Near the frame's edges the crop stops at the edge, where
-the padding is the same as in a whole-frame pass.
+and a crop of the padded frame that contains that neighbourhood and starts on
+the network's pooling grid reproduces the whole-frame computation for that
+pixel exactly (to float rounding). The crop is gathered from the frame through
+the same mirror padding as :meth:`Denoiser.denoise_frame`, inside the autograd
+graph, so the gradient of a mirrored pixel lands on the frame pixel it copies.
 """
 
 from __future__ import annotations
@@ -20,9 +21,8 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from napari_sbd.core.inference import Denoiser
+from napari_sbd.core.inference import EDGE_PAD, Denoiser, padded_index
 from napari_sbd.core.inputs import as_frame
 
 __all__ = ["effective_filter", "filter_crop"]
@@ -83,17 +83,20 @@ def effective_filter(
     r, c = (int(v) for v in pixel)
     if not (0 <= r < h and 0 <= c < w):
         raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
-    m = model.size_multiple
-    r0, r1, c0, c1 = filter_crop((h, w), (r, c), model.receptive_radius, m)
-    x = torch.from_numpy(np.ascontiguousarray(frame[r0:r1, c0:c1])).to(model.device)
-    x = x[None, None].requires_grad_(True)
-    # pad inside the graph so gradients through the replicated border reach
-    # the frame's last rows/columns, exactly as in a whole-frame pass
-    ph, pw = (-(r1 - r0)) % m, (-(c1 - c0)) % m
-    xp = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+    m, e = model.size_multiple, EDGE_PAD
+    rows, cols = padded_index(h, m, e), padded_index(w, m, e)
+    # the crop in padded coordinates, and the frame block its pixels come from
+    p0, p1, q0, q1 = filter_crop((len(rows), len(cols)), (r + e, c + e), model.receptive_radius, m)
+    ri, ci = rows[p0:p1], cols[q0:q1]
+    r0, c0 = int(ri.min()), int(ci.min())
+    block = frame[r0 : int(ri.max()) + 1, c0 : int(ci.max()) + 1]
+    x = torch.from_numpy(np.ascontiguousarray(block)).to(model.device).requires_grad_(True)
+    ri_t = torch.as_tensor(ri - r0, device=model.device)
+    ci_t = torch.as_tensor(ci - c0, device=model.device)
+    xp = x[ri_t][:, ci_t][None, None]  # gathered inside the graph: repeated pixels sum their gradients
     if model.channels_last:
         xp = xp.contiguous(memory_format=torch.channels_last)
     with torch.enable_grad():
         y = model.network(xp)
-        y[0, 0, r - r0, c - c0].backward()
-    return x.grad[0, 0].detach().cpu().numpy().astype(np.float32), (r0, c0)
+        y[0, 0, r + e - p0, c + e - q0].backward()
+    return x.grad.detach().cpu().numpy().astype(np.float32), (r0, c0)
