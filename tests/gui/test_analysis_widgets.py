@@ -52,7 +52,12 @@ def test_columns_points_and_map_follow_the_frame(scene, qtbot):
     # red for real, blue for spurious: the colour follows the LLR
     top = int(np.argmax(pts.features["llr"]))
     assert pts.face_color[top][0] > pts.face_color[top][2]
-    # moving the slider to the blank frame re-runs the analysis there
+    # moving the slider re-runs the analysis; a move while a worker runs (frame 0
+    # still in progress) is not lost: the overlay ends on the blank frame 2
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert w.result.frame == 1  # napari opens a stack on its middle frame
+    viewer.dims.set_current_step(0, 0)
+    assert w.worker is not None
     viewer.dims.set_current_step(0, 2)
     qtbot.waitUntil(lambda: w.result.frame == 2 and w.worker is None, timeout=30_000)
     assert len(viewer.layers["movie denoised columns"].data) == 0
@@ -101,6 +106,14 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     qtbot.waitUntil(lambda: viewer.layers[FILTER_LAYER].metadata["pixel"] == (10, 10), timeout=30_000)
     assert sum(ly.name == FILTER_LAYER for ly in viewer.layers) == 1
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 0
+    # two quick clicks: the later one is what stays on screen
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    w.compute_at((1, 50, 60))
+    w.compute_at((2, 70, 80))
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    qtbot.wait(200)  # any superseded result would have arrived by now
+    assert viewer.layers[FILTER_LAYER].metadata["pixel"] == (70, 80)
+    assert viewer.layers[FILTER_LAYER].metadata["frame"] == 2
 
 
 @pytest.mark.parametrize("name", ["multi_signal.dm3", "test-1.dm4", "fei_example_tem_stack.emd",

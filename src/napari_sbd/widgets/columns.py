@@ -88,6 +88,7 @@ class ColumnsWidget(DockWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.result: ColumnsResult | None = None
+        self._launched_frame: int | None = None
         choices = lambda _w: image_layers(self.viewer)  # noqa: E731
         self.denoised_combo = ComboBox(label="denoised", choices=choices)
         self.raw_combo = ComboBox(label="raw counts", choices=choices)
@@ -148,10 +149,12 @@ class ColumnsWidget(DockWidget):
 
     # -- running ------------------------------------------------------------------
     def _frame_changed(self, _event: Any = None) -> None:
+        # A frame change while a worker runs is picked up by _done, so the
+        # overlay always ends on the frame the user is looking at.
         if self.follow_check.value and self.result is not None and self.worker is None:
             den = self.denoised_combo.value
             if den is not None and den.data.ndim == 3:
-                if current_frame_index(self.viewer, den) != self.result.frame:
+                if current_frame_index(self.viewer, den) != self._launched_frame:
                     self.run()
 
     def run(self, _value: Any = None) -> None:
@@ -170,6 +173,7 @@ class ColumnsWidget(DockWidget):
         if self.worker is not None:
             return
         index = current_frame_index(self.viewer, den)
+        self._launched_frame = index
         detect = dict(min_sigma_a=self.sigma_min.value, max_sigma_a=self.sigma_max.value,
                       min_contrast=self.contrast_spin.value, dark=self.dark_check.value,
                       vacuum_floor=self.floor_spin.value or None)
@@ -188,6 +192,7 @@ class ColumnsWidget(DockWidget):
     def _done(self) -> None:
         self.worker = None
         self.run_button.enabled = True
+        self._frame_changed()
 
     def _fail(self, message: str) -> None:
         show_error(message)

@@ -86,15 +86,19 @@ class FilterWidget(DockWidget):
             self.worker.quit()
         row, col = pos[-2:]
         self.status.value = f"computing the filter at ({row}, {col})..."
-        self.worker = create_worker(_filter_safely, model, frame, (row, col),
-                                    _progress={"desc": "Effective filter"})
-        self.worker.returned.connect(lambda res: self._show(res, frame_index, (row, col)))
-        self.worker.errored.connect(lambda exc: self._fail(str(exc)))
-        self.worker.finished.connect(self._done)
-        self.worker.start()
+        worker = create_worker(_filter_safely, model, frame, (row, col),
+                               _progress={"desc": "Effective filter"})
+        # a superseded click's worker may still finish: only the latest one shows
+        worker.returned.connect(
+            lambda res: self._show(res, frame_index, (row, col)) if self.worker is worker else None)
+        worker.errored.connect(lambda exc: self._fail(str(exc)))
+        worker.finished.connect(lambda: self._done(worker))
+        self.worker = worker
+        worker.start()
 
-    def _done(self) -> None:
-        self.worker = None
+    def _done(self, worker: Any) -> None:
+        if self.worker is worker:
+            self.worker = None
 
     def _fail(self, message: str) -> None:
         show_error(message)
