@@ -2,8 +2,8 @@
 
     python benchmarks/training_curves.py NAME=RUN_DIR [NAME=RUN_DIR ...] [--png FILE.png]
 
-Prints a markdown table (the PSNR at given numbers of patches, from the log
-rows) and draws the curves.
+Prints a markdown table (the validation PSNR of the last epoch at or before
+given numbers of patches, and the best) and draws the curves.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="NAME=RUN_DIR")
     parser.add_argument("--at", default="2400,4800,7200,14400", help="patches for the table")
     parser.add_argument("--png", help="write the plot here")
+    parser.add_argument("--logx", action="store_true",
+                        help="logarithmic patch axis (gains per doubling read as slopes)")
     args = parser.parse_args()
     at = [int(a) for a in args.at.split(",")]
     curves = {}
@@ -38,8 +40,9 @@ def main() -> None:
     for name, (x, y) in curves.items():
         cells = []
         for a in at:
-            idx = np.flatnonzero(x == a)
-            cells.append(f"{y[idx[0]]:.2f}" if len(idx) else "-")
+            # the epoch that ended at or just before `a` patches; '-' outside the run
+            idx = np.flatnonzero(x <= a)
+            cells.append(f"{y[idx[-1]]:.2f}" if len(idx) and a <= x[-1] else "-")
         b = int(np.argmax(y))
         print(f"| {name} | " + " | ".join(cells) + f" | {y[b]:.2f} ({int(x[b])}) |")
     if args.png:
@@ -51,6 +54,8 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(7, 4))
         for name, (x, y) in curves.items():
             ax.plot(x, y, label=name)
+        if args.logx:
+            ax.set_xscale("log", base=2)
         ax.set_xlabel("training patches seen")
         ax.set_ylabel("validation PSNR (dB)")
         ax.grid(alpha=0.3)
