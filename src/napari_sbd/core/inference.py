@@ -2,10 +2,10 @@
 
 A frame is mirror-padded by a fixed margin and up to a multiple of the
 network's pooling grid, and cropped back afterwards, so any height and width
-work. Frames too large for one pass are cut into tiles on that grid, each extended by a margin at least
-the network's receptive radius: every output pixel then sees exactly the
-inputs it would see in a whole-frame pass, and tiled and whole-frame results
-agree to float rounding.
+work. Frames too large for one pass are cut into tiles on that grid, each
+extended by a margin at least the network's receptive radius: every output
+pixel then sees exactly the inputs it would see in a whole-frame pass, and
+tiled and whole-frame results agree to float rounding.
 
 Stacks are processed one frame at a time (:meth:`Denoiser.iter_denoise`), so
 memory does not grow with the number of frames; a memory-mapped or lazy stack
