@@ -14,6 +14,7 @@ from napari_sbd.core.inference import (
     estimate_dose,
     load_model,
     resolve_device,
+    tile_bounds,
 )
 from napari_sbd.core.inputs import InputError
 from napari_sbd.core.models import BiasFreeUNet, DnCNN, SmallUNet
@@ -62,6 +63,22 @@ def test_tiled_inference_equals_whole_frame(net, rng):
     # the tiles really were used: the frame is larger than one tile plus margins
     assert 203 > 32 + 2 * den.margin() or 261 > 32 + 2 * den.margin()
     np.testing.assert_allclose(tiled, whole, atol=1e-4 * np.abs(whole).max())
+
+
+@pytest.mark.parametrize("n", [32, 96, 1088, 2112, 4160, 4192])
+def test_tile_bounds_cover_the_axis_within_the_memory_bound(n):
+    core, margin = 1024 if n > 100 else 32, 288 if n > 100 else 16
+    bounds = tile_bounds(n, core, margin)
+    # the kept parts tile the axis exactly, in order
+    assert bounds[0][0] == 0 and bounds[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    for out0, out1, in0, in1 in bounds:
+        assert in1 - in0 <= core + 2 * margin  # the window a tile reads
+        # full context on every side that has any
+        assert out0 - in0 >= min(margin, out0) and in1 - out1 >= min(margin, n - out1)
+    # a 2048-pixel frame (2112 padded) runs in 2 tiles per axis, not 3
+    if n == 2112:
+        assert len(bounds) == 2
 
 
 def test_folded_channels_last_matches_plain(tiny_unet, rng):

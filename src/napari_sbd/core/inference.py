@@ -44,7 +44,7 @@ __all__ = [
 # Output pixels per tile side. 1024 + margins keeps a 4-scale 32-channel UNet
 # under about 2 GB on the CPU.
 DEFAULT_TILE = 1024
-EDGE_PAD = 32  # mirrored pixels around every frame (see _pad_frame)
+EDGE_PAD = 32  # mirrored pixels around every frame (see pad_frame)
 
 
 class DenoisingCancelled(RuntimeError):
@@ -120,8 +120,26 @@ def pad_frame(frame: np.ndarray, m: int, edge: int = EDGE_PAD) -> np.ndarray:
     return frame[np.ix_(padded_index(frame.shape[0], m, edge), padded_index(frame.shape[1], m, edge))]
 
 
-def _tile_starts(n: int, core: int) -> list[int]:
-    return list(range(0, n, core))
+def tile_bounds(n: int, core: int, margin: int) -> list[tuple[int, int, int, int]]:
+    """Tiles of one padded axis of length ``n``: (out0, out1, in0, in1) each.
+
+    Every tile reads ``[in0, in1)`` and keeps ``[out0, out1)``, with at least
+    ``margin`` pixels of context on each side that has any. The memory bound is
+    on the window a tile reads, ``core + 2 * margin``: a tile at the frame edge
+    has no context to read on that side, so it keeps more output pixels rather
+    than ending in a thin tile that reads mostly margin (a 2048-pixel frame in
+    1024-pixel tiles: 2 tiles per axis instead of 3, 22% fewer pixels run).
+    All arguments are multiples of the pooling grid, so every bound is too.
+    """
+    limit = core + 2 * margin
+    bounds = []
+    out0 = 0
+    while out0 < n:
+        in0 = max(0, out0 - margin)
+        out1 = n if n - in0 <= limit else in0 + limit - margin
+        bounds.append((out0, out1, in0, min(n, out1 + margin)))
+        out0 = out1
+    return bounds
 
 
 class Denoiser:
@@ -256,6 +274,32 @@ class Denoiser:
         m = self.size_multiple
         return int(math.ceil(self.receptive_radius / m) * m)
 
+    def tiles(
+        self, padded_shape: tuple[int, int], tile_size: int | None = DEFAULT_TILE
+    ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+        """The tiles :meth:`denoise_frame` runs on a padded frame of this shape.
+
+        Parameters
+        ----------
+        padded_shape : tuple of int
+            (H, W) after :func:`pad_frame`.
+        tile_size : int or None
+            As in :meth:`denoise_frame`.
+
+        Returns
+        -------
+        list
+            One ((out0, out1, in0, in1) rows, (out0, out1, in0, in1) columns)
+            pair per tile (see :func:`tile_bounds`); a single whole-frame tile
+            when the frame fits.
+        """
+        hp, wp = (int(n) for n in padded_shape)
+        m, margin = self.size_multiple, self.margin()
+        core = None if tile_size is None else max(m, int(math.ceil(tile_size / m) * m))
+        if core is None or (hp <= core + 2 * margin and wp <= core + 2 * margin):
+            return [((0, hp, 0, hp), (0, wp, 0, wp))]
+        return [(r, c) for r in tile_bounds(hp, core, margin) for c in tile_bounds(wp, core, margin)]
+
     @torch.inference_mode()
     def denoise_frame(self, frame: np.ndarray, *, tile_size: int | None = DEFAULT_TILE) -> np.ndarray:
         """Denoise one validated float32 (H, W) frame; returns float32 (H, W).
@@ -274,24 +318,16 @@ class Denoiser:
             The denoised frame, counts per pixel.
         """
         h, w = frame.shape
-        m = self.size_multiple
         e = EDGE_PAD
-        x = torch.from_numpy(pad_frame(frame, m, e)).to(self.device)[None, None]
-        hp, wp = x.shape[-2:]
-        margin = self.margin()
-        core = None if tile_size is None else max(m, int(math.ceil(tile_size / m) * m))
-        if core is None or (hp <= core + 2 * margin and wp <= core + 2 * margin):
+        x = torch.from_numpy(pad_frame(frame, self.size_multiple, e)).to(self.device)[None, None]
+        tiles = self.tiles(x.shape[-2:], tile_size)
+        if len(tiles) == 1:
             out = self._run(x)
         else:
             out = torch.empty_like(x)
-            for r0 in _tile_starts(hp, core):
-                r1 = min(hp, r0 + core)
-                a0, a1 = max(0, r0 - margin), min(hp, r1 + margin)
-                for c0 in _tile_starts(wp, core):
-                    c1 = min(wp, c0 + core)
-                    b0, b1 = max(0, c0 - margin), min(wp, c1 + margin)
-                    y = self._run(x[..., a0:a1, b0:b1])
-                    out[..., r0:r1, c0:c1] = y[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
+            for (r0, r1, a0, a1), (c0, c1, b0, b1) in tiles:
+                y = self._run(x[..., a0:a1, b0:b1])
+                out[..., r0:r1, c0:c1] = y[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
         return out[0, 0, e : e + h, e : e + w].float().cpu().numpy().copy()
 
     def iter_denoise(
