@@ -1,6 +1,6 @@
 """Every benchmark, one command: regenerates docs/benchmarks.md and its plots from scratch.
 
-    python benchmarks/run_all.py            # the full run (about an hour on 2 cores)
+    python benchmarks/run_all.py            # the full run (about 35 minutes on 2 cores)
     python benchmarks/run_all.py --quick    # under 10 minutes: fewer frames and draws
     python benchmarks/run_all.py --only bar speed   # a subset (the others' pages are kept)
 
@@ -75,14 +75,16 @@ def main() -> None:
 
     import torch
 
-    mode = "--quick" if args.quick else "full"
+    mode = "--quick" if args.quick else "full-size"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     lines = [
         "# Benchmarks",
         "",
-        f"Command: `python benchmarks/run_all.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
+        "Regenerate every table and plot: `python benchmarks/run_all.py` (about 35 minutes "
+        "on this machine; `--quick` in under 10). This page was assembled by "
+        f"`python benchmarks/run_all.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; "
-        f"date {dt.date.today().isoformat()}; {mode} run, {total / 60:.1f} min for the steps run now.",
+        f"date {dt.date.today().isoformat()}; {mode} mode, {total / 60:.1f} min for the steps run now.",
         "",
         "Every number below was printed by a script in `benchmarks/` on this machine; each section "
         "names its own command. Test images are never trained or tuned on: the papers' four "
