@@ -22,9 +22,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from napari_sbd.core.inference import Denoiser
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -48,7 +52,7 @@ def conv_flops(net: torch.nn.Module, shape: tuple[int, int]) -> float:
     return total
 
 
-def tiles_run(den, side: int) -> list[tuple[int, int]]:
+def tiles_run(den: Denoiser, side: int) -> list[tuple[int, int]]:
     """Shapes of the network passes one side x side frame takes (padding and tiles)."""
     from napari_sbd.core.inference import EDGE_PAD, padded_index
 
