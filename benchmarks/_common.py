@@ -40,7 +40,10 @@ REFERENCE = REPO.parent / "shared" / "data" / "reference"
 if not REFERENCE.is_dir():
     REFERENCE = Path("/work/shared/data/reference")
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-sbd" / "benchmarks"
-DOCS = REPO / "docs"
+# Where pages and plots go: docs/ unless run_all.py --docs points elsewhere
+# (a --quick run into a scratch folder leaves the committed pages alone).
+DOCS_ENV = "NAPARI_SBD_BENCH_DOCS"
+DOCS = Path(os.environ.get(DOCS_ENV) or REPO / "docs")
 IMAGES = DOCS / "images"
 
 TEST_SEED = 7000  # held-out structures for testing

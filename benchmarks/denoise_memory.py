@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-
-REPO = Path(__file__).resolve().parents[1]
+from _common import DOCS
 
 
 def run(n_frames: int, size: int, model: str, work: Path) -> tuple[float, float]:
@@ -72,7 +71,7 @@ def main() -> None:
         "200-frame figure is an upper bound of that run alone; equal figures mean the "
         "memory does not grow with the number of frames.",
     ]) + "\n"
-    (REPO / "docs" / "denoise-memory.md").write_text(text)
+    (DOCS / "denoise-memory.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Every benchmark, one command: regenerates docs/benchmarks.md and its plots from scratch.
 
     python benchmarks/run_all.py            # the full run (about 35 minutes on 2 cores)
-    python benchmarks/run_all.py --quick    # under 10 minutes: fewer frames and draws
+    python benchmarks/run_all.py --quick --docs /tmp/bench   # under 10 min, docs/ untouched
     python benchmarks/run_all.py --only bar speed   # a subset (the others' pages are kept)
 
 Each step is a script of its own (run it alone for one page); each writes its
-page in docs/ and its plots in docs/images/. This script runs them in fresh
+page in docs/ and its plots in docs/images/ (or in --docs). This script runs them in fresh
 processes (so peak-memory numbers are per step), then gathers every page into
 docs/benchmarks.md with the command, machine, date and time of each step.
 Simulated test and validation sets are built on first use and cached
@@ -24,8 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-DOCS = REPO / "docs"
+from _common import DOCS, DOCS_ENV, REPO
 
 # name, script, arguments (full run), arguments (--quick), page, what it answers
 STEPS = [
@@ -56,7 +55,13 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the < 10 minute version")
     parser.add_argument("--only", nargs="+", choices=[s[0] for s in STEPS], help="run these steps only")
+    parser.add_argument("--docs", type=Path, default=DOCS,
+                        help="folder for the pages and images/ (default: the repository's docs/; "
+                             "point a --quick run elsewhere to keep the committed pages)")
     args = parser.parse_args()
+    docs = args.docs.resolve()
+    (docs / "images").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, DOCS_ENV: str(docs)}
     times: dict[str, float] = {}
     failed: list[str] = []
     t_all = time.perf_counter()
@@ -66,7 +71,7 @@ def main() -> None:
         cmd = [sys.executable, str(REPO / "benchmarks" / script), *(quick if args.quick else full)]
         print(f"== {name}: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL).returncode
+        rc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.DEVNULL, env=env).returncode
         times[name] = time.perf_counter() - t0
         print(f"== {name}: exit {rc}, {times[name] / 60:.1f} min", file=sys.stderr, flush=True)
         if rc:
@@ -81,7 +86,8 @@ def main() -> None:
         "# Benchmarks",
         "",
         "Regenerate every table and plot: `python benchmarks/run_all.py` (about 35 minutes "
-        "on this machine; `--quick` in under 10). This page was assembled by "
+        "on this machine; `--quick --docs /tmp/bench` in under 10, leaving these pages alone). "
+        "This page was assembled by "
         f"`python benchmarks/run_all.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; "
         f"date {dt.date.today().isoformat()}; {mode} mode, {total / 60:.1f} min for the steps run now.",
@@ -101,12 +107,12 @@ def main() -> None:
         lines.append(f"| [{name}](#{name}) | {what} | {took} |")
     lines.append("")
     for name, _script, _f, _q, page, _what in STEPS:
-        path = DOCS / page
+        path = docs / page
         lines += [f'<a id="{name}"></a>', ""]
         lines.append(demote(path.read_text()) if path.exists() else f"## {name}\n\n(not run yet)\n")
         lines.append("")
-    (DOCS / "benchmarks.md").write_text("\n".join(lines))
-    print(f"wrote {DOCS / 'benchmarks.md'} ({total / 60:.1f} min)", file=sys.stderr)
+    (docs / "benchmarks.md").write_text("\n".join(lines))
+    print(f"wrote {docs / 'benchmarks.md'} ({total / 60:.1f} min)", file=sys.stderr)
     if failed:
         raise SystemExit(f"failed steps: {', '.join(failed)}")
 

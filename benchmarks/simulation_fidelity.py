@@ -13,24 +13,17 @@ column contrast. Writes docs/simulation-fidelity.md and a side-by-side PNG.
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
+from _common import DOCS, IMAGES, REFERENCE
 from skimage.transform import rescale
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from napari_sbd.core.columns import detect_columns
+from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci
+from napari_sbd.simulate.structures import StructureParams, build_structure
 
-from napari_sbd.core.columns import detect_columns  # noqa: E402
-from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci  # noqa: E402
-from napari_sbd.simulate.structures import StructureParams, build_structure  # noqa: E402
-
-REFERENCE = REPO.parent / "shared" / "data" / "reference"
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/data/reference")
 PX_A = 0.061
 PAD = 4096
 # theoretical spacings visible in [110] (Angstrom)
@@ -133,7 +126,7 @@ def main() -> None:
         axis.set_title(title, fontsize=10)
         axis.axis("off")
     fig.tight_layout()
-    png = REPO / "docs" / "images" / "simulation_fidelity.png"
+    png = IMAGES / "simulation_fidelity.png"
     fig.savefig(png, dpi=80)
     pa, pb = a["percentiles"], b["percentiles"]
     text = "\n".join([
@@ -166,7 +159,7 @@ def main() -> None:
         "![side by side](images/simulation_fidelity.png)",
         "",
     ])
-    (REPO / "docs" / "simulation-fidelity.md").write_text(text)
+    (DOCS / "simulation-fidelity.md").write_text(text)
     print(text)
 
 

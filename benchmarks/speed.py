@@ -21,17 +21,14 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from _common import DOCS
 
 if TYPE_CHECKING:
     from napari_sbd.core.inference import Denoiser
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
 
 
 def conv_flops(net: torch.nn.Module, shape: tuple[int, int]) -> float:
@@ -166,7 +163,7 @@ def main() -> None:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    (REPO / "docs" / "speed.md").write_text(text)
+    (DOCS / "speed.md").write_text(text)
 
 
 if __name__ == "__main__":

@@ -16,18 +16,15 @@ import argparse
 import datetime as dt
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from _common import DOCS, IMAGES
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from napari_sbd.core.columns import detect_columns, recovery_metrics, structure_recovery  # noqa: E402
-from napari_sbd.core.inference import load_model  # noqa: E402
-from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS, column_log_likelihood_ratios  # noqa: E402
-from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci  # noqa: E402
-from napari_sbd.simulate.structures import StructureParams, build_structure  # noqa: E402
+from napari_sbd.core.columns import detect_columns, recovery_metrics, structure_recovery
+from napari_sbd.core.inference import load_model
+from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS, column_log_likelihood_ratios
+from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci
+from napari_sbd.simulate.structures import StructureParams, build_structure
 
 PX = 6.1
 MATCH_A = 0.5
@@ -114,7 +111,7 @@ def main() -> None:
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Pt column recovery over {len(rows)} denoised images")
     fig.tight_layout()
-    fig.savefig(REPO / "docs" / "images" / "structure_recovery.png", dpi=100)
+    fig.savefig(IMAGES / "structure_recovery.png", dpi=100)
     fig, ax = plt.subplots(figsize=(8, 3.5))
     bins = np.linspace(-0.04, 0.06, 81)
     ax.hist(llr_real, bins, alpha=0.6, label=f"real ({len(llr_real)})", color="tab:red", density=True)
@@ -125,7 +122,7 @@ def main() -> None:
     ax.set_ylabel("density (each histogram has area 1)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(REPO / "docs" / "images" / "llr_distributions.png", dpi=100)
+    fig.savefig(IMAGES / "llr_distributions.png", dpi=100)
 
     def col(key):
         return np.array([r[key] for r in rows])
@@ -193,7 +190,7 @@ def main() -> None:
            if len(fake) else "No spurious columns: the LLR test had nothing to flag."),
         "",
     ])
-    (REPO / "docs" / "structure-recovery.md").write_text(text)
+    (DOCS / "structure-recovery.md").write_text(text)
     print(text)
 
 
