@@ -61,8 +61,77 @@ def test_refuses_to_overwrite(movie, model_path, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err and (out / "precious.txt").exists()
     assert main([str(path), "-o", str(path), "--model", str(model_path), "--quiet"]) == 2
     assert "is the input itself" in capsys.readouterr().err
+    # --overwrite replaces only a store of ours: a folder we did not write is kept
     assert main([str(path), "-o", str(out), "--model", str(model_path), "--quiet",
-                 "--overwrite"]) == 0
+                 "--overwrite"]) == 2
+    assert "not a store written by napari-sbd" in capsys.readouterr().err
+    assert (out / "precious.txt").read_text() == "keep me"
+
+
+def _tree(folder):
+    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else b"")
+                  for p in folder.rglob("*"))
+
+
+def test_overwrite_never_deletes_the_folder_holding_the_input(movie, model_path, tmp_path, capsys):
+    # the reported data loss: `-o proj --overwrite` where proj holds the movie
+    _, stack = movie
+    proj = tmp_path / "proj"
+    (proj / "sub").mkdir(parents=True)
+    tifffile.imwrite(proj / "movie.tif", stack.astype(np.uint16))
+    (proj / "notes.txt").write_text("x")
+    before = _tree(proj)
+    code = main([str(proj / "movie.tif"), "-o", str(proj), "--model", str(model_path), "--quiet",
+                 "--overwrite"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--overwrite refused" in err and "Traceback" not in err
+    assert _tree(proj) == before
+
+
+def test_overwrite_replaces_only_our_own_store(movie, model_path, tmp_path, capsys):
+    path, stack = movie
+    out = tmp_path / "out.zarr"
+    args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet"]
+    assert main([*args, "--frames", "0:2"]) == 0
+    assert (out / ".sbd" / "STORE").is_file()
+    # another job (now with columns) over our store: replaced, leaving nothing aside
+    assert main([*args, "--columns", "--overwrite"]) == 0
+    assert zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["complete"] is True
+    assert not list(tmp_path.glob(".out.zarr.*"))  # no temporary or replaced store left
+    # a user's file inside our store makes it no longer provably ours
+    (out / "my_analysis.csv").write_text("keep")
+    assert main([*args, "--overwrite"]) == 2
+    assert "did not write" in capsys.readouterr().err
+    assert (out / "my_analysis.csv").read_text() == "keep"
+    (out / "my_analysis.csv").unlink()
+    # a link to a store is never followed, nor replaced
+    link = tmp_path / "link.zarr"
+    link.symlink_to(out, target_is_directory=True)
+    kept = _tree(out)
+    assert main([str(path), "-o", str(link), "--model", str(model_path), "--quiet", "--frames",
+                 "0:1", "--overwrite"]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+    assert link.is_symlink() and _tree(out) == kept
+    # a file at the output path is never ours
+    f = tmp_path / "result.tif"
+    f.write_bytes(b"user data")
+    assert main([str(path), "-o", str(f), "--model", str(model_path), "--quiet",
+                 "--overwrite"]) == 2
+    assert f.read_bytes() == b"user data"
+
+
+def test_overwrite_keeps_a_store_that_holds_the_model(movie, model_path, tmp_path, capsys):
+    import shutil
+
+    path, _ = movie
+    out = tmp_path / "out.zarr"
+    assert main([str(path), "-o", str(out), "--model", str(model_path), "--quiet",
+                 "--frames", "0:1"]) == 0
+    inner = out / ".sbd" / "model.pt"
+    shutil.copy(model_path, inner)
+    assert main([str(path), "-o", str(out), "--model", str(inner), "--quiet", "--columns",
+                 "--overwrite"]) == 2
+    assert "which this job reads" in capsys.readouterr().err and inner.is_file()
 
 
 def test_frame_ranges_fill_one_store(movie, model_path, tmp_path):

@@ -5,6 +5,7 @@ Layout of an output store (a zarr v3 group, i.e. a folder)::
     OUT.zarr/denoised        (T, H, W) float32, one chunk per frame
     OUT.zarr/llr_map         (T, H, W) float32 (with likelihood=True)
     OUT.zarr/columns.csv     frame,row,col,sigma_a,peak,contrast,llr (with columns=True)
+    OUT.zarr/.sbd/STORE         marks the folder as a napari-sbd store
     OUT.zarr/.sbd/done/NNNNNN   a marker per finished frame
     OUT.zarr/.sbd/columns/NNNNNN.csv   per-frame column rows
 
@@ -16,6 +17,12 @@ marker, which the next run of the same command rewrites. Frames are processed
 one at a time from a memory-mapped input, so memory does not grow with the
 movie's length. Several processes may fill one store at once (``frames``
 ranges): each frame is its own chunk and marker.
+
+``overwrite`` replaces only a store this module wrote (its ``.sbd/STORE``
+marker present, nothing else in it but the store's own entries, no symbolic
+link anywhere), and never a folder that holds the input or the model: the old
+store is moved aside, the new one put in place, and only then is the old one
+deleted. Anything else at the output path is refused.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from napari_sbd.core.inputs import InputError, as_frame, check_stack_shape
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
 COLUMN_FIELDS = ["frame", "row", "col", "sigma_a", "peak", "contrast", "llr"]
+STORE_MARKER = "STORE"  # .sbd/STORE: written by _open_or_create, and by nothing else
+STORE_ENTRIES = frozenset({"zarr.json", "denoised", "llr_map", "columns.csv", ".sbd"})
 
 
 class BatchError(ValueError):
@@ -219,6 +228,7 @@ def denoise_movie(
         den = model if isinstance(model, Denoiser) else load_model(model, device=device)
     except ValueError as exc:
         raise BatchError(str(exc)) from None
+    protected = [input_path] + ([Path(den.metadata["path"])] if den.metadata.get("path") else [])
     columns = columns or likelihood
     todo = _parse_frames(frames, n)
     # check the first frame of the range before creating anything
@@ -227,7 +237,8 @@ def denoise_movie(
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size)
-    group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w))
+    group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w),
+                            protected)
     state = out / ".sbd"
     done_dir = state / "done"
     cols_dir = state / "columns"
@@ -263,8 +274,40 @@ def denoise_movie(
     return BatchResult(out, n, done_now, skipped, complete, warnings)
 
 
+def replaceable_store(out: Path, protected: list[Path] = ()) -> str | None:
+    """Why ``out`` may not be replaced by ``--overwrite``; None when it may.
+
+    Only a store this module wrote is ours to delete: a folder with the
+    ``.sbd/STORE`` marker, no entry a store does not have (a user's notes put
+    inside it are not ours), no symbolic link anywhere inside, and not holding
+    (or being) any of the ``protected`` paths (the input, the model).
+    """
+    if out.is_symlink():
+        return "it is a symbolic link (--overwrite never replaces links or what they point to)"
+    if not out.is_dir():
+        return "it is a file, not a napari-sbd store (--overwrite only replaces stores it wrote)"
+    real = out.resolve()
+    for p in protected:
+        try:
+            Path(p).resolve().relative_to(real)
+        except ValueError:
+            continue
+        return f"it holds {p}, which this job reads"
+    if not (out / ".sbd" / STORE_MARKER).is_file():
+        return "it is not a store written by napari-sbd-denoise (no .sbd/STORE marker)"
+    foreign = sorted(e.name for e in out.iterdir() if e.name not in STORE_ENTRIES)
+    if foreign:
+        return f"it holds files napari-sbd did not write ({', '.join(foreign[:3])})"
+    for root, dirs, files in os.walk(out):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                return f"it contains a symbolic link ({os.path.join(root, name)})"
+    return None
+
+
 def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | None, command: str,
-                    overwrite: bool, likelihood: bool, shape: tuple[int, int, int]):
+                    overwrite: bool, likelihood: bool, shape: tuple[int, int, int],
+                    protected: list[Path] = ()):
     """Open the store of this job (resume) or create it, atomically.
 
     The new store is built in a temporary sibling folder and renamed into
@@ -273,8 +316,9 @@ def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | N
     """
     import zarr
 
-    if out.exists():
-        group = _resumable(out, ident)
+    old = None
+    if out.exists() or out.is_symlink():
+        group = _resumable(out, ident) if out.is_dir() and not out.is_symlink() else None
         if group is not None:
             return group
         if not overwrite:
@@ -284,33 +328,54 @@ def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | N
                 f"the output {out} already exists and holds {what}; choose another name, or pass "
                 "--overwrite to replace it"
             )
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
+        why = replaceable_store(out, protected)
+        if why is not None:
+            raise BatchError(f"--overwrite refused: {out} is not replaced because {why}; "
+                             "choose another output name")
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
     tmp = out.with_name(f".{out.name}.creating-{os.getpid()}")
-    group = zarr.open_group(str(tmp), mode="w")
-    n, h, w = shape
-    group.create_array("denoised", shape=shape, chunks=(1, h, w), dtype="float32", fill_value=np.nan)
-    if likelihood:
-        group.create_array("llr_map", shape=shape, chunks=(1, h, w), dtype="float32",
+    try:
+        group = zarr.open_group(str(tmp), mode="w")
+        n, h, w = shape
+        group.create_array("denoised", shape=shape, chunks=(1, h, w), dtype="float32",
                            fill_value=np.nan)
-    group.attrs["napari_sbd"] = {
-        "job": ident,
-        "command": command,
-        "pixel_size_pm": pixel_size,
-        "model": json.loads(json.dumps(den.metadata, default=str)),
-        "units": "counts per pixel per frame",
-        "torch_threads": __import__("torch").get_num_threads(),
-        "complete": False,
-    }
-    (tmp / ".sbd" / "done").mkdir(parents=True, exist_ok=True)
-    (tmp / ".sbd" / "columns").mkdir(parents=True, exist_ok=True)
+        if likelihood:
+            group.create_array("llr_map", shape=shape, chunks=(1, h, w), dtype="float32",
+                               fill_value=np.nan)
+        group.attrs["napari_sbd"] = {
+            "job": ident,
+            "command": command,
+            "pixel_size_pm": pixel_size,
+            "model": json.loads(json.dumps(den.metadata, default=str)),
+            "units": "counts per pixel per frame",
+            "torch_threads": __import__("torch").get_num_threads(),
+            "complete": False,
+        }
+        (tmp / ".sbd" / "done").mkdir(parents=True, exist_ok=True)
+        (tmp / ".sbd" / "columns").mkdir(parents=True, exist_ok=True)
+        (tmp / ".sbd" / STORE_MARKER).write_text("napari-sbd-denoise store; safe to replace with "
+                                                 "--overwrite\n")
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise BatchError(f"cannot create the output {out}: {exc.strerror or exc} "
+                         f"({exc.filename or tmp}); check the folder's free space and "
+                         "permissions") from None
+    if old is not None:
+        os.rename(out, old)  # aside first: the replacement below cannot fail half-way
     try:
         os.rename(tmp, out)
     except OSError:  # another process created it first: use theirs
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            os.rename(old, out)
+            old = None
         group = _resumable(out, ident)
         if group is None:
             raise BatchError(f"the output {out} appeared meanwhile and holds another job") from None
         return group
+    finally:
+        if old is not None and old.exists():
+            shutil.rmtree(old, ignore_errors=True)
     return zarr.open_group(str(out), mode="r+")
 
 
