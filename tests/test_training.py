@@ -174,3 +174,97 @@ def test_two_runs_cannot_write_one_folder(dataset, tmp_path, capsys):
         held.close()
     assert main([str(dataset), "--out", str(out), *TINY, "--epochs", "1",
                  "--val-fraction", "0.25"]) == 0
+
+
+def test_envelope_draws_are_log_uniform():
+    from napari_sbd.training.loop import TrainConfig, _draw_dose
+
+    cfg = TrainConfig(data="x", out="y", dose=0.45, dose_range=(0.1, 5.0))
+    rng = np.random.default_rng(3)
+    doses = np.array([_draw_dose(cfg, rng) for _ in range(4000)])
+    assert doses.min() >= 0.1 and doses.max() <= 5.0
+    # log-uniform: each of four equal log-intervals holds a quarter of the draws
+    counts, _ = np.histogram(np.log(doses), bins=4, range=(np.log(0.1), np.log(5.0)))
+    np.testing.assert_allclose(counts / len(doses), 0.25, atol=0.03)
+    assert _draw_dose(TrainConfig(data="x", out="y", dose=0.45), rng) == 0.45
+    aug = Augmentation(45.0, (6.1 / 10, 6.1 / 5), log_scale=True)
+    scales = np.array([aug.draw_scale(rng) for _ in range(4000)])
+    counts, _ = np.histogram(np.log(scales), bins=4, range=np.log(aug.scale_range))
+    np.testing.assert_allclose(counts / len(scales), 0.25, atol=0.03)
+
+
+def test_patches_at_a_coarser_pixel_size_show_more_of_the_image():
+    from napari_sbd.training.augment import centre_resample
+
+    img = np.zeros((300, 300), np.float32)
+    img[140:160, 140:160] = 1.0  # a 20-pixel square
+    coarse = centre_resample(img, 64, 0.5)  # pixels twice as large
+    fine = centre_resample(img, 64, 2.0)
+    assert coarse.shape == fine.shape == (64, 64)
+    assert (coarse > 0.5).sum() == pytest.approx(100, abs=25)  # 10x10 px
+    assert (fine > 0.5).sum() == pytest.approx(1600, abs=200)  # 40x40 px
+    assert centre_resample(img, 512, 0.5, multiple=8).shape == (144, 144)  # what fits
+
+
+def test_envelope_run_records_its_ranges_and_scores_each_band(dataset, tmp_path):
+    out = tmp_path / "env"
+    args = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY,
+            "--dose-range", "0.2:2", "--pixel-size-range", "5:8", "--max-angle", "10",
+            "--epochs", "1"]
+    assert main(args) == 0
+    _, meta = load_checkpoint(out / "best.pt")
+    assert meta["dose"] == 0.45 and meta["dose_range"] == [0.2, 2.0]
+    assert meta["pixel_size_pm"] == 6.1 and meta["pixel_size_range_pm"] == [5.0, 8.0]
+    assert set(meta["validation_bands"]) == {"nominal", "dose_0.2", "dose_2", "px_5pm", "px_8pm"}
+    assert meta["validation_psnr"] == pytest.approx(np.mean(list(meta["validation_bands"].values())))
+    with open(out / "log.csv") as fh:
+        row = next(csv.DictReader(fh))
+    assert float(row["val_px_8pm"]) == pytest.approx(meta["validation_bands"]["px_8pm"], abs=1e-3)
+    # the model card survives loading as a Denoiser
+    from napari_sbd.core.inference import load_model
+
+    assert load_model(out / "best.pt", device="cpu").metadata["dose_range"] == [0.2, 2.0]
+
+
+def test_resume_refuses_changed_options_and_damaged_state(dataset, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY]
+    assert main([*args, "--epochs", "1"]) == 0
+    log_before = (out / "log.csv").read_text()
+    assert main([*args, "--epochs", "2", "--resume", "--dose", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "dose: run has 0.45, now 5.0" in err and "Traceback" not in err
+    assert main([*args[:-1], "--base", "8", "--quiet", "--epochs", "2", "--resume"]) == 2
+    assert "base: run has 4, now 8" in capsys.readouterr().err
+    assert (out / "log.csv").read_text() == log_before  # nothing was touched
+    # options that may change on resume are accepted
+    assert main([*args, "--epochs", "2", "--resume", "--max-minutes", "5"]) == 0
+    state = out / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    assert main([*args, "--epochs", "3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "new --out" in err and "Traceback" not in err
+
+
+def test_init_from_starts_from_a_checkpoints_weights(dataset, tmp_path, capsys):
+    first = tmp_path / "a"
+    # no BatchNorm: its running statistics move in training even when the weights do not
+    base = [str(dataset), "--val-fraction", "0.25", *TINY, "--epochs", "1", "--norm", "none"]
+    assert main([*base, "--out", str(first)]) == 0
+    start = torch.load(first / "last.pt", weights_only=True)["state_dict"]
+    # zero steps of training would keep the weights: use the lowest learning rate instead
+    assert main([*base, "--out", str(tmp_path / "b"), "--init-from", str(first / "last.pt"),
+                 "--lr", "1e-12"]) == 0
+    after = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["state_dict"]
+    for k in start:
+        torch.testing.assert_close(start[k], after[k], rtol=1e-5, atol=1e-7)
+    assert main([*base, "--out", str(tmp_path / "c"), "--init-from", str(first / "last.pt"),
+                 "--base", "8", "--quiet"]) == 2
+    assert "pass the same --arch" in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_one_clear_error(dataset, tmp_path, capsys):
+    f = tmp_path / "afile"
+    f.write_text("mine")
+    assert main([str(dataset), "--out", str(f), *TINY, "--val-fraction", "0.25"]) == 2
+    assert "is a file" in capsys.readouterr().err and f.read_text() == "mine"

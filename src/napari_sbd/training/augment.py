@@ -6,6 +6,14 @@ network does not overfit the orientation and scale of the simulations (ICLR
 Fig. 12). The patch is sampled directly through the rotated and scaled grid
 (bilinear), centred where the whole rotated patch lies inside the image: a
 valid crop, never padding.
+
+Training over a pixel-size envelope (``napari-sbd-train --pixel-size-range``)
+widens the same rescaling: the scale is then drawn log-uniformly, so that each
+octave of pixel size gets the same share of patches. HRTEM images are band-
+limited by the optics far below the Nyquist frequency of 5-10 pm pixels, so
+bilinear sampling of the clean image at a coarser or finer grid is faithful
+(no anti-aliasing filter is needed); the noise is drawn after resampling, at
+the patch's own pixel size, as a detector would.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import map_coordinates
 
-__all__ = ["Augmentation", "max_patch_size", "random_patch"]
+__all__ = ["Augmentation", "centre_resample", "max_patch_size", "random_patch"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +33,14 @@ class Augmentation:
     max_angle_deg: float = 45.0
     scale_range: tuple[float, float] = (0.955, 1.055)
     flips: bool = True
+    log_scale: bool = False  # draw the scale log-uniformly (pixel-size envelopes)
+
+    def draw_scale(self, rng: np.random.Generator) -> float:
+        """One random scale (output pixels per input pixel) from ``scale_range``."""
+        lo, hi = self.scale_range
+        if self.log_scale:
+            return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+        return float(rng.uniform(lo, hi))
 
 
 def _half_extent(size: int, angle_rad: float, scale: float) -> float:
@@ -61,7 +77,7 @@ def random_patch(
     """
     h, w = image.shape
     angle = np.deg2rad(rng.uniform(-aug.max_angle_deg, aug.max_angle_deg))
-    scale = rng.uniform(*aug.scale_range)
+    scale = aug.draw_scale(rng)
     e = _half_extent(size, angle, scale)
     if 2 * e > min(h, w) - 1:
         raise ValueError(f"patch {size} px does not fit in a {h}x{w} image at this angle/scale")
@@ -79,3 +95,32 @@ def random_patch(
         if rng.random() < 0.5:
             patch = patch[:, ::-1]
     return np.ascontiguousarray(patch, dtype=np.float32)
+
+
+def centre_resample(image: np.ndarray, size: int, scale: float, multiple: int = 1) -> np.ndarray:
+    """The centre of ``image`` resampled by ``scale`` (no rotation): validation at other pixel sizes.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Clean (H, W) image.
+    size : int
+        Wanted side in output pixels; reduced to what the image holds.
+    scale : float
+        Output pixels per input pixel (> 1: finer pixels, < 1: coarser).
+    multiple : int
+        The side is rounded down to a multiple of this (the network's grid).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (n, n) crop with ``n <= size``.
+    """
+    h, w = image.shape
+    n = min(size, int(np.floor((min(h, w) - 2) * scale)) + 1) // multiple * multiple
+    if n < multiple or n < 1:
+        raise ValueError(f"a {h}x{w} image is too small to resample by {scale:g}")
+    u = (np.arange(n) - (n - 1) / 2) / scale
+    rows, cols = np.meshgrid((h - 1) / 2 + u, (w - 1) / 2 + u, indexing="ij")
+    out = map_coordinates(image, [rows, cols], order=1, mode="nearest", prefilter=False)
+    return np.ascontiguousarray(out, dtype=np.float32)

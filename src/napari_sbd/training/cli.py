@@ -14,8 +14,18 @@ examples:
   # continue after an interruption (same command plus --resume)
   napari-sbd-train data-sim/ --out runs/white --where contrast=white --resume
 
+  # one network over an operating envelope of dose and pixel size, started from
+  # the bundled model's weights
+  napari-sbd-train data-sim/ --out runs/envelope --where contrast=white \
+      --dose-range 0.1:5 --pixel-size-range 5:10 --init-from default
+
   # two processes (or GPUs) with distributed data parallel
   torchrun --nproc_per_node 2 -m napari_sbd.training.cli data-sim/ --out runs/ddp
+
+A resumed run must keep the options that shape what is learned (data filters,
+noise, augmentation, model, optimiser); --resume refuses others and names each
+difference. These may change on resume: the data folder's path, --max-minutes,
+--epochs, --early-stop, --restart-lr, --device, --no-amp, --quiet.
 
 Units: doses in counts (electrons) per pixel per frame in vacuum; pixel sizes
 in picometres; patch sizes in pixels; angles in degrees.
@@ -48,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--dose", type=float, default=0.45,
                    help="vacuum dose of the noisy inputs, counts/pixel/frame (default 0.45, "
                    "the papers'); 0 or negative is an error")
+    n.add_argument("--dose-range", type=_span, metavar="LO:HI",
+                   help="train over an envelope of doses: each patch's vacuum dose is drawn "
+                   "log-uniformly in [LO, HI] counts/pixel/frame (e.g. 0.1:5); --dose is then "
+                   "the nominal dose the validation and the loss are expressed at")
     n.add_argument("--dose-of-data", action="store_true",
                    help="use each clean image's own counts as the Poisson mean (no rescaling)")
     n.add_argument("--contrast", help="contrast label stored in the checkpoint (default: from "
@@ -60,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random rotation in [-A, A] degrees (default 45)")
     a.add_argument("--scale-min", type=float, default=0.955, help="smallest rescale (0.955)")
     a.add_argument("--scale-max", type=float, default=1.055, help="largest rescale (1.055)")
+    a.add_argument("--pixel-size-range", type=_span, metavar="LO:HI",
+                   help="train over an envelope of pixel sizes: each patch is resampled to a "
+                   "pixel size drawn log-uniformly in [LO, HI] pm (e.g. 5:10); replaces "
+                   "--scale-min/--scale-max")
     m = p.add_argument_group("model")
     m.add_argument("--arch", choices=["bf_unet", "dncnn", "small_unet"], default="bf_unet",
                    help="bias-free UNet (default), or DnCNN / small UNet for comparisons")
@@ -93,12 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto (CUDA if present), cpu or cuda[:N]")
     r.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     r.add_argument("--seed", type=int, default=0, help="random seed (0)")
+    r.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of this checkpoint ('default': the bundled "
+                   "model); it must have the same architecture and parameters")
     r.add_argument("--resume", action="store_true", help="continue the run in --out")
     r.add_argument("--restart-lr", type=float, default=0.0,
                    help="with --resume: set the learning rate to this value and start a fresh "
                    "plateau schedule (a warm restart, when the rate has decayed too far; 0: keep)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     return p
+
+
+def _span(text: str) -> tuple[float, float]:
+    """``LO:HI`` -> (lo, hi), both positive and finite, lo <= hi."""
+    try:
+        lo, hi = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: use LO:HI, e.g. 0.1:5") from None
+    if not (0 < lo <= hi < float("inf")):
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LO <= HI")
+    return lo, hi
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,14 +149,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = TrainConfig(
         data=args.data, out=args.out, where=args.where, val_fraction=args.val_fraction,
         val_images=args.val_images, val_crop=args.val_crop,
-        dose=None if args.dose_of_data else args.dose, contrast=args.contrast,
-        pixel_size_pm=args.pixel_size_pm, patch=args.patch, batch=args.batch,
+        dose=None if args.dose_of_data else args.dose, dose_range=args.dose_range,
+        contrast=args.contrast, pixel_size_pm=args.pixel_size_pm,
+        pixel_size_range_pm=args.pixel_size_range, patch=args.patch, batch=args.batch,
         steps_per_epoch=args.steps_per_epoch, epochs=args.epochs, lr=args.lr,
         warmup_steps=args.warmup_steps, clip_grad=args.clip_grad, lr_patience=args.lr_patience,
         early_stop=args.early_stop, arch=args.arch, scales=args.scales, base=args.base,
         unshuffle=args.unshuffle, centre_sigma=args.centre_sigma, activation=args.activation, norm=args.norm,
         max_angle=args.max_angle, scale_min=args.scale_min, scale_max=args.scale_max,
         device=args.device, amp=not args.no_amp, seed=args.seed, resume=args.resume,
+        init_from=_checkpoint_path(args.init_from),
         restart_lr=args.restart_lr,
         max_minutes=args.max_minutes, progress=not args.quiet,
     )
@@ -141,6 +175,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"best validation PSNR {summary['best_val_psnr']:.2f} dB after "
               f"{summary['epochs']} epochs ({summary['stopped']}); checkpoints in {summary['out']}")
     return 0
+
+
+def _checkpoint_path(name: str | None) -> str | None:
+    if name == "default":
+        from napari_sbd.core.inference import default_model_path
+
+        return str(default_model_path())
+    return name
 
 
 if __name__ == "__main__":

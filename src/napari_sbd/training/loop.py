@@ -6,6 +6,18 @@ Output folder layout (all written atomically)::
     OUT/last.pt     checkpoint after the last finished epoch
     OUT/state.pt    everything --resume needs (weights, optimiser, scheduler, counters)
     OUT/log.csv     one row per epoch: loss, validation PSNR, lr, dead channels, time
+                    (and the PSNR of each validation band, for an envelope run)
+    OUT/config.json the run's options; --resume refuses options that would change the run
+
+Training over an operating envelope (``dose_range``, ``pixel_size_range_pm``):
+every patch gets its own dose, drawn log-uniformly, and its own pixel size
+(a log-uniform rescale of the clean image), so that one network learns to read
+the noise level and the scale from the frame itself (a bias-free network
+cannot be fixed by rescaling the counts: f(cy) = c f(y)). The loss of each
+patch is measured in units of its vacuum level (times the nominal dose), so
+that high-dose patches do not outweigh low-dose ones by their larger counts.
+Validation then scores fixed crops at the nominal point and at both ends of
+each range ("bands"); the epoch's validation PSNR is their mean.
 
 Each epoch draws its patches and noise from a generator seeded by
 (seed, epoch, rank), so a resumed run repeats exactly what an uninterrupted
@@ -19,8 +31,10 @@ own random patches and rank 0 validates, logs and saves.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
+import json
 import math
 import os
 import sys
@@ -37,7 +51,12 @@ from napari_sbd.core.checkpoint import atomic_write, save_checkpoint
 from napari_sbd.core.inference import resolve_device
 from napari_sbd.core.metrics import psnr
 from napari_sbd.core.models import build_model
-from napari_sbd.training.augment import Augmentation, max_patch_size, random_patch
+from napari_sbd.training.augment import (
+    Augmentation,
+    centre_resample,
+    max_patch_size,
+    random_patch,
+)
 from napari_sbd.training.data import (
     TrainingDataError,
     TrainingImage,
@@ -64,8 +83,10 @@ class TrainConfig:
     val_images: int = 12
     val_crop: int = 512
     dose: float | None = 0.45
+    dose_range: tuple[float, float] | None = None
     contrast: str | None = None
     pixel_size_pm: float | None = None
+    pixel_size_range_pm: tuple[float, float] | None = None
     patch: int = 256
     batch: int = 4
     steps_per_epoch: int = 100
@@ -89,6 +110,7 @@ class TrainConfig:
     device: str = "auto"
     amp: bool = True
     seed: int = 0
+    init_from: str | None = None
     resume: bool = False
     restart_lr: float = 0.0
     max_minutes: float = 0.0
@@ -112,6 +134,78 @@ class TrainConfig:
         raise TrainingDataError(f"unknown architecture {self.arch!r}")
 
 
+# Options a resumed run may change: where the data and the run live, how long
+# and where it runs, and how it reports. Every other option shapes what is
+# learned, and a resume with a different value would mix two runs in one.
+RESUMABLE_OPTIONS = frozenset({
+    "data", "out", "resume", "restart_lr", "max_minutes", "epochs", "early_stop", "device",
+    "amp", "progress", "init_from",
+})
+
+
+def _config_record(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(_plain(asdict(cfg))))
+
+
+def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
+    """Refuse a resume whose learning-relevant options differ from the run's own."""
+    path = out / "config.json"
+    if not path.exists():  # a run from before config.json: adopt the current options
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingDataError(f"cannot read {path} ({exc}); restore it or start a new --out") from None
+    now = _config_record(cfg)
+    diffs = [
+        f"{k}: run has {saved.get(k)!r}, now {now.get(k)!r}"
+        for k in sorted(set(saved) | set(now))
+        if k not in RESUMABLE_OPTIONS and saved.get(k) != now.get(k)
+    ]
+    if diffs:
+        raise TrainingDataError(
+            f"--resume with options that differ from the run in {out}: " + "; ".join(diffs)
+            + ". Resume with the run's own options, or train with the new ones into a new --out "
+            f"(options that may change on resume: {', '.join(sorted(RESUMABLE_OPTIONS - {'resume', 'out'}))})"
+        )
+
+
+def _load_state(path: Path, device: torch.device) -> dict[str, Any]:
+    try:
+        st = torch.load(path, map_location=device, weights_only=True)
+        missing = {"model", "optimizer", "scheduler", "scaler", "epoch", "best"} - set(st)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a damaged file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise TrainingDataError(
+            f"cannot resume: {path} is unreadable ({first}); "
+            "it may be truncated. Restore it from a copy, or start again into a new --out "
+            "(--init-from OUT/best.pt keeps the learned weights)"
+        ) from None
+    if missing:
+        raise TrainingDataError(f"cannot resume: {path} lacks {', '.join(sorted(missing))}")
+    return st
+
+
+def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
+    """Start from a checkpoint's weights (same architecture and parameters)."""
+    from napari_sbd.core.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        payload = read_checkpoint(cfg.init_from)
+    except CheckpointError as exc:
+        raise TrainingDataError(f"--init-from: {exc}") from None
+    meta = payload["metadata"]
+    want = (cfg.arch, cfg.model_params())
+    have = (meta["architecture"], dict(meta["params"]))
+    if have != want:
+        raise TrainingDataError(
+            f"--init-from {cfg.init_from} holds {have[0]} {have[1]}, but this run builds "
+            f"{want[0]} {want[1]}: pass the same --arch/--scales/--base/--unshuffle/"
+            "--centre-sigma/--activation/--norm"
+        )
+    model.load_state_dict(payload["state_dict"])
+
+
 def _dist() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -123,6 +217,12 @@ def _check_config(cfg: TrainConfig, shapes: list[tuple[int, int]], aug: Augmenta
         raise TrainingDataError(
             f"--dose must be a positive number of counts per pixel in vacuum, got {cfg.dose}"
         )
+    for name, rng_ in (("--dose-range", cfg.dose_range), ("--pixel-size-range", cfg.pixel_size_range_pm)):
+        if rng_ is not None and not (len(rng_) == 2 and 0 < rng_[0] <= rng_[1] < math.inf):
+            raise TrainingDataError(f"{name} must be LO:HI with 0 < LO <= HI, got {rng_}")
+    if cfg.dose_range is not None and cfg.dose is None:
+        raise TrainingDataError("--dose-range draws a dose per patch; it cannot be combined "
+                                "with --dose-of-data")
     if cfg.patch < 16 or cfg.batch < 1 or cfg.steps_per_epoch < 1 or cfg.epochs < 1:
         raise TrainingDataError("--patch must be >= 16, --batch, --steps-per-epoch, --epochs >= 1")
     if not 0 < cfg.lr < 1:
@@ -173,36 +273,74 @@ def _noisy(clean: np.ndarray, dose: float | None, vacuum: float, rng: np.random.
     return rng.poisson(lam).astype(np.float32), lam.astype(np.float32)
 
 
+def _draw_dose(cfg: TrainConfig, rng: np.random.Generator) -> float | None:
+    """The patch's vacuum dose: the fixed one, or log-uniform over the envelope."""
+    if cfg.dose_range is None:
+        return cfg.dose
+    lo, hi = cfg.dose_range
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def validation_bands(cfg: TrainConfig, data_pixel_pm: float) -> list[tuple[str, float | None, float]]:
+    """Validation conditions: (name, dose, pixel size pm).
+
+    The nominal point alone for a single-point run; for an envelope run also
+    each end of each range, the other quantity at its nominal value.
+    """
+    bands: list[tuple[str, float | None, float]] = [("nominal", cfg.dose, data_pixel_pm)]
+    if cfg.dose_range is not None:
+        bands += [(f"dose_{d:g}", d, data_pixel_pm) for d in cfg.dose_range if d != cfg.dose]
+    if cfg.pixel_size_range_pm is not None:
+        bands += [(f"px_{p:g}pm", cfg.dose, p) for p in cfg.pixel_size_range_pm
+                  if p != data_pixel_pm]
+    return bands
+
+
 def _validation_set(
-    val: list[TrainingImage], cfg: TrainConfig, multiple: int
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Fixed centre crops with fixed noise: comparable from epoch to epoch."""
+    val: list[TrainingImage], cfg: TrainConfig, multiple: int, data_pixel_pm: float
+) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
+    """Fixed centre crops with fixed noise per band: comparable from epoch to epoch.
+
+    Each item is (band, noisy, clean, scale), with scale = nominal dose / dose:
+    every band is scored in the papers' convention at the nominal dose (output
+    and clean image divided back, as the dose benchmarks do).
+    """
     out = []
     step = max(1, len(val) // max(1, cfg.val_images))
-    for k, im in enumerate(val[::step][: cfg.val_images]):
-        h, w = im.image.shape
-        ch = min(h, cfg.val_crop) // multiple * multiple
-        cw = min(w, cfg.val_crop) // multiple * multiple
-        r0, c0 = (h - ch) // 2, (w - cw) // 2
-        crop = im.image[r0 : r0 + ch, c0 : c0 + cw]
-        noisy, clean = _noisy(crop, cfg.dose, im.vacuum_level, np.random.default_rng([cfg.seed, 7, k]))
-        out.append((noisy, clean))
+    for b, (band, dose, px) in enumerate(validation_bands(cfg, data_pixel_pm)):
+        for k, im in enumerate(val[::step][: cfg.val_images]):
+            if px == data_pixel_pm:
+                h, w = im.image.shape
+                ch = min(h, cfg.val_crop) // multiple * multiple
+                cw = min(w, cfg.val_crop) // multiple * multiple
+                r0, c0 = (h - ch) // 2, (w - cw) // 2
+                crop = im.image[r0 : r0 + ch, c0 : c0 + cw]
+            else:
+                crop = centre_resample(im.image, cfg.val_crop, data_pixel_pm / px, multiple)
+            seed = [cfg.seed, 7, k] if b == 0 else [cfg.seed, 7, k, b]
+            noisy, clean = _noisy(crop, dose, im.vacuum_level, np.random.default_rng(seed))
+            scale = 1.0 if dose is None or cfg.dose is None else cfg.dose / dose
+            out.append((band, noisy, clean, scale))
     return out
 
 
 @torch.no_grad()
-def _validate(model: nn.Module, vset, device: torch.device) -> tuple[float, float]:
+def _validate(model: nn.Module, vset, device: torch.device) -> tuple[float, float, dict[str, float]]:
+    """Mean validation PSNR over all bands, dead-channel fraction, PSNR per band."""
     model.eval()
     meter = _DeadChannelMeter(model)
-    scores = []
+    scores: dict[str, list[float]] = {}
     try:
-        for noisy, clean in vset:
+        for band, noisy, clean, scale in vset:
             x = torch.from_numpy(noisy)[None, None].to(device)
             den = model(x)[0, 0].float().cpu().numpy()
-            scores.append(psnr(clean, den))
+            if scale != 1.0:
+                clean, den = clean * np.float32(scale), den * np.float32(scale)
+            scores.setdefault(band, []).append(psnr(clean, den))
     finally:
         meter.close()
-    return float(np.mean(scores)), meter.fraction()
+    per_band = {b: float(np.mean(v)) for b, v in scores.items()}
+    return float(np.mean(list(per_band.values()))), meter.fraction(), per_band
 
 
 def _read_log(path: Path, upto_epoch: int) -> list[dict[str, str]]:
@@ -214,7 +352,8 @@ def _read_log(path: Path, upto_epoch: int) -> list[dict[str, str]]:
 
 def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=LOG_FIELDS)
+    extra = [k for r in rows for k in r if k not in LOG_FIELDS]
+    wr = csv.DictWriter(buf, fieldnames=LOG_FIELDS + list(dict.fromkeys(extra)), restval="")
     wr.writeheader()
     wr.writerows(rows)
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
@@ -240,27 +379,56 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     rank, world = _dist()
     out = Path(cfg.out)
-    aug = Augmentation(cfg.max_angle, (cfg.scale_min, cfg.scale_max))
     images = load_images(cfg.data, cfg.where)
+    data_pixel = cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", 6.1)
+    if cfg.pixel_size_range_pm is not None:  # scale = output pixels per data pixel
+        lo, hi = cfg.pixel_size_range_pm
+        aug = Augmentation(cfg.max_angle, (data_pixel / hi, data_pixel / lo), log_scale=True)
+    else:
+        aug = Augmentation(cfg.max_angle, (cfg.scale_min, cfg.scale_max))
     _check_config(cfg, [im.image.shape for im in images], aug)
     train_set, val_set = split_by_structure(images, cfg.val_fraction, cfg.seed)
     if not val_set:
         raise TrainingDataError("no validation images: early stopping needs --val-fraction > 0")
+    if out.exists() and not out.is_dir():
+        raise TrainingDataError(f"--out {out} is a file, not a folder; choose a folder name")
+    state_path = out / "state.pt"
+    if rank == 0:
+        if cfg.resume and state_path.exists():
+            _check_resume_config(out, cfg)
+        elif state_path.exists():
+            raise TrainingDataError(
+                f"{out} already holds a training run (state.pt); pass --resume to continue it or "
+                "choose another --out"
+            )
     device = resolve_device(cfg.device)
-    if world > 1:
-        import torch.distributed as dist
+    with contextlib.ExitStack() as stack:
+        if world > 1:
+            import torch.distributed as dist
 
-        if device.type == "cuda":
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            device = torch.device("cuda", local)
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", "0"))
+                device = torch.device("cuda", local)
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            stack.callback(dist.destroy_process_group)
+        if rank == 0:
+            stack.enter_context(_lock_output(out))
+            if not (out / "config.json").exists():
+                record = _config_record(cfg)
+                atomic_write(out / "config.json",
+                             lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+        return _train_loop(cfg, out, images, train_set, val_set, aug, data_pixel, device, rank, world)
+    raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
-    lock = _lock_output(out) if rank == 0 else None
+
+def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
+                train_set: list[TrainingImage], val_set: list[TrainingImage], aug: Augmentation,
+                data_pixel: float, device: torch.device, rank: int, world: int) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, **cfg.model_params()).to(device)
     multiple = model.size_multiple
-    vset = _validation_set(val_set, cfg, multiple)
+    vset = _validation_set(val_set, cfg, multiple, data_pixel)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="max", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr
@@ -271,7 +439,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     state_path = out / "state.pt"
     log_path = out / "log.csv"
     if cfg.resume and state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=True)
+        st = _load_state(state_path, device)
         model.load_state_dict(st["model"])
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
@@ -290,24 +458,26 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             print(f"resuming {out} after epoch {start_epoch} (best {best:.2f} dB"
                   + (f"; lr restarted at {cfg.restart_lr:g}" if cfg.restart_lr > 0 else "") + ")",
                   file=sys.stderr)
-    elif state_path.exists() and rank == 0:
-        raise TrainingDataError(
-            f"{out} already holds a training run (state.pt); pass --resume to continue it or "
-            "choose another --out"
-        )
+    elif cfg.init_from:
+        _init_weights(model, cfg)
     log_rows = _read_log(log_path, start_epoch) if rank == 0 else []
     net: nn.Module = model
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    meta = {
+    meta: dict[str, Any] = {
         "dose": cfg.dose if cfg.dose is not None else float(np.median([im.vacuum_level for im in images])),
-        "pixel_size_pm": cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", 6.1),
+        "pixel_size_pm": data_pixel,
         "contrast": cfg.contrast or _common(images, "contrast", "unknown"),
         "training_data": f"{len(train_set)} images of {len({i.structure for i in train_set})} "
         f"structures from {cfg.data} (filters: {cfg.where or 'none'})",
     }
+    envelope: dict[str, Any] = {}
+    if cfg.dose_range is not None:
+        envelope["dose_range"] = [float(v) for v in cfg.dose_range]
+    if cfg.pixel_size_range_pm is not None:
+        envelope["pixel_size_range_pm"] = [float(v) for v in cfg.pixel_size_range_pm]
     t_start = time.monotonic()
     stopped = "epochs"
     from tqdm import tqdm
@@ -323,17 +493,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             if cfg.warmup_steps and global_step < cfg.warmup_steps:
                 for g in opt.param_groups:
                     g["lr"] = cfg.lr * (global_step + 1) / cfg.warmup_steps
-            noisy, clean = [], []
+            noisy, clean, weight = [], [], []
             for _b in range(cfg.batch):
                 im = train_set[rng.integers(len(train_set))]
-                n, c = _noisy(random_patch(im.image, cfg.patch, rng, aug), cfg.dose,
-                              im.vacuum_level, rng)
+                patch = random_patch(im.image, cfg.patch, rng, aug)
+                dose = _draw_dose(cfg, rng)
+                n, c = _noisy(patch, dose, im.vacuum_level, rng)
                 noisy.append(n)
                 clean.append(c)
+                weight.append(1.0 if cfg.dose_range is None else cfg.dose / dose)
             x = torch.from_numpy(np.stack(noisy)[:, None]).to(device)
             y = torch.from_numpy(np.stack(clean)[:, None]).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                loss = torch.mean((net(x).float() - y) ** 2)
+                residual = net(x).float() - y
+                if cfg.dose_range is not None:  # each patch in units of the nominal dose
+                    residual = residual * torch.tensor(weight, device=device).view(-1, 1, 1, 1)
+                loss = torch.mean(residual**2)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if cfg.clip_grad > 0:
@@ -347,7 +522,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             bar.set_postfix(loss=f"{losses[-1]:.2e}", best=f"{best:.2f} dB")
         stop_now = False
         if rank == 0:
-            val_psnr, dead = _validate(model, vset, device)
+            val_psnr, dead, per_band = _validate(model, vset, device)
             improved = val_psnr > best
             if improved:
                 best, bad_epochs = val_psnr, 0
@@ -357,6 +532,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 sched.step(val_psnr)
             ckpt_kw = dict(architecture=cfg.arch, params=cfg.model_params(), **meta,
                            extra={"epoch": epoch + 1, "patches_seen": patches_seen,
+                                  **envelope,
+                                  **({"validation_bands": per_band} if len(per_band) > 1 else {}),
                                   "train_config": _plain(asdict(cfg))})
             save_checkpoint(out / "last.pt", model, validation_psnr=val_psnr, **ckpt_kw)
             if improved:
@@ -368,17 +545,22 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 "global_step": global_step, "patches_seen": patches_seen,
             }
             atomic_write(state_path, lambda tmp, st=state: torch.save(st, tmp))
-            log_rows.append({
+            row: dict[str, Any] = {
                 "epoch": epoch + 1, "steps": global_step, "train_loss": f"{np.mean(losses):.6g}",
                 "val_psnr": f"{val_psnr:.4f}", "best_val_psnr": f"{best:.4f}",
                 "lr": f"{opt.param_groups[0]['lr']:.3g}", "dead_fraction": f"{dead:.4f}",
                 "epoch_seconds": f"{time.monotonic() - t0:.1f}", "patches_seen": patches_seen,
-            })
+            }
+            if len(per_band) > 1:
+                row.update({f"val_{b}": f"{v:.4f}" for b, v in per_band.items()})
+            log_rows.append(row)
             _write_log(log_path, log_rows)
             if cfg.progress:
+                bands = ("  [" + " ".join(f"{b} {v:.2f}" for b, v in per_band.items()) + "]"
+                         if len(per_band) > 1 else "")
                 print(f"epoch {epoch + 1}: loss {np.mean(losses):.3e}  val {val_psnr:.2f} dB  "
-                      f"best {best:.2f} dB  lr {opt.param_groups[0]['lr']:.2g}  dead {dead:.1%}",
-                      file=sys.stderr)
+                      f"best {best:.2f} dB  lr {opt.param_groups[0]['lr']:.2g}  dead {dead:.1%}"
+                      + bands, file=sys.stderr)
             if bad_epochs >= cfg.early_stop:
                 stopped, stop_now = "early stopping", True
             elif cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes:
@@ -391,12 +573,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             stop_now = bool(flag.item())
         if stop_now:
             break
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.destroy_process_group()
-    if lock is not None:
-        lock.close()
     return {"best_val_psnr": best, "stopped": stopped, "out": str(out),
             "epochs": len(log_rows) if rank == 0 else None}
 
