@@ -134,3 +134,49 @@ def test_newer_format_version(tmp_path, saved):
 def test_folder_instead_of_file(tmp_path):
     with pytest.raises(CheckpointError, match="folder"):
         load_checkpoint(tmp_path)
+
+
+def test_flipped_bytes_in_the_weights_are_detected(saved):
+    data = bytearray(saved.read_bytes())
+    payload = torch.load(saved, weights_only=True)
+    # find the bytes of the largest tensor in the file and flip 64 of them
+    big = max(payload["state_dict"].values(), key=lambda t: t.numel())
+    raw = big.contiguous().view(torch.uint8).numpy().tobytes()
+    at = bytes(data).find(raw[:32])
+    assert at > 0
+    for i in range(at + 8, at + 72):
+        data[i] ^= 0xFF
+    saved.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="damaged") as err:
+        load_checkpoint(saved)
+    assert "copy it again" in str(err.value)
+
+
+def test_nan_or_negative_weights_are_refused_by_the_probe(tmp_path, tiny_unet):
+    p = tmp_path / "nan.pt"
+    with torch.no_grad():
+        next(iter(tiny_unet.parameters())).fill_(float("nan"))
+    save_checkpoint(p, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4}, **META)
+    with pytest.raises(CheckpointError, match="NaN or infinite values on a test frame"):
+        load_checkpoint(p)
+    # a network whose output is the negative of its input (as flipped bytes gave: -5 counts)
+    from napari_sbd.core.checkpoint import _probe
+
+    class Negate(torch.nn.Module):
+        def forward(self, x):
+            return -x
+
+    with pytest.raises(CheckpointError, match="negative counts"):
+        _probe(Negate(), "neg.pt")
+    _probe(torch.nn.Identity(), "identity.pt")  # a mean-preserving network passes
+
+
+def test_pickled_code_message_never_suggests_unsafe_loading(tmp_path, capsys):
+    p = tmp_path / "evil2.pt"
+    torch.save({"format": "napari-sbd-checkpoint", "x": _Evil()}, p)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(p)
+    msg = str(err.value)
+    assert "contains code" in msg and "refused for safety" in msg and "print" in msg
+    assert "weights_only" not in msg and "truncated" not in msg
+    assert "code ran" not in capsys.readouterr().out

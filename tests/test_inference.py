@@ -210,3 +210,15 @@ def test_estimate_dose(rng):
     stack = rng.poisson(0.45, (10, 128, 128))
     assert abs(estimate_dose(stack) - 0.45) < 0.02
     assert abs(estimate_dose(stack[0]) - 0.45) < 0.03
+
+
+def test_non_finite_network_output_is_an_error_not_a_result(tiny_unet):
+    import torch
+
+    from napari_sbd.core.inference import Denoiser
+
+    with torch.no_grad():
+        next(iter(tiny_unet.parameters())).fill_(float("nan"))
+    den = Denoiser(tiny_unet, {"dose": 0.45}, device="cpu")
+    with pytest.raises(ValueError, match="NaN or infinite values"):
+        den.denoise(np.ones((2, 40, 40), np.float32) * 0.45)

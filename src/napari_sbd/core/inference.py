@@ -328,7 +328,13 @@ class Denoiser:
             for (r0, r1, a0, a1), (c0, c1, b0, b1) in tiles:
                 y = self._run(x[..., a0:a1, b0:b1])
                 out[..., r0:r1, c0:c1] = y[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
-        return out[0, 0, e : e + h, e : e + w].float().cpu().numpy().copy()
+        result = out[0, 0, e : e + h, e : e + w].float().cpu().numpy().copy()
+        if not np.isfinite(result).all():  # never hand on NaN as if it were a result
+            raise ValueError(
+                "the network produced NaN or infinite values on this frame (counts far above "
+                "what it was trained on, or damaged weights); check the frame's calibration"
+            )
+        return result
 
     def iter_denoise(
         self,
