@@ -222,3 +222,20 @@ def test_non_finite_network_output_is_an_error_not_a_result(tiny_unet):
     den = Denoiser(tiny_unet, {"dose": 0.45}, device="cpu")
     with pytest.raises(ValueError, match="NaN or infinite values"):
         den.denoise(np.ones((2, 40, 40), np.float32) * 0.45)
+
+
+def test_envelope_models_warn_only_outside_their_ranges(denoiser):
+    import copy
+
+    env = copy.copy(denoiser)
+    env.metadata = {**denoiser.metadata, "dose_range": [0.1, 5.0], "pixel_size_range_pm": [5, 10]}
+    assert env.dose_range == (0.1, 5.0) and env.pixel_size_range_pm == (5.0, 10.0)
+    assert env.compatibility_warnings(4.0, 9.5) == []  # far from 0.45 and 6.1, inside the card
+    assert env.compatibility_warnings(0.1, 5.0) == []  # the ends are inside
+    (d,) = env.compatibility_warnings(8.0, None)
+    assert "outside the 0.1-5" in d
+    (fine,) = env.compatibility_warnings(None, 3.0)
+    assert "bin the frames" in fine
+    (coarse,) = env.compatibility_warnings(None, 12.0)
+    assert "coarser pixels cannot" in coarse
+    assert "0.1-5 counts/pixel, 5-10 pm/pixel" in env.describe()

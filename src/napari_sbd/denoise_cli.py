@@ -78,6 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(finished frames are kept)", file=sys.stderr)
         return 130
     bar.close()
+    if res.dose_estimate is not None:
+        print(f"napari-sbd-denoise: the input has {res.dose_estimate:.3g} counts/pixel/frame "
+              "on average (first frames)", file=sys.stderr)
     for w in res.warnings:
         print(f"napari-sbd-denoise: warning: {w}", file=sys.stderr)
     state = "complete" if res.complete else "INCOMPLETE (other frame ranges still to do)"

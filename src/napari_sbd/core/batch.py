@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from napari_sbd.core.checkpoint import atomic_write
-from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, load_model
+from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
 from napari_sbd.core.inputs import InputError, as_frame, check_stack_shape
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
@@ -65,6 +65,7 @@ class BatchResult:
     frames_skipped: int
     complete: bool
     warnings: list[str]
+    dose_estimate: float | None = None  # mean counts/pixel/frame of the first frames
 
 
 class TiffFrames:
@@ -242,7 +243,10 @@ def denoise_movie(
     state = out / ".sbd"
     done_dir = state / "done"
     cols_dir = state / "columns"
-    warnings: list[str] = []
+    dose_est = estimate_dose(data, max_frames=min(4, n))
+    warnings: list[str] = [
+        f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)
+    ]
     skipped = done_now = 0
     arr = group["denoised"]
     lmap_arr = group["llr_map"] if likelihood else None
@@ -271,7 +275,7 @@ def denoise_movie(
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
         group.attrs["napari_sbd"] = attrs
-    return BatchResult(out, n, done_now, skipped, complete, warnings)
+    return BatchResult(out, n, done_now, skipped, complete, warnings, dose_est)
 
 
 def replaceable_store(out: Path, protected: list[Path] = ()) -> str | None:

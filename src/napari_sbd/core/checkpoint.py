@@ -24,6 +24,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -215,20 +216,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types here
         text = str(exc)
-        reason = text.splitlines()[0] if text else type(exc).__name__
-        if "weights only load failed" in text.lower() or "weightsunpickler" in text.lower():
-            # torch's own text advises weights_only=False, which would run the file's code:
-            # it is never shown
-            found = next((ln.split("GLOBAL", 1)[1].split()[0] for ln in text.splitlines()
-                          if "GLOBAL" in ln.upper() and len(ln.split("GLOBAL", 1)) > 1), None)
-            why = ("this file contains code or Python objects, not only weights"
-                   + (f" (it refers to {found})" if found else "")
-                   + "; it was refused for safety and nothing in it was run. Use a checkpoint "
-                   "written by napari-sbd-train, from a source you trust")
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        # torch's own text advises weights_only=False, which would run the file's code:
+        # only its diagnosis is ever shown
+        detail = [ln for ln in lines if "weights_only" not in ln and "torch.load" not in ln
+                  and not ln.startswith(("Please", "Check the documentation"))]
+        reason = (detail[0] if detail else type(exc).__name__).replace("WeightsUnpickler error:", "")
+        code = re.search(r"unsupported global:?\s*(?:GLOBAL\s+)?([\w.]+)", text, re.IGNORECASE)
+        if code is not None:
+            found = code.group(1)
+            why = (f"this file contains code or Python objects, not only weights (it refers to "
+                   f"{found}); it was refused for safety and nothing in it was run. Use a "
+                   "checkpoint written by napari-sbd-train, from a source you trust")
         elif path.stat().st_size == 0:
             why = "it is empty"
         else:
-            why = f"it is not a readable PyTorch file, or it is truncated ({reason})"
+            why = f"it is not a readable PyTorch file, or it is truncated ({reason.strip()})"
         raise CheckpointError(f"cannot load model file {path}: {why}") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(

@@ -196,15 +196,30 @@ class Denoiser:
         d = self.metadata.get("dose")
         return None if d is None else float(d)
 
+    @property
+    def dose_range(self) -> tuple[float, float] | None:
+        """Doses the model was trained over, counts/pixel in vacuum (None: one dose)."""
+        r = self.metadata.get("dose_range")
+        return None if not r else (float(r[0]), float(r[1]))
+
+    @property
+    def pixel_size_range_pm(self) -> tuple[float, float] | None:
+        """Pixel sizes the model was trained over, pm (None: one pixel size)."""
+        r = self.metadata.get("pixel_size_range_pm")
+        return None if not r else (float(r[0]), float(r[1]))
+
     def describe(self) -> str:
         """One paragraph about the model for a user (architecture, dose, pixel size)."""
         md = self.metadata
         arch = md.get("architecture", type(self.network).__name__)
         params = md.get("params", {})
+        dr, pr = self.dose_range, self.pixel_size_range_pm
+        dose = (f"{dr[0]:g}-{dr[1]:g} counts/pixel" if dr
+                else f"{md.get('dose', '?')} counts/pixel")
+        pix = f"{pr[0]:g}-{pr[1]:g} pm/pixel" if pr else f"{md.get('pixel_size_pm', '?')} pm/pixel"
         lines = [
             f"{arch} {params}",
-            f"trained at {md.get('dose', '?')} counts/pixel, {md.get('pixel_size_pm', '?')} pm/pixel,"
-            f" {md.get('contrast', '?')} contrast",
+            f"trained at {dose}, {pix}, {md.get('contrast', '?')} contrast",
             f"receptive field {self.receptive_field} px; device {self.device}",
         ]
         if md.get("validation_psnr") is not None:
@@ -219,10 +234,12 @@ class Denoiser:
         dose_tolerance: float = 2.0,
         pixel_tolerance: float = 0.1,
     ) -> list[str]:
-        """Warnings when the data's dose or pixel size is far from the model's.
+        """Warnings when the data's dose or pixel size is outside what the model knows.
 
-        The network learned one noise level and one scale: a dose off by more
-        than ``dose_tolerance`` times or a pixel size off by more than
+        A model trained over an envelope (``dose_range``, ``pixel_size_range_pm``
+        in its card) accepts anything inside it. A model trained at one point
+        learned one noise level and one scale: a dose off by more than
+        ``dose_tolerance`` times or a pixel size off by more than
         ``pixel_tolerance`` (relative; the training augmentation covers about
         +-5%) degrades it (ICLR paper, Fig. 12).
 
@@ -233,9 +250,9 @@ class Denoiser:
         pixel_size_pm : float, optional
             The data's pixel size, picometres.
         dose_tolerance : float
-            Accepted ratio either way.
+            Accepted ratio either way (single-dose models).
         pixel_tolerance : float
-            Accepted relative difference.
+            Accepted relative difference (single-pixel-size models).
 
         Returns
         -------
@@ -244,7 +261,15 @@ class Denoiser:
         """
         out = []
         mdose = self.metadata.get("dose")
-        if dose is not None and mdose:
+        if dose is not None and self.dose_range is not None:
+            lo, hi = self.dose_range
+            if not lo <= dose <= hi:
+                out.append(
+                    f"the data have {dose:.3g} counts/pixel per frame on average, outside the "
+                    f"{lo:g}-{hi:g} the model was trained over: results may be poor; use a "
+                    "model trained at this dose"
+                )
+        elif dose is not None and mdose:
             ratio = dose / float(mdose)
             if not (1 / dose_tolerance <= ratio <= dose_tolerance):
                 out.append(
@@ -253,7 +278,18 @@ class Denoiser:
                     "model trained at this dose"
                 )
         mpix = self.metadata.get("pixel_size_pm")
-        if pixel_size_pm is not None and mpix:
+        if pixel_size_pm is not None and self.pixel_size_range_pm is not None:
+            lo, hi = self.pixel_size_range_pm
+            if not lo <= pixel_size_pm <= hi:
+                out.append(
+                    f"the data have {pixel_size_pm:.3g} pm/pixel, outside the {lo:g}-{hi:g} "
+                    "pm/pixel the model was trained over: "
+                    + ("bin the frames (integer binning keeps counts Poisson) or use a model "
+                       "trained at this pixel size" if pixel_size_pm < lo else
+                       "use a model trained at this pixel size (coarser pixels cannot be "
+                       "made finer)")
+                )
+        elif pixel_size_pm is not None and mpix:
             rel = pixel_size_pm / float(mpix) - 1
             if abs(rel) > pixel_tolerance:
                 out.append(
