@@ -235,7 +235,33 @@ def test_envelope_models_warn_only_outside_their_ranges(denoiser):
     (d,) = env.compatibility_warnings(8.0, None)
     assert "outside the 0.1-5" in d
     (fine,) = env.compatibility_warnings(None, 3.0)
-    assert "bin the frames" in fine
+    assert "binned 2x2" in fine
     (coarse,) = env.compatibility_warnings(None, 12.0)
     assert "coarser pixels cannot" in coarse
     assert "0.1-5 counts/pixel, 5-10 pm/pixel" in env.describe()
+
+
+def test_binning_brings_fine_frames_into_the_models_range(denoiser):
+    import copy
+
+    from napari_sbd.core.inference import bin_counts, unbin
+
+    counts = np.random.default_rng(5).poisson(0.45, (2, 50, 61)).astype(np.float32)
+    binned = bin_counts(counts[0], 2)
+    assert binned.shape == (25, 31)
+    assert binned[:, :30].sum() == counts[0, :, :60].sum()  # counts are summed, none lost
+    ramp = np.add.outer(np.arange(40.0), 2 * np.arange(40.0)).astype(np.float32)
+    back = unbin(bin_counts(ramp, 4), 4, ramp.shape)  # a linear image survives bin + unbin
+    np.testing.assert_allclose(back[4:-4, 4:-4], ramp[4:-4, 4:-4], atol=1e-3)
+
+    env = copy.copy(denoiser)
+    env.metadata = {**denoiser.metadata, "pixel_size_range_pm": [5.0, 10.0]}
+    assert [env.binning_for(p) for p in (None, 2.0, 3.0, 4.9, 5.0, 12.0)] == [1, 3, 2, 2, 1, 1]
+    assert denoiser.binning_for(3.0) == 1  # a single-pixel-size model never bins
+    (note,) = env.compatibility_warnings(None, 3.0)
+    assert "binned 2x2" in note and "6 pm" in note
+    out = env.denoise(counts, pixel_size_pm=3.0)
+    assert out.shape == counts.shape and out.dtype == np.float32
+    expected = unbin(env.denoise(bin_counts(counts[1], 2)), 2, counts.shape[1:])
+    np.testing.assert_allclose(out[1], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(env.denoise(counts, pixel_size_pm=6.0), env.denoise(counts))

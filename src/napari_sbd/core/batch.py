@@ -234,7 +234,7 @@ def denoise_movie(
     todo = _parse_frames(frames, n)
     # check the first frame of the range before creating anything
     try:
-        as_frame(data[todo[0]], index=todo[0], model_dose=den.dose)
+        as_frame(data[todo[0]], index=todo[0], model_dose=den.max_dose)
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size)
@@ -255,8 +255,8 @@ def denoise_movie(
         if marker.exists():
             skipped += 1
         else:
-            frame = as_frame(data[i], index=i, model_dose=den.dose)
-            result = den.denoise_frame(frame, tile_size=tile_size)
+            frame = as_frame(data[i], index=i, model_dose=den.max_dose)
+            result = den.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size)
             arr[i] = result
             if columns:
                 rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),

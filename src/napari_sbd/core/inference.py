@@ -142,6 +142,40 @@ def tile_bounds(n: int, core: int, margin: int) -> list[tuple[int, int, int, int
     return bounds
 
 
+def bin_counts(frame: np.ndarray, k: int) -> np.ndarray:
+    """Sum ``k`` x ``k`` blocks of counts (mirror-padded up to a multiple of ``k``).
+
+    Summing counts is exact for Poisson noise: a bin holds Poisson counts with
+    k^2 times the mean, at k times the pixel size. (Fractional resampling
+    instead correlates the noise of neighbouring pixels.)
+    """
+    if k == 1:
+        return frame
+    h, w = frame.shape
+    padded = np.pad(frame, ((0, -h % k), (0, -w % k)), mode="symmetric")
+    hb, wb = padded.shape[0] // k, padded.shape[1] // k
+    return padded.reshape(hb, k, wb, k).sum(axis=(1, 3), dtype=np.float32)
+
+
+def unbin(binned: np.ndarray, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """Bring a denoised binned frame back to the original grid, in counts per original pixel.
+
+    Each original pixel takes the bilinear interpolation of the binned frame
+    at its own centre, divided by the k^2 pixels a bin summed.
+    """
+    if k == 1:
+        return binned
+    from scipy.ndimage import map_coordinates
+
+    h, w = shape
+    rows = (np.arange(h) + 0.5) / k - 0.5
+    cols = (np.arange(w) + 0.5) / k - 0.5
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    out = map_coordinates(binned.astype(np.float32), [rr, cc], order=1, mode="nearest",
+                          prefilter=False)
+    return (out / np.float32(k * k)).astype(np.float32)
+
+
 class Denoiser:
     """A trained network ready to denoise frames.
 
@@ -195,6 +229,23 @@ class Denoiser:
         """Training dose, counts/pixel in vacuum (None when unknown)."""
         d = self.metadata.get("dose")
         return None if d is None else float(d)
+
+    @property
+    def max_dose(self) -> float | None:
+        """The highest dose the model was trained at (for the "are these counts?" check)."""
+        return self.dose_range[1] if self.dose_range is not None else self.dose
+
+    def binning_for(self, pixel_size_pm: float | None) -> int:
+        """Integer binning that brings frames of this pixel size into the model's range (1: none).
+
+        Only models trained over a pixel-size range bin, and only finer
+        frames: summing k x k counts keeps them Poisson at k times the pixel
+        size. Coarser frames cannot be helped (see :meth:`compatibility_warnings`).
+        """
+        r = self.pixel_size_range_pm
+        if pixel_size_pm is None or r is None or not pixel_size_pm > 0 or pixel_size_pm >= r[0]:
+            return 1
+        return int(math.ceil(r[0] / pixel_size_pm - 1e-9))
 
     @property
     def dose_range(self) -> tuple[float, float] | None:
@@ -280,7 +331,17 @@ class Denoiser:
         mpix = self.metadata.get("pixel_size_pm")
         if pixel_size_pm is not None and self.pixel_size_range_pm is not None:
             lo, hi = self.pixel_size_range_pm
-            if not lo <= pixel_size_pm <= hi:
+            k = self.binning_for(pixel_size_pm)
+            if k > 1:
+                out.append(
+                    f"the data have {pixel_size_pm:.3g} pm/pixel, finer than the {lo:g}-{hi:g} "
+                    f"pm/pixel the model was trained over: each frame is binned {k}x{k} (to "
+                    f"{k * pixel_size_pm:.3g} pm, counts summed) and the result brought back to "
+                    "the frame's grid"
+                    + ("" if k * pixel_size_pm <= hi else "; even so it is outside the range: "
+                       "results may be poor")
+                )
+            elif not lo <= pixel_size_pm <= hi:
                 out.append(
                     f"the data have {pixel_size_pm:.3g} pm/pixel, outside the {lo:g}-{hi:g} "
                     "pm/pixel the model was trained over: "
@@ -337,7 +398,13 @@ class Denoiser:
         return [(r, c) for r in tile_bounds(hp, core, margin) for c in tile_bounds(wp, core, margin)]
 
     @torch.inference_mode()
-    def denoise_frame(self, frame: np.ndarray, *, tile_size: int | None = DEFAULT_TILE) -> np.ndarray:
+    def denoise_frame(
+        self,
+        frame: np.ndarray,
+        *,
+        tile_size: int | None = DEFAULT_TILE,
+        pixel_size_pm: float | None = None,
+    ) -> np.ndarray:
         """Denoise one validated float32 (H, W) frame; returns float32 (H, W).
 
         Parameters
@@ -347,12 +414,20 @@ class Denoiser:
         tile_size : int or None
             Output pixels per tile side (rounded to the pooling grid); None
             processes the frame whole.
+        pixel_size_pm : float, optional
+            The frame's pixel size. Frames finer than the model's pixel-size
+            range are binned into it (:meth:`binning_for`) and the result is
+            brought back to the frame's grid.
 
         Returns
         -------
         numpy.ndarray
             The denoised frame, counts per pixel.
         """
+        k = self.binning_for(pixel_size_pm)
+        if k > 1:
+            den = self.denoise_frame(bin_counts(frame, k), tile_size=tile_size)
+            return unbin(den, k, frame.shape)
         h, w = frame.shape
         e = EDGE_PAD
         x = torch.from_numpy(pad_frame(frame, self.size_multiple, e)).to(self.device)[None, None]
@@ -379,6 +454,7 @@ class Denoiser:
         tile_size: int | None = DEFAULT_TILE,
         start: int = 0,
         stop: int | None = None,
+        pixel_size_pm: float | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, denoised_frame)`` for each frame, one at a time.
 
@@ -395,6 +471,8 @@ class Denoiser:
             See :meth:`denoise_frame`.
         start, stop : int
             Frame range of a stack (Python slice semantics).
+        pixel_size_pm : float, optional
+            See :meth:`denoise_frame`.
 
         Yields
         ------
@@ -405,11 +483,12 @@ class Denoiser:
         dtype = getattr(frames, "dtype", None) or np.asarray(frames).dtype
         single = check_stack_shape(shape, dtype)
         if single:
-            yield 0, self.denoise_frame(as_frame(frames, model_dose=self.dose), tile_size=tile_size)
+            frame = as_frame(frames, model_dose=self.max_dose)
+            yield 0, self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm)
             return
         for i in range(*slice(start, stop).indices(shape[0])):
-            frame = as_frame(frames[i], index=i, model_dose=self.dose)
-            yield i, self.denoise_frame(frame, tile_size=tile_size)
+            frame = as_frame(frames[i], index=i, model_dose=self.max_dose)
+            yield i, self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm)
 
     def denoise(
         self,
@@ -418,6 +497,7 @@ class Denoiser:
         tile_size: int | None = DEFAULT_TILE,
         progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        pixel_size_pm: float | None = None,
     ) -> np.ndarray:
         """Denoise a frame (H, W) or a stack (T, H, W); returns float32 counts.
 
@@ -433,6 +513,9 @@ class Denoiser:
         should_stop : callable, optional
             Polled before each frame; returning True raises
             :class:`DenoisingCancelled`.
+        pixel_size_pm : float, optional
+            The frames' pixel size: frames finer than the model's range are
+            binned into it (see :meth:`denoise_frame`).
 
         Returns
         -------
@@ -444,7 +527,7 @@ class Denoiser:
         single = check_stack_shape(shape, dtype)
         total = 1 if single else shape[0]
         out = np.empty(shape[-2:] if single else shape, dtype=np.float32)
-        it = self.iter_denoise(frames, tile_size=tile_size)
+        it = self.iter_denoise(frames, tile_size=tile_size, pixel_size_pm=pixel_size_pm)
         for done in range(total):
             if should_stop is not None and should_stop():
                 raise DenoisingCancelled(f"denoising cancelled after {done} of {total} frames")

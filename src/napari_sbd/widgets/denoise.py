@@ -113,6 +113,7 @@ class DenoiseWidget(DockWidget):
             den,
             data,
             tile,
+            pixel_size_pm(layer),
             _progress={"total": total, "desc": f"Denoising {layer.name}"},
         )
         self.worker.yielded.connect(self._frame_done)
@@ -177,14 +178,14 @@ class DenoiseWidget(DockWidget):
         self.info.value = wrap(f"denoising failed: {exc}")
 
 
-def _denoise_frames(den: Denoiser, data: Any, tile: int):
+def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | None = None):
     """Worker body: yield each denoised frame (runs off the GUI thread).
 
     A bad frame (NaN, negative, not counts) is yielded as the error itself, so
     the widget can report it as a notification instead of a crash.
     """
     try:
-        yield from den.iter_denoise(data, tile_size=tile)
+        yield from den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size)
     except ValueError as exc:
         yield Failure(exc)
 
