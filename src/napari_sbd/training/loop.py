@@ -13,9 +13,11 @@ Training over an operating envelope (``dose_range``, ``pixel_size_range_pm``):
 every patch gets its own dose, drawn log-uniformly, and its own pixel size
 (a log-uniform rescale of the clean image), so that one network learns to read
 the noise level and the scale from the frame itself (a bias-free network
-cannot be fixed by rescaling the counts: f(cy) = c f(y)). The loss of each
-patch is measured in units of its vacuum level (times the nominal dose), so
-that high-dose patches do not outweigh low-dose ones by their larger counts.
+cannot be fixed by rescaling the counts: f(cy) = c f(y)). The squared error
+of each patch is multiplied by nominal dose / its dose: a denoiser's error in
+counts^2 grows about linearly with the dose (Poisson variance), so this gives
+every dose about the same share of the loss in the relative terms PSNR
+measures; plain MSE would let the highest doses drown the lowest.
 Validation then scores fixed crops at the nominal point and at both ends of
 each range ("bands"); the epoch's validation PSNR is their mean.
 
@@ -501,12 +503,12 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
                 n, c = _noisy(patch, dose, im.vacuum_level, rng)
                 noisy.append(n)
                 clean.append(c)
-                weight.append(1.0 if cfg.dose_range is None else cfg.dose / dose)
+                weight.append(1.0 if cfg.dose_range is None else math.sqrt(cfg.dose / dose))
             x = torch.from_numpy(np.stack(noisy)[:, None]).to(device)
             y = torch.from_numpy(np.stack(clean)[:, None]).to(device)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 residual = net(x).float() - y
-                if cfg.dose_range is not None:  # each patch in units of the nominal dose
+                if cfg.dose_range is not None:  # equal shares per dose (module docstring)
                     residual = residual * torch.tensor(weight, device=device).view(-1, 1, 1, 1)
                 loss = torch.mean(residual**2)
             opt.zero_grad(set_to_none=True)
