@@ -94,6 +94,21 @@ def test_dataset_metadata_reproducibility_and_resume(tmp_path):
     simulate_structure(again, json_params(rows[0]), FAST, [4.0])
     assert (again / rows[0]["file"]).read_bytes() == first
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    # one folder, one dataset: other settings are refused before anything is simulated
+    from dataclasses import replace
+
+    for legacy in (False, True):
+        if legacy:  # a folder made before dataset.json: its first record tells
+            (out / "dataset.json").unlink()
+        with pytest.raises(ValueError, match="pixel_size_pm 12.0 in the folder, 16.0 now"):
+            simulate_dataset(out, 3, [4.0, 8.0], replace(FAST, pixel_size_pm=16.0), seed=7,
+                             fixed=SMALL, workers=1)
+        with pytest.raises(ValueError, match="defoci"):
+            simulate_dataset(out, 2, [4.0, 6.0], FAST, seed=7, fixed=SMALL, workers=1)
+        with pytest.raises(ValueError, match="dose 0.45 in the folder, 0.9 now"):
+            simulate_dataset(out, 2, [4.0, 8.0], replace(FAST, dose=0.9), seed=7, fixed=SMALL,
+                             workers=1)
+    assert not (out / "s00009_df+04.0nm.tif").exists()
 
 
 def json_params(row: dict) -> StructureParams:

@@ -5,6 +5,13 @@ Layout of the output folder::
     DIR/s00012_df+06.0nm.tif     one clean image (counts per pixel, float32)
     DIR/records/s00012.json      the rows of one finished structure
     DIR/metadata.csv             every row of every finished structure
+    DIR/dataset.json             the options every image of the folder shares
+
+A folder holds one dataset: a run whose defoci, microscope settings or fixed
+structure parameters differ from the folder's (``dataset.json``, or the first
+record of a folder made before it existed) is refused, naming each difference.
+More structures (a larger ``n_structures``, another seed range) with the same
+options extend the dataset.
 
 Every file is written atomically (temporary file + rename) and a structure
 counts as done only once its record is written, after all its images: an
@@ -202,6 +209,45 @@ def _rebuild_table(out: Path) -> int:
     return len(rows)
 
 
+def dataset_options(defoci_nm: list[float], ip: ImagingParams,
+                    fixed: dict[str, Any] | None) -> dict[str, Any]:
+    """What every image of a dataset shares: defoci, imaging parameters, fixed structure parameters."""
+    return {"defoci_nm": [float(d) for d in defoci_nm], "imaging": ip.record(),
+            "fixed": dict(fixed or {})}
+
+
+def _folder_options(out: Path) -> dict[str, Any] | None:
+    """The options of an existing dataset folder, or None for a new one."""
+    if (out / "dataset.json").exists():
+        return json.loads((out / "dataset.json").read_text())
+    records = sorted((out / "records").glob("s*.json")) if (out / "records").is_dir() else []
+    if not records:
+        return None
+    rows = json.loads(records[0].read_text())  # a folder from before dataset.json
+    return {"defoci_nm": sorted(float(r["defocus_nm"]) for r in rows),
+            "imaging": {k[len("imaging_"):]: v for k, v in rows[0].items() if k.startswith("imaging_")}}
+
+
+def _check_same_dataset(out: Path, wanted: dict[str, Any]) -> None:
+    have = _folder_options(out)
+    if have is None:
+        return
+    diffs = []
+    if sorted(have.get("defoci_nm", [])) != sorted(wanted["defoci_nm"]):
+        diffs.append(f"defoci {have.get('defoci_nm')} nm in the folder, {wanted['defoci_nm']} now")
+    for k, v in wanted["imaging"].items():
+        if k in have.get("imaging", {}) and have["imaging"][k] != v:
+            diffs.append(f"{k} {have['imaging'][k]} in the folder, {v} now")
+    if "fixed" in have and have["fixed"] != wanted["fixed"]:
+        diffs.append(f"fixed structure parameters {have['fixed']} in the folder, {wanted['fixed']} now")
+    if diffs:
+        raise ValueError(
+            f"{out} already holds a dataset made with other options: " + "; ".join(diffs)
+            + ". Simulate into a new --out folder (one folder holds one dataset), or repeat the "
+            "folder's own options to resume or extend it"
+        )
+
+
 def simulate_dataset(
     out: str | os.PathLike,
     n_structures: int,
@@ -246,7 +292,13 @@ def simulate_dataset(
     if n_structures < 1 or not defoci_nm:
         raise ValueError("need at least one structure and one defocus")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder name")
+    wanted = dataset_options(defoci_nm, ip, fixed)
+    _check_same_dataset(out, wanted)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / "dataset.json").exists():
+        atomic_write(out / "dataset.json", lambda tmp: Path(tmp).write_text(json.dumps(wanted, indent=1)))
     params = [draw_structure_params(seed + i, **(fixed or {})) for i in range(n_structures)]
     for sp in params:
         sp.validate()
