@@ -225,3 +225,65 @@ def test_processes_starting_together_share_one_store(movie, model_path, tmp_path
     assert g.attrs["napari_sbd"]["complete"] is True
     assert not list(tmp_path.glob(".race.zarr.creating-*"))
     np.testing.assert_allclose(g["denoised"][:], load_model(model_path).denoise(stack), atol=1e-5)
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--tile", "0"], "need >= 64"), (["--tile", "-5"], "need >= 64"),
+    (["--vacuum-level", "-1"], "need > 0"), (["--tile", "abc"], "not an integer"),
+])
+def test_out_of_range_options_are_refused(movie, model_path, tmp_path, capsys, extra, message):
+    path, _ = movie
+    with pytest.raises(SystemExit) as exc:
+        main([str(path), "-o", str(tmp_path / "o.zarr"), "--model", str(model_path), *extra])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_disk_full_is_one_line_and_the_run_resumes(movie, model_path, tmp_path, capsys,
+                                                   monkeypatch):
+    import errno
+
+    import napari_sbd.core.batch as batch
+
+    path, stack = movie
+    out = tmp_path / "full.zarr"
+    args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet"]
+    real_touch = type(out).touch
+    calls = {"n": 0}
+
+    def touch_until_full(self, *a, **k):  # the 3rd frame's marker finds the disk full
+        if self.parent.name == "done":
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real_touch(self, *a, **k)
+
+    monkeypatch.setattr(batch.Path, "touch", touch_until_full)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "free some space" in err
+    assert "run the same command again" in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert main(args) == 0
+    g = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(g["denoised"][:], load_model(model_path).denoise(stack))
+
+
+def test_failed_store_creation_is_one_line_and_leaves_nothing(movie, model_path, tmp_path,
+                                                             capsys, monkeypatch):
+    import errno
+
+    path, _ = movie
+    real_mkdir = type(tmp_path).mkdir
+
+    def read_only(self, *a, **k):  # as in a read-only folder (root here may write anywhere)
+        if ".creating-" in str(self):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_mkdir(self, *a, **k)
+
+    monkeypatch.setattr(type(tmp_path), "mkdir", read_only)
+    assert main([str(path), "-o", str(tmp_path / "o.zarr"), "--model", str(model_path),
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "Permission denied" in err and "permissions" in err and "Traceback" not in err
+    assert not list(tmp_path.glob(".o.zarr.*")) and not (tmp_path / "o.zarr").exists()

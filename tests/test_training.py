@@ -115,7 +115,10 @@ def test_warm_restart_sets_the_rate_and_keeps_the_best(dataset, tmp_path):
         ("garbage", [], "cannot read training image"),
         ("negative", [], "not a clean count image"),
         ("ok", ["--patch", "4096"], "larger than the images allow"),
-        ("ok", ["--dose", "0"], "--dose must be > 0"),
+        ("ok", ["--dose", "0"], "0 is out of range: need >= 0.01"),
+        ("ok", ["--dose", "1e-9"], "out of range"),
+        ("ok", ["--val-fraction", "1.5"], "need > 0 and < 1"),
+        ("ok", ["--dose-range", "0.001:5"], "almost all zeros"),
         ("ok", ["--where", "colour=red"], "no such column"),
         ("ok", ["--where", "contrast=purple"], "passes the filters"),
     ],
@@ -130,7 +133,10 @@ def test_bad_input_is_one_clear_error_before_training(dataset, tmp_path, capsys,
     if setup == "negative":
         tifffile.imwrite(folder / "a.tif", -np.ones((64, 64), np.float32))
     out = tmp_path / "out"
-    code = main([str(folder), "--out", str(out), *TINY, *extra])
+    try:
+        code = main([str(folder), "--out", str(out), *TINY, *extra])
+    except SystemExit as exc:  # argparse's own refusal of an option's value
+        code = exc.code
     assert code == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err

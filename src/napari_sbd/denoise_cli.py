@@ -7,6 +7,8 @@ import shlex
 import sys
 from collections.abc import Sequence
 
+from napari_sbd._cli import number
+
 EPILOG = """\
 examples:
   napari-sbd-denoise movie.tif -o movie_denoised.zarr
@@ -38,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write columns.csv: frame, row, col (px), sigma (A), peak, contrast, LLR")
     p.add_argument("--likelihood", action="store_true",
                    help="also write the LLR map stack (llr_map); implies --columns")
-    p.add_argument("--vacuum-level", type=float,
+    p.add_argument("--vacuum-level", type=number(float, above=0, unit="counts/pixel"),
                    help="vacuum counts/pixel/frame for the LLRs (default: found in each frame)")
-    p.add_argument("--tile", type=int, default=1024, help="inference tile side in pixels (1024)")
+    p.add_argument("--tile", type=number(int, at_least=64, unit="pixels"), default=1024,
+                   help="inference tile side in pixels (1024)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUTPUT that is not a resumable run of this job")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -72,6 +75,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.close()
         print(f"napari-sbd-denoise: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        bar.close()
+        from napari_sbd._cli import os_error_message
+
+        print(os_error_message("napari-sbd-denoise", exc, "then run the same command again: "
+                               "finished frames are kept"), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         bar.close()
         print("napari-sbd-denoise: interrupted; run the same command again to continue "

@@ -93,6 +93,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"napari-sbd-simulate: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from napari_sbd._cli import os_error_message
+
+        print(os_error_message("napari-sbd-simulate", exc, "then run the same command again "
+                               "(finished structures are kept)"), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("napari-sbd-simulate: interrupted; run the same command again to resume",
               file=sys.stderr)

@@ -6,6 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from napari_sbd._cli import number
+
+MIN_DOSE = 0.01  # counts/pixel: below this a frame is almost all zeros and PSNR meaningless
+
 EPILOG = """\
 examples:
   # the papers' recipe on a simulator folder, white-contrast images only
@@ -48,17 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
                    help="keep images whose metadata KEY equals VALUE (a,b for several, lo:hi "
                    "for a numeric range); repeatable, e.g. --where contrast=white")
-    d.add_argument("--val-fraction", type=float, default=0.1,
+    d.add_argument("--val-fraction", type=number(float, above=0, below=1), default=0.1,
                    help="fraction of STRUCTURES held out for validation (default 0.1)")
     d.add_argument("--val-images", type=int, default=12,
                    help="validation images used per epoch (default 12)")
     d.add_argument("--val-crop", type=int, default=512,
                    help="side in pixels of the validation centre crops (default 512)")
     n = p.add_argument_group("noise and metadata")
-    n.add_argument("--dose", type=float, default=0.45,
+    n.add_argument("--dose", type=number(float, at_least=MIN_DOSE, unit="counts/pixel"),
+                   default=0.45,
                    help="vacuum dose of the noisy inputs, counts/pixel/frame (default 0.45, "
-                   "the papers'); 0 or negative is an error")
-    n.add_argument("--dose-range", type=_span, metavar="LO:HI",
+                   "the papers'; at least 0.01)")
+    n.add_argument("--dose-range", type=_dose_span, metavar="LO:HI",
                    help="train over an envelope of doses: each patch's vacuum dose is drawn "
                    "log-uniformly in [LO, HI] counts/pixel/frame (e.g. 0.1:5); --dose is then "
                    "the nominal dose the validation and the loss are expressed at")
@@ -133,6 +138,14 @@ def _span(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _dose_span(text: str) -> tuple[float, float]:
+    lo, hi = _span(text)
+    if lo < MIN_DOSE:
+        raise argparse.ArgumentTypeError(f"{text!r}: doses below {MIN_DOSE} counts/pixel are "
+                                         "almost all zeros; raise LO")
+    return lo, hi
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
@@ -167,6 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (TrainingDataError, ValueError) as exc:
         print(f"napari-sbd-train: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        from napari_sbd._cli import os_error_message
+
+        print(os_error_message("napari-sbd-train", exc, "then continue with the same command "
+                               "plus --resume (finished epochs are kept)"), file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("napari-sbd-train: interrupted; continue with the same command plus --resume",
               file=sys.stderr)

@@ -190,8 +190,9 @@ def split_by_structure(
         return list(images), []
     if len(structures) < 2:
         raise TrainingDataError(
-            "a validation split needs at least two structures; add images or set "
-            "--val-fraction 0"
+            f"the data hold {len(structures)} structure: training holds whole structures out "
+            "for validation (early stopping, the best checkpoint), so it needs at least two; "
+            "add images of another structure (napari-sbd-simulate --n-structures 2 or more)"
         )
     rng = np.random.default_rng(seed)
     order = list(rng.permutation(structures))
