@@ -180,3 +180,19 @@ def test_pickled_code_message_never_suggests_unsafe_loading(tmp_path, capsys):
     assert "contains code" in msg and "refused for safety" in msg and "print" in msg
     assert "weights_only" not in msg and "truncated" not in msg
     assert "code ran" not in capsys.readouterr().out
+
+
+def test_huge_declared_network_is_refused_without_allocating(tmp_path, tiny_unet):
+    import resource
+
+    p = tmp_path / "huge.pt"
+    save_checkpoint(p, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4}, **META)
+    payload = torch.load(p, weights_only=True)
+    payload["metadata"]["params"] = {"scales": 2, "base": 10**6}  # 36 TB of weights
+    del payload["weights_sha256"]
+    torch.save(payload, p)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(p)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 500

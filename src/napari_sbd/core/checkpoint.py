@@ -288,13 +288,17 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     """
     payload = read_checkpoint(path)
     meta, state = payload["metadata"], payload["state_dict"]
+    params = meta["params"] if isinstance(meta["params"], dict) else {}
     try:
-        net = build_model(meta["architecture"], **meta["params"])
-    except (TypeError, ValueError) as exc:
+        # built first without memory ("meta" tensors), so that parameters asking for a
+        # network far larger than the file's weights are refused instead of allocated
+        with torch.device("meta"):
+            skeleton = build_model(meta["architecture"], **params)
+    except (TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"model file {path}: its architecture parameters {meta['params']} are invalid ({exc})"
         ) from None
-    expected = net.state_dict()
+    expected = skeleton.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = sorted(
@@ -313,6 +317,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
             f"model file {path}: the weights do not match its declared architecture "
             f"{meta['architecture']} {meta['params']}: " + "; ".join(parts)
         )
+    net = build_model(meta["architecture"], **params)
     net.load_state_dict(state)
     net.eval()
     _probe(net, path)
