@@ -162,6 +162,10 @@ def test_bad_values(denoiser, rng):
     stack = np.stack([frame, frame - 2])
     with pytest.raises(InputError, match=r"frame 1"):
         denoiser.denoise(stack)
+    huge = frame.astype(np.float64)
+    huge[1, 1] = 1e300  # finite in float64, not in float32: a scaling problem, not a NaN
+    with pytest.raises(InputError, match="beyond what float32 holds"):
+        denoiser.denoise(huge)
 
 
 def test_data_that_are_not_counts(denoiser, rng):

@@ -115,3 +115,38 @@ def test_llr_classes_use_the_papers_thresholds():
     from napari_sbd.core.likelihood import llr_classes
 
     assert llr_classes(np.array([0.005, 0.02, -0.006, -0.1, 0.0, 0.0049, np.nan])) == (2, 2, 3)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"pixel_size_pm": 0.0}, "pixel_size_pm must be a positive"),
+    ({"pixel_size_pm": float("nan")}, "pixel_size_pm must be a positive"),
+    ({"radius_a": 1e4}, "larger than"),
+    ({"radius_a": -1.0}, "radius_a must be a positive"),
+])
+def test_llr_geometry_is_checked(kwargs, message):
+    from napari_sbd.core.likelihood import column_log_likelihood_ratios, likelihood_map
+
+    y = np.random.default_rng(0).poisson(0.45, (64, 64)).astype(np.float32)
+    den = np.full((64, 64), 0.45, np.float32)
+    cols = np.array([[32.0, 32.0]])
+    with pytest.raises(ValueError, match=message):
+        column_log_likelihood_ratios(y, den, cols, 0.45, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        likelihood_map((64, 64), cols, np.zeros(1), **kwargs)
+
+
+def test_llr_refuses_a_denoised_frame_that_is_not_counts():
+    from napari_sbd.core.likelihood import column_log_likelihood_ratios
+
+    y = np.random.default_rng(0).poisson(0.45, (64, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="positive mean"):
+        column_log_likelihood_ratios(y, -np.full((64, 64), 0.45, np.float32),
+                                     np.array([[32.0, 32.0]]), 0.45)
+
+
+def test_detect_columns_on_an_empty_frame_is_a_clear_error():
+    from napari_sbd.core.columns import detect_columns
+
+    for shape in ((0, 0), (3, 50)):
+        with pytest.raises(ValueError, match="too small"):
+            detect_columns(np.zeros(shape, np.float32))

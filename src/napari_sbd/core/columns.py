@@ -175,6 +175,9 @@ def detect_columns(
     img = np.asarray(denoised, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"detect_columns works on one (H, W) frame, got shape {img.shape}")
+    if min(img.shape) < 8:
+        raise ValueError(f"the frame is {img.shape[0]}x{img.shape[1]} pixels: too small to hold "
+                         "atomic columns (at least 8x8)")
     if not np.isfinite(img).all():
         raise ValueError("the denoised frame has NaN or infinite values")
     if not pixel_size_pm > 0:

@@ -102,7 +102,16 @@ def as_frame(
         float32 (H, W) array that does not share memory with ``frame``.
     """
     where = "" if index is None else f" (frame {index})"
-    arr = np.array(frame, dtype=np.float32, copy=True)
+    src = np.asarray(frame)
+    if src.dtype.kind == "f" and src.dtype.itemsize > 4 and src.size:
+        finite = src[np.isfinite(src)]
+        big = float(np.abs(finite).max(initial=0))
+        if big > np.finfo(np.float32).max:
+            raise InputError(
+                f"the image has values up to {big:.3g}{where}, beyond what float32 holds; these "
+                "are not counts per pixel: check the file's scaling (gain, offset, units)"
+            )
+    arr = np.array(src, dtype=np.float32, copy=True)
     if arr.ndim != 2:
         raise InputError(f"expected a 2-D frame{where}, got shape {arr.shape}")
     if not np.isfinite(arr).all():

@@ -165,6 +165,25 @@ def estimate_vacuum_level(
     return float(np.asarray(noisy, dtype=np.float64)[mask].mean())
 
 
+def _geometry(shape: tuple[int, ...], columns: Columns | np.ndarray, radius_a: float,
+              pixel_size_pm: float | None) -> tuple[float, float]:
+    """(pixel size pm, region radius px) after checking both; 6.1 pm when neither is given."""
+    px = pixel_size_pm if pixel_size_pm is not None else getattr(columns, "pixel_size_pm", None)
+    px = 6.1 if px is None else px
+    if not (np.isfinite(px) and px > 0):
+        raise ValueError(f"pixel_size_pm must be a positive number of picometres, got {px}")
+    if not (np.isfinite(radius_a) and radius_a > 0):
+        raise ValueError(f"radius_a must be a positive number of Angstrom, got {radius_a}")
+    radius_px = radius_a / (px / 100.0)
+    if radius_px > max(shape[-2:]):
+        raise ValueError(
+            f"radius_a {radius_a:g} A is {radius_px:.0f} pixels at {px:g} pm/pixel, larger than "
+            f"the {shape[-2]}x{shape[-1]} frame: the test region is one column (0.7 A in the "
+            "papers)"
+        )
+    return float(px), float(radius_px)
+
+
 def _disk_offsets(radius_px: float) -> np.ndarray:
     r = int(np.ceil(radius_px))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
@@ -217,14 +236,17 @@ def column_log_likelihood_ratios(
     den = np.asarray(denoised, dtype=np.float64)
     if y.shape != den.shape or y.ndim != 2:
         raise ValueError(f"raw {y.shape} and denoised {den.shape} must be the same (H, W) frame")
-    px = pixel_size_pm or getattr(columns, "pixel_size_pm", None) or 6.1
+    if not np.isfinite(den).all() or not den.mean() > 0:
+        raise ValueError("the denoised frame must be finite counts per pixel with a positive "
+                         "mean (the network's output, not a normalised or negated image)")
+    px, radius_px = _geometry(y.shape, columns, radius_a, pixel_size_pm)
     lam0 = estimate_vacuum_level(y, den, px) if vacuum_level is None else float(vacuum_level)
     if not lam0 > 0:
         raise ValueError(f"the vacuum level must be positive counts/pixel, got {lam0}")
     centres = np.asarray(columns, dtype=np.float64).reshape(-1, 2)
     out = np.empty(len(centres))
     tiny = 1e-6
-    for k, (rr, cc) in enumerate(_regions(y.shape, centres, radius_a / (px / 100.0))):
+    for k, (rr, cc) in enumerate(_regions(y.shape, centres, radius_px)):
         if len(rr) == 0:
             out[k] = np.nan
             continue
@@ -269,12 +291,12 @@ def likelihood_map(
     numpy.ndarray
         float32 (H, W) map for a diverging colour map centred at 0.
     """
-    px = pixel_size_pm or getattr(columns, "pixel_size_pm", None) or 6.1
+    _, radius_px = _geometry(tuple(shape), columns, radius_a, pixel_size_pm)
     centres = np.asarray(columns, dtype=np.float64).reshape(-1, 2)
     values = np.asarray(llr, dtype=np.float64).reshape(-1)
     if len(values) != len(centres):
         raise ValueError(f"{len(centres)} columns but {len(values)} LLR values")
     out = np.full(tuple(shape)[-2:], np.nan, dtype=np.float32)
-    for (rr, cc), v in zip(_regions(out.shape, centres, radius_a / (px / 100.0)), values):
+    for (rr, cc), v in zip(_regions(out.shape, centres, radius_px), values):
         out[rr, cc] = v
     return out
