@@ -91,10 +91,17 @@ def poisson_noise(
     numpy.ndarray
         float32 counts (integer-valued), same shape as ``clean``.
     """
+    kind = np.asarray(clean).dtype.kind
+    if kind not in "uif":
+        raise ValueError(f"clean image must be real numbers (expected counts), got dtype "
+                         f"{np.asarray(clean).dtype}")
     lam = np.asarray(clean, dtype=np.float64)
     if not np.all(np.isfinite(lam)) or lam.min(initial=0.0) < 0:
         raise ValueError("clean image must be finite and non-negative (expected counts)")
     if dose is not None:
         lam = scale_to_dose(lam, dose, vacuum_level).astype(np.float64)
     gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    return gen.poisson(lam).astype(np.float32)
+    if lam.max(initial=0.0) > 1e15:  # numpy's Poisson sampler stops near 1e19
+        raise ValueError(f"clean image has means up to {lam.max():.3g} counts per pixel: "
+                         "not counts, check its scaling")
+    return np.asarray(gen.poisson(lam), dtype=np.float32)
