@@ -141,3 +141,26 @@ def test_dask_distributed_executor(tmp_path):
         n = simulate_dataset(tmp_path / "dask", 1, [6.0], FAST, seed=11, fixed=SMALL,
                              executor=client.get_executor())
     assert n == 1 and (tmp_path / "dask" / "s00011_df+06.0nm.tif").exists()
+
+
+@pytest.mark.slow
+def test_images_are_bit_identical_across_processes(tmp_path):
+    # FFTW plans are made per process; abTEM's default FFTW_MEASURE picked different
+    # algorithms from run to run and the same command gave pixels 2e-5 apart
+    import subprocess
+    import sys
+
+    import tifffile
+
+    code = (
+        "import sys; from napari_sbd.simulate.dataset import simulate_structure;"
+        "from napari_sbd.simulate.imaging import ImagingParams;"
+        "from napari_sbd.simulate.structures import StructureParams;"
+        "simulate_structure(sys.argv[1], StructureParams(seed=3, lateral_a=26.0, "
+        "support_height_a=10.0, thickness_nm=3.0, particle='1nm'), ImagingParams(), [6.0])"
+    )
+    for k in range(2):
+        subprocess.run([sys.executable, "-c", code, str(tmp_path / f"run{k}")], check=True,
+                       timeout=600)
+    a, b = (tifffile.imread(next((tmp_path / f"run{k}").glob("*.tif"))) for k in range(2))
+    assert a.tobytes() == b.tobytes()

@@ -59,6 +59,10 @@ def scale_to_dose(
     numpy.ndarray
         A new float32 array.
     """
+    try:
+        dose = float(dose)
+    except (TypeError, ValueError):
+        raise ValueError(f"dose must be a number of counts per pixel, got {dose!r}") from None
     if not dose > 0 or not np.isfinite(dose):
         raise ValueError(f"dose must be a positive number of counts per pixel, got {dose}")
     level = estimate_clean_vacuum_level(clean) if vacuum_level is None else float(vacuum_level)

@@ -80,11 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from distributed import Client
 
         executor = Client(args.scheduler).get_executor()
-    bar = tqdm(total=args.n_structures, desc="structures", unit="structure")
+    bars: list = []  # created at the first progress call: errors found before it stay clean
 
     def progress(done: int, total: int) -> None:
-        bar.n = done
-        bar.refresh()
+        if not bars:
+            bars.append(tqdm(total=total, desc="structures", unit="structure"))
+        bars[0].n = done
+        bars[0].refresh()
 
     try:
         n = simulate_dataset(args.out, args.n_structures, args.defocus, ip, seed=args.seed,
@@ -104,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        bar.close()
+        for b in bars:
+            b.close()
     print(f"{n} images in {args.out}/metadata.csv")
     return 0
 

@@ -381,6 +381,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     """
     rank, world = _dist()
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TrainingDataError(f"--out {out} is a file, not a folder; choose a folder name")
     images = load_images(cfg.data, cfg.where)
     data_pixel = cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", 6.1)
     if cfg.pixel_size_range_pm is not None:  # scale = output pixels per data pixel
@@ -392,8 +394,6 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     train_set, val_set = split_by_structure(images, cfg.val_fraction, cfg.seed)
     if not val_set:
         raise TrainingDataError("no validation images: early stopping needs --val-fraction > 0")
-    if out.exists() and not out.is_dir():
-        raise TrainingDataError(f"--out {out} is a file, not a folder; choose a folder name")
     state_path = out / "state.pt"
     if rank == 0:
         if cfg.resume and state_path.exists():

@@ -1,0 +1,245 @@
+"""Dose and pixel-size envelope: PSNR against the dose and against the pixel size (issue 21).
+
+Test frames (never trained or tuned on): the papers' four reference images and
+held-out simulated white-contrast frames (structure seeds 7000+), each
+resampled (bilinear) to the pixel size of the setting and scaled so that its
+vacuum reads the dose of the setting, one Poisson draw per frame and setting.
+Every output is divided back to 0.45 counts/pixel before scoring, so that PSNR
+(papers' convention, data range 1) compares settings on one scale.
+
+Beside each network: b x b binning + VST + BM3D with its bin factor and sigma
+tuned for each setting on simulated validation frames (structure seeds 7500+),
+never on the test frames.
+
+Usage::
+
+    python benchmarks/envelope.py [--model default --model RUN/best.pt] [--quick]
+
+Writes docs/envelope.md and docs/images/envelope.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from _common import (
+    DEFAULT_CACHE,
+    DOCS,
+    IMAGES,
+    REFERENCE,
+    TEST_DEFOCI,
+    TEST_SEED,
+    VAL_DEFOCI,
+    VAL_SEED,
+    header,
+    simulated_set,
+)
+
+from napari_sbd.core.baselines import binned_vst_bm3d
+from napari_sbd.core.inference import load_model
+from napari_sbd.core.metrics import psnr
+
+NOMINAL_DOSE = 0.45
+NOMINAL_PIXEL = 6.1
+DOSES = [0.1, 0.15, 0.3, 0.45, 0.6, 0.9, 1.35, 2.0, 4.0]
+PIXELS = [4.0, 4.88, 6.1, 8.0, 10.0, 12.0]
+BINS_AT_6PM = [4, 6, 8, 10, 12, 16, 20]  # bin factors at 6.1 pm, scaled with the pixel size
+SIGMAS = [0.8, 1.0, 1.2]
+
+
+def settings(quick: bool) -> list[tuple[str, float, float]]:
+    """(axis, dose, pixel size) of every setting; the nominal point once per axis."""
+    doses = [0.15, 0.45, 1.35, 4.0] if quick else DOSES
+    pixels = [4.88, 6.1, 10.0] if quick else PIXELS
+    return ([("dose", d, NOMINAL_PIXEL) for d in doses]
+            + [("pixel", NOMINAL_DOSE, p) for p in pixels])
+
+
+def resample(clean: np.ndarray, from_pm: float, to_pm: float) -> np.ndarray:
+    """A clean image at another pixel size (bilinear; HRTEM images are band-limited)."""
+    from skimage.transform import rescale
+
+    if abs(from_pm - to_pm) < 1e-9:
+        return clean.astype(np.float32)
+    return rescale(clean.astype(np.float64), from_pm / to_pm, order=1,
+                   anti_aliasing=False).astype(np.float32)
+
+
+def clean_sets(cache: Path, n_test: int, n_val: int) -> tuple[list, list]:
+    """(test, validation) lists of (name, clean image at 0.45 counts/pixel, its pixel size)."""
+    test = [(f"ref{i}", tifffile.imread(f).astype(np.float32), 4.88)
+            for i, f in enumerate(sorted(REFERENCE.glob("*.tif")))]
+    if not test:
+        raise SystemExit(f"no reference images in {REFERENCE}")
+    for r in simulated_set("test", TEST_SEED, n_test, TEST_DEFOCI, cache):
+        if r["contrast"] == "white":
+            img = tifffile.imread(r["path"]).astype(np.float32)
+            test.append((f"sim:{r['file']}", img * np.float32(NOMINAL_DOSE / float(r["dose"])),
+                         float(r["pixel_size_pm"])))
+    val = []
+    for r in simulated_set("val", VAL_SEED, n_val, VAL_DEFOCI, cache):
+        if r["contrast"] == "white":
+            img = tifffile.imread(r["path"]).astype(np.float32)
+            val.append((r["file"], img * np.float32(NOMINAL_DOSE / float(r["dose"])),
+                        float(r["pixel_size_pm"])))
+    return test, val
+
+
+def frames_at(clean_set: list, dose: float, pixel: float, seed: int) -> list[tuple]:
+    """(name, clean at 0.45, noisy at the setting) for every image of a set."""
+    out = []
+    for j, (name, clean, px) in enumerate(clean_set):
+        c = resample(clean, px, pixel)
+        noisy = np.random.default_rng([seed, j, int(dose * 1000), int(pixel * 100)]).poisson(
+            c * np.float32(dose / NOMINAL_DOSE)).astype(np.float32)
+        out.append((name, c, noisy))
+    return out
+
+
+def scored(clean: np.ndarray, estimate: np.ndarray, dose: float) -> float:
+    """PSNR at the nominal dose: the estimate divided back by dose / 0.45."""
+    return psnr(clean, estimate * np.float32(NOMINAL_DOSE / dose))
+
+
+def tuned_bm3d(val_frames: list, dose: float, pixel: float) -> tuple[int, float]:
+    """Bin factor and sigma with the best mean PSNR on the validation frames."""
+    grid = sorted({(max(1, round(b * NOMINAL_PIXEL / pixel)), s) for b in BINS_AT_6PM
+                   for s in SIGMAS})
+    best, best_score = grid[0], -np.inf
+    for b, s in grid:
+        sc = np.mean([scored(c, binned_vst_bm3d(n, b, s), dose) for _, c, n in val_frames])
+        if sc > best_score:
+            best, best_score = (b, s), sc
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", default=[],
+                        help="checkpoint(s), side by side in one run (default: the bundled model)")
+    parser.add_argument("--quick", action="store_true",
+                        help="7 settings, fewer frames (a check, not the committed page)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--out", type=Path, default=DOCS / "envelope.md")
+    args = parser.parse_args()
+    t_start = time.perf_counter()
+    test_set, val_set = clean_sets(args.cache, 1 if args.quick else 2, 1)
+    val_set = val_set[:2]
+    models = [(p, load_model(p, device="auto")) for p in (args.model or ["default"])]
+    names = ["bundled default" if p == "default" else f"{Path(p).parent.name}/{Path(p).name}"
+             for p, _ in models]
+    results = []  # one dict per setting
+    for axis, dose, pixel in settings(args.quick):
+        t0 = time.perf_counter()
+        b, s = tuned_bm3d(frames_at(val_set, dose, pixel, seed=2), dose, pixel)
+        test = frames_at(test_set, dose, pixel, seed=1)
+        row = {"axis": axis, "dose": dose, "pixel": pixel, "bm3d_params": (b, s)}
+        for key, sel in (("ref", lambda n: n.startswith("ref")), ("sim", lambda n: n.startswith("sim"))):
+            fr = [f for f in test if sel(f[0])]
+            if not fr:
+                continue
+            row[f"bm3d_{key}"] = float(np.mean([scored(c, binned_vst_bm3d(n, b, s), dose)
+                                                for _, c, n in fr]))
+            for name, (_, model) in zip(names, models):
+                row[f"{name}_{key}"] = float(np.mean(
+                    [scored(c, model.denoise(n, pixel_size_pm=pixel), dose) for _, c, n in fr]))
+        results.append(row)
+        print(f"{axis} dose {dose:g} px {pixel:g}: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float) and k not in
+            ("dose", "pixel")) + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    write_page(args, names, models, results, test_set, val_set, time.perf_counter() - t_start)
+
+
+def write_page(args, names, models, results, test_set, val_set, elapsed) -> None:
+    """The markdown page, the plot, and the verdicts computed from the rows."""
+    n_ref = sum(n.startswith("ref") for n, _, _ in test_set)
+    n_sim = len(test_set) - n_ref
+    lines = header("Dose and pixel-size envelope", sys.argv[1:], elapsed) + [
+        f"Test frames: the {n_ref} reference images (4.88 pm) and {n_sim} held-out simulated "
+        f"white-contrast frames (seeds {TEST_SEED}+, 6.1 pm), resampled to each pixel size and "
+        "scaled to each vacuum dose, one Poisson draw each; outputs divided back to 0.45 "
+        "counts/pixel, PSNR in the papers' convention (dB). Binned BM3D: bin factor and sigma "
+        f"tuned per setting on {len(val_set)} validation frames (seeds {VAL_SEED}+).",
+        "",
+    ]
+    for m_name, (_, model) in zip(names, models):
+        dr, pr = model.dose_range, model.pixel_size_range_pm
+        lines.append(f"- {m_name}: trained at "
+                     + (f"{dr[0]:g}-{dr[1]:g}" if dr else f"{model.dose:g}") + " counts/pixel, "
+                     + (f"{pr[0]:g}-{pr[1]:g}" if pr else f"{model.metadata.get('pixel_size_pm')}")
+                     + " pm/pixel (frames finer than a model's range are binned into it)")
+    lines.append("")
+    for axis, title in (("dose", "PSNR against the vacuum dose at 6.1 pm/pixel"),
+                        ("pixel", "PSNR against the pixel size at 0.45 counts/pixel")):
+        rows = [r for r in results if r["axis"] == axis]
+        col = "dose (counts/pixel)" if axis == "dose" else "pixel size (pm)"
+        lines += [f"## {title}", "",
+                  f"| {col} | binned BM3D (b, sigma) | " + " | ".join(
+                      f"{n} ref / sim" for n in names) + " | BM3D ref / sim |",
+                  "|---|---|" + "---|" * (len(names) + 1)]
+        for r in rows:
+            x = r["dose"] if axis == "dose" else r["pixel"]
+            b, s = r["bm3d_params"]
+            cells = [f"{r.get(f'{n}_ref', np.nan):.2f} / {r.get(f'{n}_sim', np.nan):.2f}"
+                     for n in names]
+            lines.append(f"| {x:g} | {b}, {s:g} | " + " | ".join(cells)
+                         + f" | {r.get('bm3d_ref', np.nan):.2f} / {r.get('bm3d_sim', np.nan):.2f} |")
+        lines.append("")
+    lines += ["## Verdicts (computed from the rows above)", ""]
+    for n in names:
+        behind = [f"{label(r)} ({r[f'{n}_ref'] - r['bm3d_ref']:+.2f} dB)" for r in results
+                  if r[f"{n}_ref"] <= r["bm3d_ref"]]
+        dose_rows = [r for r in results if r["axis"] == "dose"]
+        rising = all(b[f"{n}_ref"] > a[f"{n}_ref"] for a, b in zip(dose_rows, dose_rows[1:]))
+        lines.append(
+            f"- {n}: ahead of tuned binned BM3D on the reference images at "
+            f"{len(results) - len(behind)} of {len(results)} settings"
+            + (f"; behind at {', '.join(behind)}" if behind else "")
+            + f"; PSNR {'rises' if rising else 'does NOT rise'} with the dose at every step.")
+    lines.append("")
+    plot(results, names)
+    lines += ["![PSNR against dose and pixel size](images/envelope.png)", ""]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+
+
+def label(r: dict) -> str:
+    """'dose 0.9' or '8 pm': the setting's point on its axis."""
+    return f"dose {r['dose']:g}" if r["axis"] == "dose" else f"{r['pixel']:g} pm"
+
+
+def plot(results: list[dict], names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, axis, xlabel in ((axes[0], "dose", "vacuum dose (counts/pixel/frame), 6.1 pm"),
+                             (axes[1], "pixel", "pixel size (pm), 0.45 counts/pixel")):
+        rows = [r for r in results if r["axis"] == axis]
+        x = [r["dose"] if axis == "dose" else r["pixel"] for r in rows]
+        ax.plot(x, [r["bm3d_ref"] for r in rows], "k--o", label="binned BM3D (tuned per setting)")
+        for n in names:
+            ax.plot(x, [r[f"{n}_ref"] for r in rows], "-o", label=n)
+        if axis == "dose":
+            ax.set_xscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("PSNR at 0.45 counts/pixel (dB), reference images")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    fig.savefig(IMAGES / "envelope.png", dpi=110)
+
+
+if __name__ == "__main__":
+    main()
