@@ -287,3 +287,15 @@ def test_failed_store_creation_is_one_line_and_leaves_nothing(movie, model_path,
     err = capsys.readouterr().err
     assert "Permission denied" in err and "permissions" in err and "Traceback" not in err
     assert not list(tmp_path.glob(".o.zarr.*")) and not (tmp_path / "o.zarr").exists()
+
+
+def test_best_quality_is_the_ensemble_and_its_own_job(movie, model_path, tmp_path):
+    path, stack = movie
+    out = tmp_path / "best.zarr"
+    args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet", "--frames", "0:2"]
+    assert main([*args, "--quality", "best"]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    expected = load_model(model_path, device="cpu").denoise(stack[:2], ensemble=True)
+    np.testing.assert_allclose(g["denoised"][:2], expected, rtol=1e-6, atol=1e-6)
+    assert g.attrs["napari_sbd"]["job"]["ensemble"] is True
+    assert main(args) == 2  # the fast job does not resume into a best-quality store

@@ -66,3 +66,18 @@ def test_crop_geometry():
 def test_pixel_outside_the_frame(model, frame):
     with pytest.raises(ValueError, match="outside"):
         effective_filter(model, frame, (150, 0))
+
+
+def test_ensemble_filter_identity_and_symmetry(model, frame):
+    # the 8-fold ensemble is bias-free too: its filter reproduces its output exactly
+    den = model.denoise(frame, tile_size=None, ensemble=True)
+    plain = model.denoise(frame, tile_size=None)
+    assert np.abs(den - plain).max() > 1e-4  # a different estimator
+    for pixel in [(75, 86), (0, 0), (149, 172), (3, 120)]:
+        filt, (r0, c0) = effective_filter(model, frame, pixel, ensemble=True)
+        crop = frame[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]]
+        value = float((filt.astype(np.float64) * crop).sum())
+        assert value == pytest.approx(float(den[pixel]), rel=1e-4)
+    # the ensemble is equivariant: denoising a flipped frame gives the flipped result
+    np.testing.assert_allclose(model.denoise(frame[::-1].copy(), tile_size=None, ensemble=True),
+                               den[::-1], rtol=1e-4, atol=1e-5)

@@ -130,3 +130,22 @@ def test_warns_before_running_when_dose_or_pixel_size_differ(widget, qtbot, rng)
     _wait(qtbot, w)
     messages = " ".join(str(n.message) for n in notification_manager.records)
     assert "trained at 0.45" in messages and "pm/pixel" in messages
+
+
+def test_rerun_keeps_the_earlier_result_and_best_quality_is_the_ensemble(widget, qtbot, rng):
+    viewer, w = widget
+    stack = rng.poisson(0.45, (2, 48, 40)).astype(np.uint16)
+    raw = viewer.add_image(stack, name="movie")
+    w.layer_combo.value = raw
+    w.run()
+    _wait(qtbot, w)
+    first = viewer.layers["movie denoised"]
+    first.data[0, 0, 0] = 123.0  # the user's edit of the first result
+    w.quality.value = "best (8x slower)"
+    w.run()
+    _wait(qtbot, w)
+    assert viewer.layers["movie denoised"] is first and first.data[0, 0, 0] == 123.0
+    second = viewer.layers["movie denoised [2]"]
+    assert second.metadata["sbd_ensemble"] is True
+    np.testing.assert_allclose(second.data, w.load_denoiser().denoise(stack, ensemble=True),
+                               rtol=1e-5, atol=1e-6)

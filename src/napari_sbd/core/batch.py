@@ -131,7 +131,7 @@ def _file_sha256(path: Path) -> str:
 
 
 def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns: bool,
-              likelihood: bool, tile: int | None) -> dict[str, Any]:
+              likelihood: bool, tile: int | None, ensemble: bool = False) -> dict[str, Any]:
     st = input_path.stat()
     model_path = Path(model.metadata.get("path", ""))
     return {
@@ -143,6 +143,7 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
         "columns": columns,
         "likelihood": likelihood,
         "tile": tile,
+        **({"ensemble": True} if ensemble else {}),  # older stores (no key) stay resumable
     }
 
 
@@ -177,6 +178,7 @@ def denoise_movie(
     overwrite: bool = False,
     command: str = "",
     progress: Callable[[int, int], None] | None = None,
+    ensemble: bool = False,
 ) -> BatchResult:
     """Denoise a movie frame by frame into a zarr store, resuming where a previous run stopped.
 
@@ -206,6 +208,9 @@ def denoise_movie(
         The command line, stored in the output.
     progress : callable, optional
         ``progress(done, total)`` after each frame of this run's range.
+    ensemble : bool
+        "Best" quality: average over the 8 rotations and flips of each frame
+        (8x the time; see :meth:`Denoiser.denoise_frame`).
 
     Returns
     -------
@@ -237,7 +242,7 @@ def denoise_movie(
         as_frame(data[todo[0]], index=todo[0], model_dose=den.max_dose)
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
-    ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size)
+    ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble)
     group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w),
                             protected)
     state = out / ".sbd"
@@ -256,7 +261,8 @@ def denoise_movie(
             skipped += 1
         else:
             frame = as_frame(data[i], index=i, model_dose=den.max_dose)
-            result = den.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size)
+            result = den.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size,
+                                       ensemble=ensemble)
             arr[i] = result
             if columns:
                 rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),

@@ -13,6 +13,11 @@ the network's pooling grid reproduces the whole-frame computation for that
 pixel exactly (to float rounding). The crop is gathered from the frame through
 the same mirror padding as :meth:`Denoiser.denoise_frame`, inside the autograd
 graph, so the gradient of a mirrored pixel lands on the frame pixel it copies.
+
+For the ensemble ("best" quality: the network averaged over the 8 rotations
+and flips of the frame), each term T^-1 f(T y) is bias-free too, so its filter
+is the filter of f at the transformed pixel, transformed back; the ensemble's
+filter is their average and f(y) = J(y) y still holds exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ import math
 import numpy as np
 import torch
 
-from napari_sbd.core.inference import EDGE_PAD, Denoiser, padded_index
+from napari_sbd.core.inference import (
+    DIHEDRAL,
+    EDGE_PAD,
+    Denoiser,
+    dihedral,
+    dihedral_inverse,
+    padded_index,
+)
 from napari_sbd.core.inputs import as_frame
 
 __all__ = ["effective_filter", "filter_crop"]
@@ -58,7 +70,7 @@ def filter_crop(
 
 
 def effective_filter(
-    model: Denoiser, noisy: np.ndarray, pixel: tuple[int, int]
+    model: Denoiser, noisy: np.ndarray, pixel: tuple[int, int], *, ensemble: bool = False
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Gradient of the denoised pixel ``(row, col)`` with respect to the noisy frame.
 
@@ -70,6 +82,9 @@ def effective_filter(
         The (H, W) noisy frame that was denoised, counts.
     pixel : tuple of int
         (row, col) of the output pixel.
+    ensemble : bool
+        The filter of the 8-fold rotation/flip ensemble
+        (``Denoiser.denoise(..., ensemble=True)``) instead of the plain network.
 
     Returns
     -------
@@ -83,6 +98,37 @@ def effective_filter(
     r, c = (int(v) for v in pixel)
     if not (0 <= r < h and 0 <= c < w):
         raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
+    if ensemble:
+        return _ensemble_filter(model, frame, (r, c))
+    return _filter(model, frame, (r, c))
+
+
+def _ensemble_filter(model: Denoiser, frame: np.ndarray,
+                     pixel: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Average of the 8 transformed filters, on the union of their crops."""
+    h, w = frame.shape
+    index = np.arange(h * w).reshape(h, w)
+    acc = np.zeros((h, w), np.float64)
+    for turns, flip in DIHEDRAL:
+        t_index = dihedral(index, turns, flip)
+        tr, tc = (int(v[0]) for v in np.nonzero(t_index == pixel[0] * w + pixel[1]))
+        filt, (r0, c0) = _filter(model, np.ascontiguousarray(dihedral(frame, turns, flip)),
+                                 (tr, tc))
+        full = np.zeros(t_index.shape, np.float64)
+        full[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] = filt
+        acc += dihedral_inverse(full, turns, flip)
+    acc /= len(DIHEDRAL)
+    rows, cols = np.nonzero(acc)
+    if len(rows) == 0:
+        return np.zeros((1, 1), np.float32), pixel
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    return acc[r0:r1, c0:c1].astype(np.float32), (int(r0), int(c0))
+
+
+def _filter(model: Denoiser, frame: np.ndarray,
+            pixel: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    h, w = frame.shape
+    r, c = pixel
     m, e = model.size_multiple, EDGE_PAD
     rows, cols = padded_index(h, m, e), padded_index(w, m, e)
     # the crop in padded coordinates, and the frame block its pixels come from

@@ -87,6 +87,7 @@ class FilterWidget(DockWidget):
         row, col = pos[-2:]
         self.status.value = f"computing the filter at ({row}, {col})..."
         worker = create_worker(_filter_safely, model, frame, (row, col),
+                               ensemble=self._ensemble_of(raw),
                                _progress={"desc": "Effective filter"})
         # a superseded click's worker may still finish: only the latest one shows
         worker.returned.connect(
@@ -95,6 +96,14 @@ class FilterWidget(DockWidget):
         worker.finished.connect(lambda: self._done(worker))
         self.worker = worker
         worker.start()
+
+    def _ensemble_of(self, raw: Any) -> bool:
+        """Whether the plugin denoised ``raw`` at best quality (the filter must match it)."""
+        return any(
+            (ly.metadata or {}).get("sbd_source_layer") == raw.name
+            and (ly.metadata or {}).get("sbd_ensemble")
+            for ly in self.viewer.layers
+        )
 
     def _done(self, worker: Any) -> None:
         if self.worker is worker:
@@ -143,9 +152,9 @@ class FilterWidget(DockWidget):
         )
 
 
-def _filter_safely(*args: Any) -> Any:
+def _filter_safely(*args: Any, **kwargs: Any) -> Any:
     """Worker body: bad-input errors are returned as values, shown as notifications."""
     try:
-        return effective_filter(*args)
+        return effective_filter(*args, **kwargs)
     except ValueError as exc:
         return Failure(exc)
