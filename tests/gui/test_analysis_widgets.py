@@ -130,3 +130,32 @@ def test_napari_opens_each_format_with_our_reader(make_napari_viewer, name):
     px = layers[0].metadata["pixel_size_pm"]
     if px:
         assert layers[0].scale[-1] == pytest.approx(px / 100)
+
+
+def test_only_a_shift_click_computes_and_a_closed_dock_stops_listening(scene, qtbot,
+                                                                        tiny_model_file):
+    from types import SimpleNamespace
+
+    viewer, _ = scene
+    w = FilterWidget(viewer)
+    w.model.source.value = FILE_CHOICE
+    w.model.file.value = tiny_model_file
+    where = viewer.layers["movie"].data_to_world((1, 100, 120))
+    pan = SimpleNamespace(type="mouse_press", modifiers=(), position=where)
+    w._on_click(viewer, pan)
+    assert w.worker is None and FILTER_LAYER not in viewer.layers  # a pan computes nothing
+    w._on_click(viewer, SimpleNamespace(type="mouse_press", modifiers=("Shift",), position=where))
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers, timeout=30_000)
+    assert viewer.layers[FILTER_LAYER].metadata["pixel"] == (100, 120)
+    # docked, then closed with its X: the widget lets go of the viewer
+    viewer.window.add_dock_widget(w, name="filter")
+    assert w._on_click in viewer.mouse_drag_callbacks
+    viewer.window.remove_dock_widget(w)
+    assert w.released and w._on_click not in viewer.mouse_drag_callbacks
+    columns = ColumnsWidget(viewer)
+    viewer.window.add_dock_widget(columns, name="columns")
+    viewer.window.remove_dock_widget(columns)
+    assert columns.released
+    viewer.dims.set_current_step(0, 2)  # the closed columns dock no longer follows the slider
+    qtbot.wait(100)
+    assert columns.worker is None

@@ -85,12 +85,58 @@ def diverging_overlay_colormap(name: str = "sbd diverging overlay"):
 
 
 class DockWidget(QWidget):
-    """Base of our dock widgets: the viewer and the (at most one) running worker."""
+    """Base of our dock widgets: the viewer, the (at most one) running worker, and clean-up.
+
+    Every connection to the viewer goes through :meth:`listen` (events) or
+    :meth:`on_mouse_drag` (mouse callbacks), so that :meth:`release` can undo
+    them all. napari closes a dock by taking the widget out of its dock (its
+    parent becomes None): the widget then releases itself, and a closed dock
+    no longer reacts to clicks, layer changes or the frame slider.
+    """
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__()
         self.viewer = napari_viewer
         self.worker: Any = None
+        self._undo: list[Any] = []
+        self._docked = False
+        self.released = False
+
+    def listen(self, emitter: Any, callback: Any) -> None:
+        """Connect ``callback`` to a viewer event emitter until the dock closes."""
+        emitter.connect(callback)
+        self._undo.append(lambda: emitter.disconnect(callback))
+
+    def on_mouse_drag(self, callback: Any) -> None:
+        """Add a viewer mouse-drag callback until the dock closes."""
+        self.viewer.mouse_drag_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self.viewer.mouse_drag_callbacks:
+                self.viewer.mouse_drag_callbacks.remove(callback)
+
+        self._undo.append(remove)
+
+    def release(self) -> None:
+        """Disconnect from the viewer and stop the running worker (the dock was closed)."""
+        while self._undo:
+            try:
+                self._undo.pop()()
+            except (RuntimeError, ValueError, TypeError):  # already gone with the viewer
+                pass
+        if self.worker is not None:
+            self.worker.quit()
+        self.released = True
+
+    def event(self, ev: Any) -> bool:  # noqa: D102 - Qt override
+        from qtpy.QtCore import QEvent
+
+        if ev.type() == QEvent.Type.ParentChange:
+            if self.parent() is not None:
+                self._docked = True
+            elif self._docked and not self.released:
+                self.release()
+        return super().event(ev)
 
 
 def dock_layout(widget: Any, form: Any, *extra: Any) -> None:

@@ -117,9 +117,9 @@ class ColumnsWidget(DockWidget):
         dock_layout(self, self.form)
         self.run_button.changed.connect(self.run)
         self.denoised_combo.changed.connect(self._guess_defaults)
-        self.viewer.layers.events.inserted.connect(self._reset)
-        self.viewer.layers.events.removed.connect(self._reset)
-        self.viewer.dims.events.current_step.connect(self._frame_changed)
+        self.listen(self.viewer.layers.events.inserted, self._reset)
+        self.listen(self.viewer.layers.events.removed, self._reset)
+        self.listen(self.viewer.dims.events.current_step, self._frame_changed)
         self._guess_defaults()
 
     # -- layer choices ----------------------------------------------------------

@@ -71,8 +71,8 @@ class DenoiseWidget(DockWidget):
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self.viewer.layers.events.inserted.connect(self._reset_layers)
-        self.viewer.layers.events.removed.connect(self._reset_layers)
+        self.listen(self.viewer.layers.events.inserted, self._reset_layers)
+        self.listen(self.viewer.layers.events.removed, self._reset_layers)
 
     @property
     def info(self) -> Label:

@@ -40,14 +40,19 @@ class FilterWidget(DockWidget):
         super().__init__(napari_viewer)
         self.raw_combo = ComboBox(label="raw counts", choices=lambda _w: image_layers(self.viewer))
         self.model = ModelPicker()
-        self.active = CheckBox(label="click to show the filter", value=True)
-        self.status = Label(value="click a pixel of the raw or denoised layer")
+        self.active = CheckBox(label="Shift-click shows the filter", value=True,
+                               tooltip="Shift-click a pixel of the raw or denoised layer to see "
+                               "the weights the network gives the raw counts around it")
+        self.status = Label(value="Shift-click a pixel of the raw or denoised layer")
         self.form = Container(widgets=[self.raw_combo, self.model, self.active, self.status])
         dock_layout(self, self.form)
-        self.viewer.layers.events.inserted.connect(lambda _e: self.raw_combo.reset_choices())
-        self.viewer.layers.events.removed.connect(lambda _e: self.raw_combo.reset_choices())
-        self.viewer.mouse_drag_callbacks.append(self._on_click)
+        self.listen(self.viewer.layers.events.inserted, self._reset_layers)
+        self.listen(self.viewer.layers.events.removed, self._reset_layers)
+        self.on_mouse_drag(self._on_click)
         self._guess_raw()
+
+    def _reset_layers(self, _event: Any = None) -> None:
+        self.raw_combo.reset_choices()
 
     def _guess_raw(self) -> None:
         for _name, layer in image_layers(self.viewer):
@@ -57,7 +62,9 @@ class FilterWidget(DockWidget):
                 return
 
     def _on_click(self, _viewer: Any, event: Any) -> None:
-        if not self.active.value or event.type != "mouse_press":
+        # a deliberate gesture only: a plain press is a pan or a selection, and a filter
+        # costs seconds of CPU
+        if not self.active.value or event.type != "mouse_press" or "Shift" not in _modifiers(event):
             return
         raw = self.raw_combo.value
         if raw is None:
@@ -150,6 +157,11 @@ class FilterWidget(DockWidget):
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
             f"({r0}, {c0}); weights sum {total:.3g}, max |w| {lim:.3g}"
         )
+
+
+def _modifiers(event: Any) -> set[str]:
+    """Names of the keyboard modifiers held during a mouse event ("Shift", "Control"...)."""
+    return {getattr(m, "name", str(m)) for m in (getattr(event, "modifiers", ()) or ())}
 
 
 def _filter_safely(*args: Any, **kwargs: Any) -> Any:
