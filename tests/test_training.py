@@ -274,3 +274,23 @@ def test_out_that_is_a_file_is_one_clear_error(dataset, tmp_path, capsys):
     f.write_text("mine")
     assert main([str(dataset), "--out", str(f), *TINY, "--val-fraction", "0.25"]) == 2
     assert "is a file" in capsys.readouterr().err and f.read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_gpu_campaign_script_runs_on_the_cpu_at_a_tiny_size(tmp_path):
+    pytest.importorskip("abtem")
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "N_STRUCTURES": "2", "DEFOCI": "6", "SIM_DIR": str(tmp_path / "sim"),
+           "TRAIN_MINUTES": "1", "PYTHON": sys.executable, "OMP_NUM_THREADS": "2",
+           "TRAIN_ARGS": "--scales 2 --base 4 --unshuffle 2 --patch 48 --batch 2 "
+                         "--steps-per-epoch 2 --epochs 1 --val-images 1 --val-crop 64 "
+                         "--val-fraction 0.5"}
+    proc = subprocess.run(["bash", str(repo / "scripts" / "gpu_train.sh"), str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "simulation" in proc.stdout and "training" in proc.stdout
+    _, meta = load_checkpoint(tmp_path / "out" / "best.pt")
+    assert meta["dose_range"] == [0.1, 5.0] and meta["pixel_size_range_pm"] == [4.8, 10.5]
+    assert (tmp_path / "out" / "log.csv").exists() and (tmp_path / "out" / "config.json").exists()

@@ -429,6 +429,9 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
                 data_pixel: float, device: torch.device, rank: int, world: int) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.arch, **cfg.model_params()).to(device)
+    # channels-last convolutions are the fast layout for tensor cores (AMP on CUDA)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     multiple = model.size_multiple
     vset = _validation_set(val_set, cfg, multiple, data_pixel)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -504,8 +507,8 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
                 noisy.append(n)
                 clean.append(c)
                 weight.append(1.0 if cfg.dose_range is None else math.sqrt(cfg.dose / dose))
-            x = torch.from_numpy(np.stack(noisy)[:, None]).to(device)
-            y = torch.from_numpy(np.stack(clean)[:, None]).to(device)
+            x = torch.from_numpy(np.stack(noisy)[:, None]).to(device, memory_format=memory_format)
+            y = torch.from_numpy(np.stack(clean)[:, None]).to(device, memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 residual = net(x).float() - y
                 if cfg.dose_range is not None:  # equal shares per dose (module docstring)
