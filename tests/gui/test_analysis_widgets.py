@@ -159,3 +159,24 @@ def test_only_a_shift_click_computes_and_a_closed_dock_stops_listening(scene, qt
     viewer.dims.set_current_step(0, 2)  # the closed columns dock no longer follows the slider
     qtbot.wait(100)
     assert columns.worker is None
+
+
+def test_columns_combos_pair_the_right_layers_and_respect_the_users_choice(make_napari_viewer,
+                                                                           qtbot):
+    viewer = make_napari_viewer()
+    raw = viewer.add_image(np.zeros((2, 64, 64), np.uint16), name="movie")
+    w = ColumnsWidget(viewer)
+    # only a noisy layer: never both combos on it, and running says what to do
+    assert w.denoised_combo.value is raw
+    w.run()
+    assert "both the denoised and the raw layer" in w.summary.value.replace("\n", " ")
+    assert w.worker is None
+    den = viewer.add_image(np.ones((2, 64, 64), np.float32), name="movie denoised",
+                           metadata={"sbd_source_layer": "movie"})
+    assert w.denoised_combo.value is den and w.raw_combo.value is raw  # the plugin's pair
+    other = viewer.add_image(np.ones((2, 64, 64), np.float32), name="my own filter")
+    w.denoised_combo.value = other  # the user's choice stays
+    assert w.denoised_combo.value is other and w.raw_combo.value is raw
+    viewer.add_image(np.ones((2, 64, 64), np.float32), name="movie denoised [2]",
+                     metadata={"sbd_source_layer": "movie"})
+    assert w.denoised_combo.value is other

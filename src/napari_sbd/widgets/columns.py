@@ -115,34 +115,56 @@ class ColumnsWidget(DockWidget):
             self.follow_check, self.run_button, self.summary,
         ])
         dock_layout(self, self.form)
+        self._user_chose = False
+        self._setting = False
         self.run_button.changed.connect(self.run)
-        self.denoised_combo.changed.connect(self._guess_defaults)
+        self.denoised_combo.changed.connect(self._user_changed)
         self.listen(self.viewer.layers.events.inserted, self._reset)
         self.listen(self.viewer.layers.events.removed, self._reset)
         self.listen(self.viewer.dims.events.current_step, self._frame_changed)
-        self._guess_defaults()
+        self._auto_pick()
 
     # -- layer choices ----------------------------------------------------------
     def _reset(self, _event: Any = None) -> None:
         self.denoised_combo.reset_choices()
         self.raw_combo.reset_choices()
-        self._guess_defaults()
+        self._auto_pick()
 
-    def _guess_defaults(self, _value: Any = None) -> None:
-        """Pair the denoised layer with its raw layer and take its pixel size."""
+    def _auto_pick(self) -> None:
+        """Choose the layers the user most likely means, unless they chose themselves.
+
+        A denoised layer the plugin made knows its raw layer (``sbd_source_layer``):
+        the newest such pair is taken. A layer the user picked is never replaced.
+        """
+        made = [ly for _n, ly in image_layers(self.viewer)
+                if (ly.metadata or {}).get("sbd_source_layer") in self.viewer.layers]
         den = self.denoised_combo.value
-        made_here = lambda ly: bool((ly.metadata or {}).get("sbd_source_layer"))  # noqa: E731
-        if den is None or not made_here(den):
-            # prefer a layer the denoise widget made (it knows its raw layer)
-            for _name, layer in image_layers(self.viewer):
-                if made_here(layer) and layer is not den:
-                    self.denoised_combo.value = layer
-                    return  # the change event calls us again
+        if made and not self._user_chose and den not in made:
+            self._setting = True
+            try:
+                self.denoised_combo.value = made[-1]
+            finally:
+                self._setting = False
+        self._pair_raw()
+
+    def _user_changed(self, _value: Any = None) -> None:
+        if not self._setting:
+            self._user_chose = True
+        self._pair_raw()
+
+    def _pair_raw(self) -> None:
+        """The raw layer of the chosen denoised layer, and its pixel size; never the same layer."""
+        den = self.denoised_combo.value
         if den is None:
             return
         source = (den.metadata or {}).get("sbd_source_layer")
         if source in self.viewer.layers:
             self.raw_combo.value = self.viewer.layers[source]
+        elif self.raw_combo.value is den:
+            others = [ly for _n, ly in image_layers(self.viewer)
+                      if ly is not den and ly.data.shape == den.data.shape]
+            if others:
+                self.raw_combo.value = others[0]
         px = pixel_size_pm(den)
         if px:
             self.pixel_spin.value = px
@@ -162,6 +184,10 @@ class ColumnsWidget(DockWidget):
         den, raw = self.denoised_combo.value, self.raw_combo.value
         if den is None or raw is None:
             self._fail("choose the denoised layer and the raw layer it came from")
+            return
+        if den is raw:
+            self._fail(f"'{den.name}' is chosen as both the denoised and the raw layer: denoise it "
+                       "first (Denoise dock), then pick the result and its raw layer")
             return
         if den.data.shape != raw.data.shape:
             self._fail(f"'{den.name}' {den.data.shape} and '{raw.name}' {raw.data.shape} differ in "
