@@ -269,3 +269,10 @@ def test_binning_brings_fine_frames_into_the_models_range(denoiser):
     expected = unbin(env.denoise(bin_counts(counts[1], 2)), 2, counts.shape[1:])
     np.testing.assert_allclose(out[1], expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(env.denoise(counts, pixel_size_pm=6.0), env.denoise(counts))
+
+
+def test_the_frame_on_screen_is_denoised_first(denoiser, rng):
+    stack = rng.poisson(0.45, (5, 32, 32)).astype(np.float32)
+    order = [i for i, _ in denoiser.iter_denoise(stack, first=3)]
+    assert order == [3, 0, 1, 2, 4]
+    assert [i for i, _ in denoiser.iter_denoise(stack, start=1, stop=3, first=4)] == [1, 2]

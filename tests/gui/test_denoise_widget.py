@@ -149,3 +149,23 @@ def test_rerun_keeps_the_earlier_result_and_best_quality_is_the_ensemble(widget,
     assert second.metadata["sbd_ensemble"] is True
     np.testing.assert_allclose(second.data, w.load_denoiser().denoise(stack, ensemble=True),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_long_stack_is_denoised_into_a_disk_backed_layer(widget, qtbot, rng):
+    import zarr
+
+    viewer, w = widget
+    stack = rng.poisson(0.45, (200, 32, 32)).astype(np.uint16)
+    raw = viewer.add_image(stack, name="long")
+    viewer.dims.set_current_step(0, 150)
+    w.layer_combo.value = raw
+    w.run()
+    _wait(qtbot, w)
+    out = viewer.layers["long denoised"]
+    # the result lives in a zarr store on disk, one chunk per frame: no float32 copy of the
+    # whole stack in memory, whatever its length
+    assert isinstance(out.data, zarr.Array) and out.data.chunks == (1, 32, 32)
+    assert not isinstance(out.data.store, zarr.storage.MemoryStore)
+    assert out.metadata["sbd_complete"] is True
+    np.testing.assert_allclose(np.asarray(out.data[150]), w.load_denoiser().denoise(stack[150]),
+                               rtol=1e-6)

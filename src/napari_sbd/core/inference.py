@@ -486,6 +486,7 @@ class Denoiser:
         stop: int | None = None,
         pixel_size_pm: float | None = None,
         ensemble: bool = False,
+        first: int | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, denoised_frame)`` for each frame, one at a time.
 
@@ -504,6 +505,9 @@ class Denoiser:
             Frame range of a stack (Python slice semantics).
         pixel_size_pm, ensemble
             See :meth:`denoise_frame`.
+        first : int, optional
+            Denoise this frame of the range before the others (the one on screen),
+            then the rest in order.
 
         Yields
         ------
@@ -518,7 +522,11 @@ class Denoiser:
             yield 0, self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
                                         ensemble=ensemble)
             return
-        for i in range(*slice(start, stop).indices(shape[0])):
+        order = list(range(*slice(start, stop).indices(shape[0])))
+        if first is not None and first in order:
+            order.remove(first)
+            order.insert(0, first)
+        for i in order:
             frame = as_frame(frames[i], index=i, model_dose=self.max_dose)
             yield i, self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
                                         ensemble=ensemble)

@@ -14,7 +14,14 @@ from qtpy.QtWidgets import QProgressBar
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
 from napari_sbd.core.inputs import InputError, check_stack_shape
-from napari_sbd.widgets._layers import DockWidget, copy_geometry, dock_layout, image_layers, pixel_size_pm
+from napari_sbd.widgets._layers import (
+    DockWidget,
+    copy_geometry,
+    current_frame_index,
+    dock_layout,
+    image_layers,
+    pixel_size_pm,
+)
 from napari_sbd.widgets._model import FILE_CHOICE, Failure, ModelPicker, wrap
 
 __all__ = ["FILE_CHOICE", "QUALITY", "DenoiseWidget", "unique_layer_name"]
@@ -111,7 +118,7 @@ class DenoiseWidget(DockWidget):
         name = unique_layer_name(self.viewer, f"{layer.name} denoised")
         ensemble = QUALITY[self.quality.value]
         self.output_layer = self.viewer.add_image(
-            np.zeros(data.shape, dtype=np.float32),
+            result_array(data.shape),
             name=name,
             colormap="gray",
             metadata={
@@ -132,6 +139,7 @@ class DenoiseWidget(DockWidget):
             tile,
             pixel_size_pm(layer),
             ensemble,
+            current_frame_index(self.viewer, layer),
             _progress={"total": total, "desc": f"Denoising {layer.name}"},
         )
         self.worker.yielded.connect(self._frame_done)
@@ -196,8 +204,30 @@ class DenoiseWidget(DockWidget):
         self.info.value = wrap(f"denoising failed: {exc}")
 
 
+def result_array(shape: tuple[int, ...]) -> Any:
+    """Where a result goes: numpy for one frame; for a stack, a zarr array on disk.
+
+    One chunk per frame in a temporary folder (removed when Python exits), so
+    memory does not grow with the stack's length: napari reads the frame on
+    screen, and a frame costs nothing until it is written. A 2,000-frame
+    1024x1024 movie needed 8 GB of RAM before its first frame as a numpy array.
+    """
+    if len(shape) < 3:
+        return np.zeros(shape, dtype=np.float32)
+    import atexit
+    import shutil
+    import tempfile
+
+    import zarr
+
+    folder = tempfile.mkdtemp(prefix="napari-sbd-result-")
+    atexit.register(shutil.rmtree, folder, True)
+    return zarr.create_array(store=folder, shape=shape, chunks=(1, *shape[1:]), dtype="float32",
+                             fill_value=0.0)
+
+
 def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | None = None,
-                    ensemble: bool = False):
+                    ensemble: bool = False, first: int | None = None):
     """Worker body: yield each denoised frame (runs off the GUI thread).
 
     A bad frame (NaN, negative, not counts) is yielded as the error itself, so
@@ -205,7 +235,7 @@ def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | Non
     """
     try:
         yield from den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
-                                    ensemble=ensemble)
+                                    ensemble=ensemble, first=first)
     except ValueError as exc:
         yield Failure(exc)
 
