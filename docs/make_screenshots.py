@@ -44,7 +44,7 @@ def main() -> None:
     viewer.window._qt_window.resize(1600, 1000)
     docks = {name: dock for name, (dock, _w) in docked.items()}
     den_w = docked["Denoise (SBD)"][1]
-    col_w = docked["Columns & likelihood (SBD)"][1]
+    col_w = docked["Columns and likelihood (SBD)"][1]
     fil_w = docked["Effective filter (SBD)"][1]
     for picker in (den_w.model, fil_w.model):
         if args.model == "default":
@@ -66,7 +66,7 @@ def main() -> None:
     if col_w.result is None:
         raise RuntimeError(f"column detection failed: {col_w.summary.value}")
     viewer.layers["Pt-CeO2 noisy"].visible = False
-    docks["Columns & likelihood (SBD)"].raise_()
+    docks["Columns and likelihood (SBD)"].raise_()
     viewer.window.screenshot(str(OUT / "columns.png"), canvas_only=False)
     # the effective filter at a surface column of the particle
     viewer.layers["Pt-CeO2 noisy denoised LLR map"].visible = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-WIDGETS = ("Denoise (SBD)", "Columns & likelihood (SBD)", "Effective filter (SBD)")
+WIDGETS = ("Denoise (SBD)", "Columns and likelihood (SBD)", "Effective filter (SBD)")
 
 
 def build_viewer(files: Sequence[str] = (), *, show: bool = True):
@@ -37,7 +37,27 @@ def build_viewer(files: Sequence[str] = (), *, show: bool = True):
     else:
         viewer.open_sample("napari-sbd", "pt_ceo2_movie")
     docks = {name: viewer.window.add_plugin_dock_widget("napari-sbd", name) for name in WIDGETS}
+    compact_layout(viewer, [dock for dock, _w in docks.values()])
     return viewer, docks
+
+
+def compact_layout(viewer, qt_docks) -> None:
+    """The docks as tabs of one panel, and the window no larger than its screen.
+
+    Three docks stacked needed about 1230 px of height: on a laptop (1366x768,
+    or 1920x1080 at 125%) the frame slider and the status bar fell off-screen.
+    """
+    window = viewer.window._qt_window
+    for dock in qt_docks[1:]:
+        window.tabifyDockWidget(qt_docks[0], dock)
+    qt_docks[0].raise_()
+    screen = window.screen()
+    if screen is not None:
+        avail = screen.availableGeometry()
+        width = min(max(window.width(), int(0.95 * avail.width())), avail.width())
+        height = min(max(window.height(), int(0.92 * avail.height())), avail.height())
+        window.resize(width, height)
+        window.move(avail.x() + (avail.width() - width) // 2, avail.y() + (avail.height() - height) // 2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -166,11 +166,15 @@ def test_columns_combos_pair_the_right_layers_and_respect_the_users_choice(make_
     viewer = make_napari_viewer()
     raw = viewer.add_image(np.zeros((2, 64, 64), np.uint16), name="movie")
     w = ColumnsWidget(viewer)
-    # only a noisy layer: never both combos on it, and running says what to do
-    assert w.denoised_combo.value is raw
+    # only a noisy layer: it is not offered as the denoised one, and running says what to do
+    assert w.denoised_combo.value is None and w.raw_combo.value is raw
+    w.run()
+    assert "choose the denoised layer" in w.summary.value.replace("\n", " ")
+    w.denoised_combo.value = raw  # the user insists: both combos on one layer are refused
     w.run()
     assert "both the denoised and the raw layer" in w.summary.value.replace("\n", " ")
     assert w.worker is None
+    w._user_chose = False  # as if the user had not chosen
     den = viewer.add_image(np.ones((2, 64, 64), np.float32), name="movie denoised",
                            metadata={"sbd_source_layer": "movie"})
     assert w.denoised_combo.value is den and w.raw_combo.value is raw  # the plugin's pair

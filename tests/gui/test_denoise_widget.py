@@ -169,3 +169,23 @@ def test_a_long_stack_is_denoised_into_a_disk_backed_layer(widget, qtbot, rng):
     assert out.metadata["sbd_complete"] is True
     np.testing.assert_allclose(np.asarray(out.data[150]), w.load_denoiser().denoise(stack[150]),
                                rtol=1e-6)
+
+
+def test_the_launcher_window_fits_a_laptop_screen(qtbot):
+    from napari_sbd.launch import build_viewer
+
+    viewer, docks = build_viewer(show=True)
+    try:
+        window = viewer.window._qt_window
+        hint = window.minimumSizeHint()
+        # everything docked needs less than a 1366x768 laptop screen offers
+        assert hint.width() <= 1366 and hint.height() <= 700
+        avail = window.screen().availableGeometry()
+        if avail.width() >= hint.width() and avail.height() >= hint.height():
+            assert avail.contains(window.frameGeometry())
+        # one panel of tabs: each dock is tabbed with the others
+        qtbot.wait(200)
+        qt_docks = [d for d, _w in docks.values()]
+        assert set(window.tabifiedDockWidgets(qt_docks[0])) == set(qt_docks[1:])
+    finally:
+        viewer.close()

@@ -193,6 +193,19 @@ def dihedral_inverse(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
     return np.rot90(a, -k, axes=(-2, -1))
 
 
+def architecture_text(arch: str, params: dict[str, Any]) -> str:
+    """A model's architecture in words, for people (not a Python dict)."""
+    if arch == "bf_unet":
+        text = f"bias-free UNet, {params.get('scales', 4)} scales x {params.get('base', 32)} channels"
+        u = int(params.get("unshuffle", 1) or 1)
+        return text + (f", input unshuffled {u}x{u}" if u > 1 else "")
+    if arch == "dncnn":
+        return f"DnCNN, {params.get('depth', 20)} layers x {params.get('width', 64)} channels"
+    if arch == "small_unet":
+        return f"small UNet, {params.get('width', 32)} channels"
+    return f"{arch} {params}"
+
+
 class Denoiser:
     """A trained network ready to denoise frames.
 
@@ -286,7 +299,7 @@ class Denoiser:
                 else f"{md.get('dose', '?')} counts/pixel")
         pix = f"{pr[0]:g}-{pr[1]:g} pm/pixel" if pr else f"{md.get('pixel_size_pm', '?')} pm/pixel"
         lines = [
-            f"{arch} {params}",
+            architecture_text(arch, params),
             f"trained at {dose}, {pix}, {md.get('contrast', '?')} contrast",
             f"receptive field {self.receptive_field} px; device {self.device}",
         ]

@@ -140,11 +140,32 @@ class DockWidget(QWidget):
 
 
 def dock_layout(widget: Any, form: Any, *extra: Any) -> None:
-    """Stack a magicgui form (and extra Qt widgets) at the top of a dock widget."""
-    from qtpy.QtWidgets import QVBoxLayout
+    """Stack a magicgui form (and extra Qt widgets) at the top of a dock widget.
 
-    layout = QVBoxLayout(widget)
+    The form sits in a scroll area: a dock then asks for little height, and
+    the main window fits a laptop screen (1366x768) however many controls a
+    dock has; what does not fit scrolls.
+    """
+    from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
+
+    inner = QWidget()
+    layout = QVBoxLayout(inner)
+    layout.setContentsMargins(0, 0, 0, 0)
     layout.addWidget(form.native)
     for w in extra:
         layout.addWidget(w)
     layout.addStretch()
+    from qtpy.QtCore import Qt
+
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    # content follows the dock's width (text wraps); only the height scrolls
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setWidget(inner)
+    # never narrower than the controls (they would be cut off at the right edge)
+    scroll.setMinimumWidth(inner.minimumSizeHint().width()
+                           + scroll.verticalScrollBar().sizeHint().width() + 12)
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    outer.addWidget(scroll)

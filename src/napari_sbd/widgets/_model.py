@@ -63,7 +63,7 @@ class ModelPicker(Container):
         self.info.value = wrap(den.describe())
 
 
-def wrap(text: str, width: int = 48) -> str:
+def wrap(text: str, width: int = 44) -> str:
     """Wrap a message for a narrow dock widget."""
     import textwrap
 

@@ -90,8 +90,12 @@ class ColumnsWidget(DockWidget):
         self.result: ColumnsResult | None = None
         self._launched_frame: int | None = None
         choices = lambda _w: image_layers(self.viewer)  # noqa: E731
-        self.denoised_combo = ComboBox(label="denoised", choices=choices)
-        self.raw_combo = ComboBox(label="raw counts", choices=choices)
+        self.denoised_combo = ComboBox(label="denoised", choices=choices, nullable=True,
+                                       tooltip="the denoised layer whose columns are found "
+                                       "(the Denoise dock's result is chosen by itself)")
+        self.raw_combo = ComboBox(label="raw counts", choices=choices,
+                                  tooltip="the raw frames in counts that were denoised: the "
+                                  "likelihood test compares the columns with them")
         self.pixel_spin = FloatSpinBox(label="pixel size (pm)", min=0.1, max=1000, step=0.1,
                                        value=6.1)
         self.sigma_min = FloatSpinBox(label="min sigma (A)", min=0.05, max=5, step=0.05, value=0.2)
@@ -139,10 +143,11 @@ class ColumnsWidget(DockWidget):
         made = [ly for _n, ly in image_layers(self.viewer)
                 if (ly.metadata or {}).get("sbd_source_layer") in self.viewer.layers]
         den = self.denoised_combo.value
-        if made and not self._user_chose and den not in made:
+        if not self._user_chose and den not in made:
+            # nothing denoised yet: leave the choice empty rather than offer the raw layer
             self._setting = True
             try:
-                self.denoised_combo.value = made[-1]
+                self.denoised_combo.value = made[-1] if made else None
             finally:
                 self._setting = False
         self._pair_raw()
