@@ -42,6 +42,10 @@ STEPS = [
      "napari-sbd-denoise memory against stack length (20 and 200 frames)"),
     ("fidelity", "simulation_fidelity.py", [], [], "simulation-fidelity.md",
      "our simulator against the papers' reference images"),
+    ("envelope", "envelope.py", [], ["--quick"], "envelope.md",
+     "PSNR against the dose (0.1-4 counts/pixel) and the pixel size (4-12 pm) beside tuned BM3D"),
+    ("reliability", "reliability.py", [], [], "reliability.md",
+     "bad inputs tried through the commands and the API, and what each one gets"),
 ]
 
 
