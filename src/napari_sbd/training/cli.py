@@ -29,7 +29,7 @@ examples:
 A resumed run must keep the options that shape what is learned (data filters,
 noise, augmentation, model, optimiser); --resume refuses others and names each
 difference. These may change on resume: the data folder's path, --max-minutes,
---epochs, --early-stop, --restart-lr, --device, --no-amp, --quiet.
+--epochs, --early-stop, --restart-lr, --lr-patience, --device, --no-amp, --quiet.
 
 Units: doses in counts (electrons) per pixel per frame in vacuum; pixel sizes
 in picometres; patch sizes in pixels; angles in degrees.

@@ -137,11 +137,12 @@ class TrainConfig:
 
 
 # Options a resumed run may change: where the data and the run live, how long
-# and where it runs, and how it reports. Every other option shapes what is
+# and where it runs, how it reports, and the rate schedule's knobs (a warm
+# restart with --restart-lr usually comes with a new --lr-patience). Every other option shapes what is
 # learned, and a resume with a different value would mix two runs in one.
 RESUMABLE_OPTIONS = frozenset({
-    "data", "out", "resume", "restart_lr", "max_minutes", "epochs", "early_stop", "device",
-    "amp", "progress", "init_from",
+    "data", "out", "resume", "restart_lr", "lr_patience", "max_minutes", "epochs", "early_stop",
+    "device", "amp", "progress", "init_from",
 })
 
 
