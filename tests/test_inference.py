@@ -276,3 +276,23 @@ def test_the_frame_on_screen_is_denoised_first(denoiser, rng):
     order = [i for i, _ in denoiser.iter_denoise(stack, first=3)]
     assert order == [3, 0, 1, 2, 4]
     assert [i for i, _ in denoiser.iter_denoise(stack, start=1, stop=3, first=4)] == [1, 2]
+
+
+def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
+    from napari_sbd.core.checkpoint import CheckpointError
+    from napari_sbd.core.inference import BUNDLED, load_model
+
+    assert set(BUNDLED) == {"default", "envelope"}
+    env = load_model("envelope", device="cpu")
+    lo, hi = env.dose_range
+    assert lo <= 0.15 and hi >= 4.0
+    plo, phi = env.pixel_size_range_pm
+    assert plo <= 4.88 and phi >= 10.0
+    assert env.compatibility_warnings(2.0, 9.0) == []  # inside its envelope
+    default = load_model("default", device="cpu")
+    (msg,) = default.compatibility_warnings(2.0, None)
+    assert "model='envelope'" in msg
+    with pytest.raises(CheckpointError, match="bundled: default, envelope"):
+        from napari_sbd.core.inference import bundled_model_path
+
+        bundled_model_path("nope")

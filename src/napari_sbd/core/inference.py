@@ -34,7 +34,9 @@ __all__ = [
     "DEFAULT_TILE",
     "Denoiser",
     "DenoisingCancelled",
+    "BUNDLED",
     "available_devices",
+    "bundled_model_path",
     "default_model_path",
     "estimate_dose",
     "load_model",
@@ -98,9 +100,30 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+# Models shipped inside the package, by the name load_model() takes.
+BUNDLED = {
+    "default": "the best model at 0.45 counts/pixel and 6.1 pm/pixel (white contrast)",
+    "envelope": "one model for 0.1-5 counts/pixel and 4.8-10.5 pm/pixel (white contrast)",
+}
+
+
+def _wider_model_hint() -> str:
+    """'the bundled "envelope" model ... or ' when it is installed, else ''."""
+    if bundled_model_path("envelope").exists():
+        return "the bundled 'envelope' model (model='envelope', 0.1-5 counts/pixel, 4.8-10.5 pm) or "
+    return ""
+
+
+def bundled_model_path(name: str = "default") -> Path:
+    """Path of a bundled checkpoint inside the package (see :data:`BUNDLED`)."""
+    if name not in BUNDLED:
+        raise CheckpointError(f"no bundled model is called {name!r}; bundled: {', '.join(BUNDLED)}")
+    return Path(str(resources.files("napari_sbd") / "models" / f"{name}.pt"))
+
+
 def default_model_path() -> Path:
     """Path of the bundled default checkpoint inside the package."""
-    return Path(str(resources.files("napari_sbd") / "models" / "default.pt"))
+    return bundled_model_path("default")
 
 
 def padded_index(n: int, m: int, edge: int) -> np.ndarray:
@@ -355,8 +378,8 @@ class Denoiser:
             if not (1 / dose_tolerance <= ratio <= dose_tolerance):
                 out.append(
                     f"the data have {dose:.3g} counts/pixel per frame on average, the model was "
-                    f"trained at {float(mdose):.3g} ({ratio:.2g}x): results may be poor; use a "
-                    "model trained at this dose"
+                    f"trained at {float(mdose):.3g} ({ratio:.2g}x): results may be poor; use "
+                    + _wider_model_hint() + "a model trained at this dose"
                 )
         mpix = self.metadata.get("pixel_size_pm")
         if pixel_size_pm is not None and self.pixel_size_range_pm is not None:
@@ -385,8 +408,8 @@ class Denoiser:
             if abs(rel) > pixel_tolerance:
                 out.append(
                     f"the data have {pixel_size_pm:.3g} pm/pixel, the model was trained at "
-                    f"{float(mpix):.3g} pm/pixel ({rel:+.0%}): resample the data or use a model "
-                    "trained at this pixel size"
+                    f"{float(mpix):.3g} pm/pixel ({rel:+.0%}): use " + _wider_model_hint()
+                    + "a model trained at this pixel size"
                 )
         return out
 
@@ -631,13 +654,14 @@ def load_model(
     device: str | torch.device | None = "auto",
     fold: bool = True,
 ) -> Denoiser:
-    """Load a trained denoiser: ``"default"`` (bundled) or a checkpoint path.
+    """Load a trained denoiser: a bundled one by name, or a checkpoint path.
 
     Parameters
     ----------
     model : str or path-like
-        "default" for the bundled model, or the path of a checkpoint written by
-        ``napari-sbd-train``.
+        "default" (best at 0.45 counts/pixel and 6.1 pm), "envelope" (one model
+        for 0.1-5 counts/pixel and 4.8-10.5 pm; see :data:`BUNDLED`), or the
+        path of a checkpoint written by ``napari-sbd-train``.
     device : str or torch.device
         "auto" (CUDA when available, else CPU), "cpu" or "cuda[:N]".
     fold : bool
@@ -653,11 +677,11 @@ def load_model(
     CheckpointError
         When the file is missing, unreadable, foreign or inconsistent.
     """
-    if isinstance(model, str) and model == "default":
-        path = default_model_path()
+    if isinstance(model, str) and model in BUNDLED:
+        path = bundled_model_path(model)
         if not path.exists():
             raise CheckpointError(
-                f"no default model is bundled in this installation ({path} is missing); "
+                f"no {model!r} model is bundled in this installation ({path} is missing); "
                 "pass the path of a checkpoint trained with napari-sbd-train"
             )
     else:

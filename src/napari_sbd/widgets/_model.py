@@ -8,18 +8,30 @@ from typing import Any
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import Denoiser, available_devices, default_model_path, load_model
+from napari_sbd.core.inference import (
+    BUNDLED,
+    Denoiser,
+    available_devices,
+    bundled_model_path,
+    load_model,
+)
 
 DEFAULT_CHOICE = "bundled default"
+ENVELOPE_CHOICE = "bundled envelope (wide dose and pixel range)"
 FILE_CHOICE = "checkpoint file..."
+# picker label -> bundled model name
+BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope"}
 
 
 class ModelPicker(Container):
     """Source (default / file), file, device, and a description of the loaded model."""
 
     def __init__(self) -> None:
-        sources = [DEFAULT_CHOICE, FILE_CHOICE] if default_model_path().exists() else [FILE_CHOICE]
-        self.source = ComboBox(label="model", choices=sources, value=sources[0])
+        sources = [label for label, name in BUNDLED_CHOICES.items()
+                   if bundled_model_path(name).exists()] + [FILE_CHOICE]
+        self.source = ComboBox(label="model", choices=sources, value=sources[0],
+                               tooltip="\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
+                               + "\nor a checkpoint file trained with napari-sbd-train")
         self.file = FileEdit(label="checkpoint", mode="r", filter="*.pt")
         self.device = ComboBox(label="device", choices=["auto", *available_devices()])
         self.info = Label(value="")
@@ -32,7 +44,7 @@ class ModelPicker(Container):
         self._changed()
 
     def _path(self) -> str | Path:
-        return "default" if self.source.value == DEFAULT_CHOICE else Path(self.file.value)
+        return BUNDLED_CHOICES.get(self.source.value) or Path(self.file.value)
 
     def load(self) -> Denoiser:
         """The selected model on the selected device (cached).
@@ -45,7 +57,7 @@ class ModelPicker(Container):
         path = self._path()
         key = (str(path), self.device.value)
         if self._denoiser is None or self._key != key:
-            if path != "default" and (str(path) in ("", ".") or Path(path).is_dir()):
+            if path not in BUNDLED and (str(path) in ("", ".") or Path(path).is_dir()):
                 raise CheckpointError("choose a checkpoint file (*.pt) trained with napari-sbd-train")
             self._denoiser = load_model(path, device=self.device.value)
             self._key = key
