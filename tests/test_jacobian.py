@@ -81,3 +81,11 @@ def test_ensemble_filter_identity_and_symmetry(model, frame):
     # the ensemble is equivariant: denoising a flipped frame gives the flipped result
     np.testing.assert_allclose(model.denoise(frame[::-1].copy(), tile_size=None, ensemble=True),
                                den[::-1], rtol=1e-4, atol=1e-5)
+
+
+def test_filter_refuses_data_that_are_not_counts_like_denoising_does(model):
+    from napari_sbd.core.inputs import InputError
+
+    offset = np.random.default_rng(0).poisson(0.45, (64, 64)).astype(np.float32) + 100
+    with pytest.raises(InputError, match="do not look like counts"):
+        effective_filter(model, offset, (10, 10))

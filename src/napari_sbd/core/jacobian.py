@@ -93,7 +93,7 @@ def effective_filter(
     origin : tuple of int
         (row, col) of the crop's top-left pixel in the frame.
     """
-    frame = as_frame(noisy)
+    frame = as_frame(noisy, model_dose=model.max_dose)  # the same counts check as denoising
     h, w = frame.shape
     r, c = (int(v) for v in pixel)
     if not (0 <= r < h and 0 <= c < w):
