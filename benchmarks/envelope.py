@@ -13,7 +13,7 @@ never on the test frames.
 
 Usage::
 
-    python benchmarks/envelope.py [--model default --model RUN/best.pt] [--quick]
+    python benchmarks/envelope.py [--model default --model envelope --model RUN/best.pt] [--quick]
 
 Writes docs/envelope.md and docs/images/envelope.png.
 """
@@ -41,7 +41,7 @@ from _common import (
 )
 
 from napari_sbd.core.baselines import binned_vst_bm3d
-from napari_sbd.core.inference import load_model
+from napari_sbd.core.inference import BUNDLED, load_model
 from napari_sbd.core.metrics import psnr
 
 NOMINAL_DOSE = 0.45
@@ -122,7 +122,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[],
-                        help="checkpoint(s), side by side in one run (default: the bundled model)")
+                        help="bundled model names or checkpoints, side by side in one run "
+                        "(default: both bundled models)")
     parser.add_argument("--quick", action="store_true",
                         help="7 settings, fewer frames (a check, not the committed page)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -131,8 +132,8 @@ def main() -> None:
     t_start = time.perf_counter()
     test_set, val_set = clean_sets(args.cache, 1 if args.quick else 2, 1)
     val_set = val_set[:2]
-    models = [(p, load_model(p, device="auto")) for p in (args.model or ["default"])]
-    names = ["bundled default" if p == "default" else f"{Path(p).parent.name}/{Path(p).name}"
+    models = [(p, load_model(p, device="auto")) for p in (args.model or ["default", "envelope"])]
+    names = [f"bundled {p}" if p in BUNDLED else f"{Path(p).parent.name}/{Path(p).name}"
              for p, _ in models]
     results = []  # one dict per setting
     for axis, dose, pixel in settings(args.quick):
