@@ -2,7 +2,9 @@
 
 Run under Xvfb (the test set-up installs it)::
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/make_screenshots.py [--model PATH]
+    xvfb-run -a -s "-screen 0 1366x768x24" .venv/bin/python docs/make_screenshots.py [--model PATH]
+
+(a laptop's screen: the launcher sizes its window to the screen it opens on).
 
 It drives the real widgets, waits for their workers, and saves
 docs/images/{denoise,columns,filter}.png (the whole window, docks included).
@@ -41,7 +43,6 @@ def main() -> None:
 
     OUT.mkdir(exist_ok=True)
     viewer, docked = build_viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
     docks = {name: dock for name, (dock, _w) in docked.items()}
     den_w = docked["Denoise (SBD)"][1]
     col_w = docked["Columns and likelihood (SBD)"][1]

@@ -156,6 +156,10 @@ def dock_layout(widget: Any, form: Any, *extra: Any) -> None:
         layout.addWidget(w)
     layout.addStretch()
     from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QLabel
+
+    for label in inner.findChildren(QLabel):  # long messages wrap instead of being cut off
+        label.setWordWrap(True)
 
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)

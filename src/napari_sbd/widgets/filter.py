@@ -153,9 +153,10 @@ class FilterWidget(DockWidget):
         )
         lim = peak
         total = float(filt.sum())
-        self.status.value = (
+        self.status.value = wrap(
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
-            f"({r0}, {c0}); weights sum {total:.3g}, max |w| {lim:.3g}"
+            f"({r0}, {c0}); the weights sum to {total:.3g} (about 1 where the network "
+            f"preserves the local mean), largest weight {lim:.3g}"
         )
 
 
