@@ -189,3 +189,12 @@ def test_the_launcher_window_fits_a_laptop_screen(qtbot):
         assert set(window.tabifiedDockWidgets(qt_docks[0])) == set(qt_docks[1:])
     finally:
         viewer.close()
+
+
+def test_progress_says_frames_and_time_left():
+    from napari_sbd.widgets.denoise import progress_text
+
+    assert progress_text(0, 200, 0.0) == "0 of 200 frames"
+    assert progress_text(4, 200, 2.0) == "4 of 200 frames, 0.5 s/frame, about 1 min 38 s left"
+    assert progress_text(190, 200, 95.0) == "190 of 200 frames, 0.5 s/frame, about 5 s left"
+    assert progress_text(200, 200, 100.0) == "200 of 200 frames, 0.5 s/frame"

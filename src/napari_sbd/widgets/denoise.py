@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,9 @@ class DenoiseWidget(DockWidget):
         self.worker.finished.connect(self._finished)
         self.progress.setRange(0, total)
         self.progress.setValue(0)
+        self.progress.setFormat(f"0 of {total} frames")
         self.progress.setVisible(True)
+        self._started = time.monotonic()
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self._total = total
@@ -178,7 +181,9 @@ class DenoiseWidget(DockWidget):
             self._first = False
         layer.metadata["sbd_frames_done"] += 1
         layer.refresh()
-        self.progress.setValue(layer.metadata["sbd_frames_done"])
+        done = layer.metadata["sbd_frames_done"]
+        self.progress.setValue(done)
+        self.progress.setFormat(progress_text(done, self._total, time.monotonic() - self._started))
 
     def _finished(self) -> None:
         self.run_button.enabled = True
@@ -202,6 +207,18 @@ class DenoiseWidget(DockWidget):
         self.output_layer = None
         show_error(f"denoising failed: {exc}")
         self.info.value = wrap(f"denoising failed: {exc}")
+
+
+def progress_text(done: int, total: int, elapsed_s: float) -> str:
+    """'3 of 200 frames, 0.4 s/frame, about 1 min 17 s left' for the progress bar."""
+    if done <= 0:
+        return f"0 of {total} frames"
+    per = elapsed_s / done
+    left = per * (total - done)
+    if done >= total:
+        return f"{total} of {total} frames, {per:.2g} s/frame"
+    eta = f"{left:.0f} s" if left < 90 else f"{int(left // 60)} min {int(left % 60)} s"
+    return f"{done} of {total} frames, {per:.2g} s/frame, about {eta} left"
 
 
 def result_array(shape: tuple[int, ...]) -> Any:
