@@ -58,9 +58,12 @@ def test_columns_points_and_map_follow_the_frame(scene, qtbot):
     assert w.result.frame == 1  # napari opens a stack on its middle frame
     viewer.dims.set_current_step(0, 0)
     assert w.worker is not None
+    # while frame 0 is computed, frame 1's columns are not drawn over it
+    assert not pts.visible and not lmap.visible and "computing" in w.summary.value
     viewer.dims.set_current_step(0, 2)
     qtbot.waitUntil(lambda: w.result.frame == 2 and w.worker is None, timeout=30_000)
     assert len(viewer.layers["movie denoised columns"].data) == 0
+    assert pts.visible and lmap.visible  # shown again with the new frame's result
 
 
 def test_columns_bad_pairs_and_no_vacuum(scene, qtbot, make_napari_viewer):

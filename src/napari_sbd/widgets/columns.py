@@ -121,6 +121,7 @@ class ColumnsWidget(DockWidget):
         dock_layout(self, self.form)
         self._user_chose = False
         self._setting = False
+        self._stale: list[Any] = []
         self.run_button.changed.connect(self.run)
         self.denoised_combo.changed.connect(self._user_changed)
         self.listen(self.viewer.layers.events.inserted, self._reset)
@@ -218,6 +219,13 @@ class ColumnsWidget(DockWidget):
         self.worker.errored.connect(lambda exc: self._fail(str(exc)))
         self.worker.finished.connect(self._done)
         self.run_button.enabled = False
+        # another frame's columns must not sit on this frame while it is computed
+        for name in (f"{den.name} columns", f"{den.name} LLR map"):
+            lay = self.viewer.layers[name] if name in self.viewer.layers else None
+            if lay is not None and lay.metadata.get("frame") != index and lay.visible:
+                lay.visible = False
+                self._stale.append(lay)
+        self.summary.value = f"computing the columns of frame {index}..."
         self.worker.start()
 
     def _done(self) -> None:
@@ -234,6 +242,9 @@ class ColumnsWidget(DockWidget):
             self._fail(str(res))
             return
         self.result = res
+        for lay in self._stale:  # the overlays hidden while this frame was computed
+            lay.visible = True
+        self._stale.clear()
         den = self.denoised_combo.value
         geo = plane_geometry(den)
         name_pts, name_map = f"{den.name} columns", f"{den.name} LLR map"
