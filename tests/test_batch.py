@@ -299,3 +299,19 @@ def test_best_quality_is_the_ensemble_and_its_own_job(movie, model_path, tmp_pat
     np.testing.assert_allclose(g["denoised"][:2], expected, rtol=1e-6, atol=1e-6)
     assert g.attrs["napari_sbd"]["job"]["ensemble"] is True
     assert main(args) == 2  # the fast job does not resume into a best-quality store
+
+
+def test_detector_units_are_calibrated_into_counts(movie, model_path, tmp_path, capsys):
+    path, stack = movie
+    raw = tmp_path / "detector.tif"
+    tifffile.imwrite(raw, (stack.astype(np.float32) * 4 + 100).astype(np.uint16))  # gain 4, offset 100
+    out = tmp_path / "cal.zarr"
+    args = [str(raw), "-o", str(out), "--model", str(model_path), "--quiet", "--frames", "0:2"]
+    assert main(args) == 2  # in detector units they are not counts: refused
+    assert "do not look like counts" in capsys.readouterr().err
+    assert main([*args, "--offset", "100", "--electrons-per-count", "0.25"]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    expected = load_model(model_path, device="cpu").denoise(stack[:2].astype(np.float32))
+    np.testing.assert_allclose(g["denoised"][:2], expected, rtol=1e-5, atol=1e-6)
+    assert g.attrs["napari_sbd"]["job"]["calibration"] == [100.0, 0.25]
+    np.testing.assert_array_equal(tifffile.imread(raw)[0], (stack[0] * 4 + 100))  # untouched

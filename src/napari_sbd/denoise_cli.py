@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vacuum counts/pixel/frame for the LLRs (default: found in each frame)")
     p.add_argument("--tile", type=number(int, at_least=64, unit="pixels"), default=1024,
                    help="inference tile side in pixels (1024)")
+    p.add_argument("--offset", type=float, default=0.0,
+                   help="detector offset (dark level) in the file's units, subtracted first "
+                   "(default 0: counted data)")
+    p.add_argument("--electrons-per-count", type=number(float, above=0), default=1.0,
+                   help="electrons per unit of the file, i.e. 1 / gain (default 1: counted data)")
     p.add_argument("--quality", choices=["fast", "best"], default="fast",
                    help="best: average the network over the 8 rotations and flips of each frame "
                    "(about +0.5 dB, 8x the time); default fast")
@@ -75,7 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.input, args.output, model=args.model, device=args.device, frames=args.frames,
             columns=args.columns, likelihood=args.likelihood, vacuum_level=args.vacuum_level,
             tile_size=args.tile, overwrite=args.overwrite, command=command, progress=progress,
-            ensemble=args.quality == "best",
+            ensemble=args.quality == "best", offset=args.offset,
+            electrons_per_count=args.electrons_per_count,
         )
     except (BatchError, ValueError) as exc:
         bar.close()

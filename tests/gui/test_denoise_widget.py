@@ -198,3 +198,20 @@ def test_progress_says_frames_and_time_left():
     assert progress_text(4, 200, 2.0) == "4 of 200 frames, 0.5 s/frame, about 1 min 38 s left"
     assert progress_text(190, 200, 95.0) == "190 of 200 frames, 0.5 s/frame, about 5 s left"
     assert progress_text(200, 200, 100.0) == "200 of 200 frames, 0.5 s/frame"
+
+
+def test_calibration_turns_detector_units_into_counts(widget, qtbot, rng):
+    viewer, w = widget
+    counts = rng.poisson(0.45, (2, 48, 40)).astype(np.float32)
+    raw = viewer.add_image(counts * 8 + 50, name="detector")
+    w.layer_combo.value = raw
+    assert "electrons/pixel/frame" in w.dose_note.value
+    w.offset.value, w.gain.value = 50.0, 0.125
+    assert w.dose_note.value.startswith(f"{counts[:2].mean():.3g} electrons")
+    w.run()
+    _wait(qtbot, w)
+    out = viewer.layers["detector denoised"]
+    np.testing.assert_allclose(np.asarray(out.data), w.load_denoiser().denoise(counts),
+                               rtol=1e-5, atol=1e-6)
+    assert out.metadata["sbd_calibration"] == {"offset": 50.0, "electrons_per_count": 0.125}
+    np.testing.assert_array_equal(raw.data, counts * 8 + 50)  # the user's layer is unchanged

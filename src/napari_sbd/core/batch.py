@@ -42,7 +42,7 @@ import numpy as np
 
 from napari_sbd.core.checkpoint import atomic_write
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
-from napari_sbd.core.inputs import InputError, as_frame, check_stack_shape
+from napari_sbd.core.inputs import InputError, as_frame, calibrated, check_stack_shape
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
@@ -179,6 +179,8 @@ def denoise_movie(
     command: str = "",
     progress: Callable[[int, int], None] | None = None,
     ensemble: bool = False,
+    offset: float = 0.0,
+    electrons_per_count: float = 1.0,
 ) -> BatchResult:
     """Denoise a movie frame by frame into a zarr store, resuming where a previous run stopped.
 
@@ -211,6 +213,9 @@ def denoise_movie(
     ensemble : bool
         "Best" quality: average over the 8 rotations and flips of each frame
         (8x the time; see :meth:`Denoiser.denoise_frame`).
+    offset, electrons_per_count : float
+        Detector calibration: frames are read as ``(raw - offset) *
+        electrons_per_count`` (see :class:`napari_sbd.core.inputs.CalibratedFrames`).
 
     Returns
     -------
@@ -227,6 +232,10 @@ def denoise_movie(
         raise BatchError(f"{input_path}: {exc}") from None
     if single:
         data = data[None]
+    try:
+        data = calibrated(data, offset, electrons_per_count)
+    except InputError as exc:
+        raise BatchError(str(exc)) from None
     n, h, w = (int(v) for v in data.shape)
     if out.resolve() == input_path.resolve():
         raise BatchError(f"the output {out} is the input itself: choose a new file name")
@@ -243,6 +252,8 @@ def denoise_movie(
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble)
+    if offset != 0 or electrons_per_count != 1:  # older stores (no key) stay resumable
+        ident["calibration"] = [float(offset), float(electrons_per_count)]
     group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w),
                             protected)
     state = out / ".sbd"

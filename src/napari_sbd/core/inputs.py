@@ -136,3 +136,54 @@ def as_frame(
                 "gain (counts per electron), or use a model trained at this dose"
             )
     return arr
+
+
+class CalibratedFrames:
+    """Detector frames seen as electron counts: ``(raw - offset) * electrons_per_count``.
+
+    A lazy view: each frame is converted when it is read, the user's data are
+    never modified, and memory does not grow with the stack. Values that the
+    offset subtraction leaves slightly negative (read noise) are set to 0, as
+    counts cannot be negative.
+
+    Parameters
+    ----------
+    data : array-like
+        (H, W) or (T, H, W) frames in detector units.
+    offset : float
+        Detector offset (dark level), in detector units.
+    electrons_per_count : float
+        Electrons per detector unit (1 / gain), > 0.
+    """
+
+    def __init__(self, data: Any, offset: float = 0.0, electrons_per_count: float = 1.0) -> None:
+        if not (np.isfinite(offset) and np.isfinite(electrons_per_count) and electrons_per_count > 0):
+            raise InputError(
+                f"calibration offset {offset} and electrons per count {electrons_per_count}: the "
+                "offset must be a number and electrons per count a positive number"
+            )
+        self.data = data
+        self.offset = float(offset)
+        self.electrons_per_count = float(electrons_per_count)
+        self.shape = tuple(data.shape)
+        self.dtype = np.dtype(np.float32)
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        raw = np.asarray(self.data[index], dtype=np.float32)
+        out = (raw - np.float32(self.offset)) * np.float32(self.electrons_per_count)
+        return np.maximum(out, 0, out=out)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[...]
+        return out if dtype is None else out.astype(dtype)
+
+
+def calibrated(data: Any, offset: float = 0.0, electrons_per_count: float = 1.0) -> Any:
+    """``data`` itself when the calibration is the identity, else a :class:`CalibratedFrames` view."""
+    if offset == 0 and electrons_per_count == 1:
+        return data
+    return CalibratedFrames(data, offset, electrons_per_count)

@@ -6,7 +6,7 @@ import time
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
+from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -14,7 +14,7 @@ from qtpy.QtWidgets import QProgressBar
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
-from napari_sbd.core.inputs import InputError, check_stack_shape
+from napari_sbd.core.inputs import InputError, calibrated, check_stack_shape
 from napari_sbd.widgets._layers import (
     DockWidget,
     copy_geometry,
@@ -61,6 +61,13 @@ class DenoiseWidget(DockWidget):
         self.quality = ComboBox(label="quality", choices=list(QUALITY), value="fast",
                                 tooltip="best: average the network over the 8 rotations and "
                                 "flips of each frame (about +0.5 dB, 8x the time)")
+        self.offset = FloatSpinBox(label="offset", min=-1e6, max=1e6, step=1.0, value=0.0,
+                                   tooltip="detector offset (dark level) in the file's units, "
+                                   "subtracted before denoising; 0 for counted data")
+        self.gain = FloatSpinBox(label="electrons per count", min=1e-6, max=1e6, step=0.0001,
+                                 value=1.0, tooltip="electrons per unit of the file (1 / gain); "
+                                 "1 for counted data")
+        self.dose_note = Label(value="")
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.form = Container(
@@ -69,6 +76,9 @@ class DenoiseWidget(DockWidget):
                 self.model,
                 self.quality,
                 self.tile_spin,
+                self.offset,
+                self.gain,
+                self.dose_note,
                 self.run_button,
                 self.cancel_button,
             ]
@@ -81,6 +91,9 @@ class DenoiseWidget(DockWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.listen(self.viewer.layers.events.inserted, self._reset_layers)
         self.listen(self.viewer.layers.events.removed, self._reset_layers)
+        for w in (self.layer_combo, self.offset, self.gain):
+            w.changed.connect(self._show_dose)
+        self._show_dose()
 
     @property
     def info(self) -> Label:
@@ -94,6 +107,23 @@ class DenoiseWidget(DockWidget):
     def _reset_layers(self, _event: Any = None) -> None:
         self.layer_combo.reset_choices()
 
+    def counts(self, layer: Any) -> Any:
+        """The layer's data as electron counts (the offset and electrons per count applied)."""
+        return calibrated(layer.data, self.offset.value, self.gain.value)
+
+    def _show_dose(self, _value: Any = None) -> None:
+        """The dose the calibration implies, before anything runs."""
+        layer = self.layer_combo.value
+        if layer is None or getattr(layer, "rgb", False) or layer.data.ndim not in (2, 3):
+            self.dose_note.value = ""
+            return
+        try:
+            dose = estimate_dose(self.counts(layer), max_frames=2)
+        except (InputError, ValueError) as exc:
+            self.dose_note.value = wrap(str(exc))
+            return
+        self.dose_note.value = wrap(f"{dose:.3g} electrons/pixel/frame on average (first frames)")
+
     # -- running --------------------------------------------------------------
     def run(self, _value: Any = None) -> None:
         """Validate the inputs, warn about mismatches, and start the worker."""
@@ -105,8 +135,8 @@ class DenoiseWidget(DockWidget):
                 raise InputError(
                     f"layer '{layer.name}' is RGB; denoising needs a single channel of counts"
                 )
-            data = layer.data
-            single = check_stack_shape(tuple(data.shape), data.dtype)
+            single = check_stack_shape(tuple(layer.data.shape), layer.data.dtype)
+            data = self.counts(layer)
             den = self.load_denoiser()
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
@@ -127,6 +157,8 @@ class DenoiseWidget(DockWidget):
                 "sbd_model": den.metadata,
                 "sbd_source_layer": layer.name,
                 "sbd_ensemble": ensemble,
+                "sbd_calibration": {"offset": self.offset.value,
+                                    "electrons_per_count": self.gain.value},
                 "sbd_complete": False,
                 "sbd_frames_done": 0,
             },
