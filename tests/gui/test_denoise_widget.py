@@ -215,3 +215,13 @@ def test_calibration_turns_detector_units_into_counts(widget, qtbot, rng):
                                rtol=1e-5, atol=1e-6)
     assert out.metadata["sbd_calibration"] == {"offset": 50.0, "electrons_per_count": 0.125}
     np.testing.assert_array_equal(raw.data, counts * 8 + 50)  # the user's layer is unchanged
+
+
+def test_help_menu_links_the_guides(widget):
+    from napari_sbd.widgets._layers import GUIDES, guide_path
+
+    viewer, _w = widget
+    titles = [a.text() for a in viewer.window.help_menu.actions()]
+    assert all(t in titles for t in GUIDES)
+    assert titles.count(next(iter(GUIDES))) == 1  # once, however many docks are opened
+    assert guide_path("analysis.md") is not None  # the source checkout holds the pages

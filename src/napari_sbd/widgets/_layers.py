@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,40 @@ def diverging_overlay_colormap(name: str = "sbd diverging overlay"):
     return Colormap(colors=colors, controls=[0.0, 0.25, 0.5, 0.75, 1.0], name=name)
 
 
+GUIDES = {
+    "napari-sbd: user guide": "index.md",
+    "napari-sbd: reading columns, LLR and filters": "analysis.md",
+}
+
+
+def guide_path(page: str) -> Path | None:
+    """A page of the documentation when it is on disk (a source checkout), else None."""
+    path = Path(__file__).resolve().parents[3] / "docs" / page
+    return path if path.is_file() else None
+
+
+def add_help_entries(viewer: Any) -> None:
+    """Entries in napari's Help menu that open our guides (once per window)."""
+    menu = getattr(getattr(viewer, "window", None), "help_menu", None)
+    if menu is None or any(a.text() in GUIDES for a in menu.actions()):
+        return
+    from qtpy.QtCore import QUrl
+    from qtpy.QtGui import QDesktopServices
+
+    for title, page in GUIDES.items():
+        def open_page(_checked: bool = False, page: str = page) -> None:
+            path = guide_path(page)
+            if path is not None:
+                QDesktopServices.openUrl(QUrl.fromLocalFile(str(path)))
+            else:
+                from napari.utils.notifications import show_info
+
+                show_info(f"the guide docs/{page} is in the napari-sbd repository (README.md "
+                          "links every page)")
+
+        menu.addAction(title, open_page)
+
+
 class DockWidget(QWidget):
     """Base of our dock widgets: the viewer, the (at most one) running worker, and clean-up.
 
@@ -101,6 +136,7 @@ class DockWidget(QWidget):
         self._undo: list[Any] = []
         self._docked = False
         self.released = False
+        add_help_entries(napari_viewer)
 
     def listen(self, emitter: Any, callback: Any) -> None:
         """Connect ``callback`` to a viewer event emitter until the dock closes."""
