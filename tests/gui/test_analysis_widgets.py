@@ -66,6 +66,27 @@ def test_columns_points_and_map_follow_the_frame(scene, qtbot):
     assert pts.visible and lmap.visible  # shown again with the new frame's result
 
 
+def test_columns_table_in_physical_units(scene, qtbot, tmp_path):
+    import csv
+
+    viewer, _ = scene
+    w = ColumnsWidget(viewer)
+    w.vacuum_spin.value = 0.45
+    w.run()
+    qtbot.waitUntil(lambda: w.result is not None and w.worker is None, timeout=30_000)
+    out = w.save_table(tmp_path / "cols.csv")
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == ["frame", "y_nm", "x_nm", "row_px", "col_px", "sigma_a",
+                             "peak_counts", "contrast_counts", "llr", "class"]
+    assert len(rows) == len(w.result.columns) and {r["frame"] for r in rows} == {"1"}
+    r0 = rows[0]
+    assert float(r0["y_nm"]) == pytest.approx(float(r0["row_px"]) * 0.0061, abs=1e-4)
+    assert {r["class"] for r in rows} <= {"real", "spurious", "undecided"}
+    with pytest.raises(ValueError, match="exists"):  # never overwritten
+        w.save_table(out)
+
+
 def test_columns_bad_pairs_and_no_vacuum(scene, qtbot, make_napari_viewer):
     viewer, _ = scene
     w = ColumnsWidget(viewer)

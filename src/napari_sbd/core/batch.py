@@ -4,7 +4,8 @@ Layout of an output store (a zarr v3 group, i.e. a folder)::
 
     OUT.zarr/denoised        (T, H, W) float32, one chunk per frame
     OUT.zarr/llr_map         (T, H, W) float32 (with likelihood=True)
-    OUT.zarr/columns.csv     frame,row,col,sigma_a,peak,contrast,llr (with columns=True)
+    OUT.zarr/columns.csv     frame, y_nm, x_nm, row_px, col_px, sigma_a, peak_counts,
+                             contrast_counts, llr, class (with columns=True)
     OUT.zarr/.sbd/STORE         marks the folder as a napari-sbd store
     OUT.zarr/.sbd/done/NNNNNN   a marker per finished frame
     OUT.zarr/.sbd/columns/NNNNNN.csv   per-frame column rows
@@ -43,10 +44,11 @@ import numpy as np
 from napari_sbd.core.checkpoint import atomic_write
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
 from napari_sbd.core.inputs import InputError, as_frame, calibrated, check_stack_shape
+from napari_sbd.core.likelihood import TABLE_FIELDS
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
-COLUMN_FIELDS = ["frame", "row", "col", "sigma_a", "peak", "contrast", "llr"]
+COLUMN_FIELDS = TABLE_FIELDS  # columns.csv: the same table as the widget's export
 STORE_MARKER = "STORE"  # .sbd/STORE: written by _open_or_create, and by nothing else
 STORE_ENTRIES = frozenset({"zarr.json", "denoised", "llr_map", "columns.csv", ".sbd"})
 
@@ -428,7 +430,11 @@ def _resumable(out: Path, ident: dict):
 def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | None,
              vacuum_level: float | None, warnings: list[str]):
     from napari_sbd.core.columns import detect_columns
-    from napari_sbd.core.likelihood import column_log_likelihood_ratios, likelihood_map
+    from napari_sbd.core.likelihood import (
+        column_log_likelihood_ratios,
+        columns_table,
+        likelihood_map,
+    )
 
     px = float(pixel_size or 6.1)
     cols = detect_columns(den, px)
@@ -438,11 +444,7 @@ def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | N
         if not warnings:
             warnings.append(f"frame {index}: LLRs left empty: {exc}")
         llr = np.full(len(cols), np.nan)
-    rows = [
-        {"frame": index, "row": f"{r:.3f}", "col": f"{c:.3f}", "sigma_a": f"{s:.4f}",
-         "peak": f"{p:.5f}", "contrast": f"{ct:.5f}", "llr": f"{v:.6g}"}
-        for (r, c), s, p, ct, v in zip(cols.centres, cols.sigma_a, cols.peak, cols.contrast, llr)
-    ]
+    rows = columns_table(cols, llr, index, px)
     return rows, likelihood_map(den.shape, cols, llr, pixel_size_pm=px)
 
 

@@ -255,6 +255,40 @@ def column_log_likelihood_ratios(
     return out
 
 
+TABLE_FIELDS = ["frame", "y_nm", "x_nm", "row_px", "col_px", "sigma_a", "peak_counts",
+                "contrast_counts", "llr", "class"]
+
+
+def llr_class(value: float) -> str:
+    """'real', 'spurious' or 'undecided' by the papers' thresholds (NaN: 'undecided')."""
+    if value >= LLR_REAL:
+        return "real"
+    if value <= LLR_SPURIOUS:
+        return "spurious"
+    return "undecided"
+
+
+def columns_table(columns: Columns, llr: np.ndarray, frame: int,
+                  pixel_size_pm: float) -> list[dict[str, object]]:
+    """One row per column in physical units: the table users export and plot.
+
+    Positions in nm from the frame's top-left pixel centre (and in pixels),
+    sigma in Angstrom, peak and contrast in counts, the LLR (nats per pixel)
+    and its class. Field names carry the units (:data:`TABLE_FIELDS`).
+    """
+    if not (np.isfinite(pixel_size_pm) and pixel_size_pm > 0):
+        raise ValueError(f"pixel_size_pm must be a positive number of picometres, got {pixel_size_pm}")
+    nm = pixel_size_pm / 1000.0
+    return [
+        {"frame": int(frame), "y_nm": round(float(r) * nm, 5), "x_nm": round(float(c) * nm, 5),
+         "row_px": round(float(r), 3), "col_px": round(float(c), 3),
+         "sigma_a": round(float(sg), 4), "peak_counts": round(float(p), 5),
+         "contrast_counts": round(float(ct), 5), "llr": float(v), "class": llr_class(float(v))}
+        for (r, c), sg, p, ct, v in zip(columns.centres, columns.sigma_a, columns.peak,
+                                        columns.contrast, llr)
+    ]
+
+
 def llr_classes(llr: np.ndarray) -> tuple[int, int, int]:
     """Counts of (real, spurious, undecided) columns by the papers' thresholds."""
     values = np.asarray(llr, dtype=np.float64)

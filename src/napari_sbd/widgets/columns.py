@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,9 @@ from napari_sbd.core.columns import Columns, detect_columns
 from napari_sbd.core.likelihood import (
     LLR_REAL,
     LLR_SPURIOUS,
+    TABLE_FIELDS,
     column_log_likelihood_ratios,
+    columns_table,
     likelihood_map,
     llr_classes,
 )
@@ -112,17 +115,22 @@ class ColumnsWidget(DockWidget):
                                         value=0.0)
         self.follow_check = CheckBox(label="follow the frame slider", value=True)
         self.run_button = PushButton(text="Detect columns")
+        self.save_button = PushButton(text="Save table...", enabled=False,
+                                      tooltip="the columns of the frame shown, as CSV: frame, "
+                                      "position (nm and px), sigma (A), peak and contrast "
+                                      "(counts), LLR and class")
         self.summary = Label(value="")
         self.form = Container(widgets=[
             self.denoised_combo, self.raw_combo, self.pixel_spin, self.sigma_min, self.sigma_max,
             self.contrast_spin, self.floor_spin, self.dark_check, self.radius_spin, self.vacuum_spin,
-            self.follow_check, self.run_button, self.summary,
+            self.follow_check, self.run_button, self.save_button, self.summary,
         ])
         dock_layout(self, self.form)
         self._user_chose = False
         self._setting = False
         self._stale: list[Any] = []
         self.run_button.changed.connect(self.run)
+        self.save_button.changed.connect(self._ask_and_save)
         self.denoised_combo.changed.connect(self._user_changed)
         self.listen(self.viewer.layers.events.inserted, self._reset)
         self.listen(self.viewer.layers.events.removed, self._reset)
@@ -228,6 +236,40 @@ class ColumnsWidget(DockWidget):
         self.summary.value = f"computing the columns of frame {index}..."
         self.worker.start()
 
+    def table(self) -> list[dict[str, Any]]:
+        """The shown frame's columns in physical units (see :func:`columns_table`)."""
+        if self.result is None:
+            raise ValueError("detect the columns first")
+        res = self.result
+        return columns_table(res.columns, res.llr, res.frame, self.pixel_spin.value)
+
+    def save_table(self, path: str | Path) -> Path:
+        """Write :meth:`table` as CSV to a new file (atomically; an existing file is refused)."""
+        import csv
+        import io
+
+        from napari_sbd.core.checkpoint import atomic_write
+
+        path = Path(path)
+        if path.exists():
+            raise ValueError(f"{path} exists: choose a new file name")
+        buf = io.StringIO()
+        wr = csv.DictWriter(buf, fieldnames=TABLE_FIELDS)
+        wr.writeheader()
+        wr.writerows(self.table())
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+
+    def _ask_and_save(self, _value: Any = None) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        name, _ = QFileDialog.getSaveFileName(self, "Save the columns table", "columns.csv",
+                                              "CSV (*.csv)")
+        if name:
+            try:
+                self.save_table(name)
+            except (ValueError, OSError) as exc:
+                self._fail(str(exc))
+
     def _done(self) -> None:
         self.worker = None
         self.run_button.enabled = True
@@ -242,6 +284,7 @@ class ColumnsWidget(DockWidget):
             self._fail(str(res))
             return
         self.result = res
+        self.save_button.enabled = True
         for lay in self._stale:  # the overlays hidden while this frame was computed
             lay.visible = True
         self._stale.clear()
