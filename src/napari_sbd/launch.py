@@ -36,6 +36,10 @@ def build_viewer(files: Sequence[str] = (), *, show: bool = True):
         viewer.open(list(files))
     else:
         viewer.open_sample("napari-sbd", "pt_ceo2_movie")
+    # physical units in view: a scale bar, and named axes for a movie
+    viewer.scale_bar.visible = True
+    if viewer.dims.ndim == 3:
+        viewer.dims.axis_labels = ("frame", "y", "x")
     docks = {name: viewer.window.add_plugin_dock_widget("napari-sbd", name) for name in WIDGETS}
     compact_layout(viewer, [dock for dock, _w in docks.values()])
     return viewer, docks
@@ -51,6 +55,11 @@ def compact_layout(viewer, qt_docks) -> None:
     for dock in qt_docks[1:]:
         window.tabifyDockWidget(qt_docks[0], dock)
     qt_docks[0].raise_()
+    from qtpy.QtCore import Qt
+
+    # one panel for all tabs: as wide as the widest dock's controls
+    width = max(d.widget().minimumSizeHint().width() for d in qt_docks) + 24
+    window.resizeDocks([qt_docks[0]], [width], Qt.Orientation.Horizontal)
     screen = window.screen()
     if screen is not None:
         avail = screen.availableGeometry()

@@ -196,6 +196,11 @@ def dock_layout(widget: Any, form: Any, *extra: Any) -> None:
 
     for label in inner.findChildren(QLabel):  # long messages wrap instead of being cut off
         label.setWordWrap(True)
+    from qtpy.QtWidgets import QComboBox
+
+    for combo in inner.findChildren(QComboBox):  # a long layer or model name must not widen the dock
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(14)
 
     scroll = QScrollArea()
     scroll.setWidgetResizable(True)

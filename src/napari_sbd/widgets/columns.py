@@ -320,10 +320,10 @@ class ColumnsWidget(DockWidget):
         p = res.columns.params
         floor = (f" (vacuum texture {p['vacuum_texture']:.4f})" if p.get("vacuum_texture") is not None
                  else "")
-        self.summary.value = (
+        self.summary.value = wrap(
             f"frame {res.frame}: {len(res.llr)} columns\n"
-            f"  contrast >= {p.get('contrast_threshold', 0):.3f} counts{floor}\n"
-            f"  real (LLR >= {LLR_REAL}): {real}\n"
-            f"  spurious (LLR <= {LLR_SPURIOUS}): {spurious}\n"
-            f"  undecided: {undecided}"
+            f"contrast >= {p.get('contrast_threshold', 0):.3f} counts{floor}\n"
+            f"real (LLR >= {LLR_REAL}): {real}\n"
+            f"spurious (LLR <= {LLR_SPURIOUS}): {spurious}\n"
+            f"undecided: {undecided}"
         )
