@@ -296,3 +296,8 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
         from napari_sbd.core.inference import bundled_model_path
 
         bundled_model_path("nope")
+
+
+def test_warnings_ignore_a_dose_estimate_that_is_not_a_number(denoiser):
+    assert denoiser.compatibility_warnings(float("nan"), float("nan")) == []
+    assert all("nan" not in w for w in denoiser.compatibility_warnings(float("inf"), 6.1))

@@ -294,3 +294,9 @@ def test_gpu_campaign_script_runs_on_the_cpu_at_a_tiny_size(tmp_path):
     _, meta = load_checkpoint(tmp_path / "out" / "best.pt")
     assert meta["dose_range"] == [0.1, 5.0] and meta["pixel_size_range_pm"] == [4.8, 10.5]
     assert (tmp_path / "out" / "log.csv").exists() and (tmp_path / "out" / "config.json").exists()
+
+
+def test_unet_options_with_a_fixed_comparison_network_are_refused(dataset, tmp_path, capsys):
+    code = main([str(dataset), "--out", str(tmp_path / "d"), "--arch", "dncnn", "--base", "8",
+                 "--patch", "48", "--quiet"])
+    assert code == 2 and "--base set the bias-free UNet" in capsys.readouterr().err

@@ -365,6 +365,11 @@ class Denoiser:
         """
         out = []
         mdose = self.metadata.get("dose")
+        # a NaN or infinite estimate (bad pixels) says nothing about the dose: the frame
+        # checks report those pixels themselves ("nanx" used to reach the user)
+        dose = dose if dose is not None and np.isfinite(dose) else None
+        pixel_size_pm = (pixel_size_pm if pixel_size_pm is not None and np.isfinite(pixel_size_pm)
+                         and pixel_size_pm > 0 else None)
         if dose is not None and self.dose_range is not None:
             lo, hi = self.dose_range
             if not lo <= dose <= hi:

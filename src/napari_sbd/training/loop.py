@@ -129,6 +129,16 @@ class TrainConfig:
                 "activation": self.activation,
                 "norm": self.norm,
             }
+        unet_only = {k: getattr(self, k) for k in ("scales", "base", "unshuffle", "centre_sigma",
+                                                    "activation", "norm")
+                     if getattr(self, k) != getattr(TrainConfig, k)}
+        if self.arch in ("dncnn", "small_unet") and unet_only:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in unet_only)
+            fixed = "DnCNN, 20 layers x 64" if self.arch == "dncnn" else "small UNet, 32 channels"
+            raise TrainingDataError(
+                f"{flags} set the bias-free UNet; --arch {self.arch} is the papers' fixed "
+                f"comparison network ({fixed}): leave them out, or use --arch bf_unet"
+            )
         if self.arch == "dncnn":
             return {"depth": 20, "width": 64}
         if self.arch == "small_unet":
