@@ -6,7 +6,7 @@ Test sets (never trained or tuned on):
   resampled from 4.88 to 6.1 pm/pixel (x0.8, bilinear), Poisson draws at their
   own counts with fixed seeds;
 * a held-out simulated set from ``napari-sbd-simulate``'s engine, structure
-  seeds 7000+ (training used 1000-1047), at defoci that give the three
+  seeds 7000+ (training used 1000-1095), at defoci that give the three
   contrast classes (underfocus: black Pt columns; near zero: intermediate;
   overfocus: white).
 

@@ -83,3 +83,17 @@ def test_unsupported_and_rgb(tmp_path):
     tifffile.imwrite(rgb, np.zeros((16, 16, 3), np.uint8), photometric="rgb")
     with pytest.raises(ReaderError, match="RGB"):
         read_file(str(rgb))
+
+
+def test_mrc_with_a_negative_voxel_size_says_so(tmp_path):
+    import mrcfile
+
+    from napari_sbd.io.readers import read_mrc
+
+    path = tmp_path / "neg.mrc"
+    with mrcfile.new(path) as m:
+        m.set_data(np.zeros((2, 32, 32), np.float32))
+        m.voxel_size = -1.5
+    with pytest.warns(UserWarning, match="not a size"):
+        ((_data, kwargs, _),) = read_mrc(str(path))
+    assert (kwargs.get("metadata") or {}).get("pixel_size_pm") is None

@@ -115,7 +115,15 @@ def read_mrc(path: str) -> list[LayerData]:
     if mrc.data is None:
         raise ReaderError(f"{path} has no image data (broken MRC header?)")
     vx = float(mrc.voxel_size.x)
-    px = vx * 100.0 if vx > 0 else None
+    px = vx * 100.0 if vx > 0 and np.isfinite(vx) else None
+    if px is None and vx != 0:  # 0 is MRC's "not recorded"; anything else is a broken header
+        import warnings
+
+        warnings.warn(
+            f"{path}: the MRC header gives a voxel size of {vx:g} A, which is not a size; the "
+            "pixel size is left unknown: set it in the Columns dock (pm) or fix the header",
+            stacklevel=2,
+        )
     return [_layer(mrc.data, Path(path).stem, px, path, {"format": "MRC"})]
 
 
