@@ -225,3 +225,17 @@ def test_help_menu_links_the_guides(widget):
     assert all(t in titles for t in GUIDES)
     assert titles.count(next(iter(GUIDES))) == 1  # once, however many docks are opened
     assert guide_path("analysis.md") is not None  # the source checkout holds the pages
+
+
+def test_a_4d_layer_denoises_the_block_on_screen(widget, qtbot, rng):
+    viewer, w = widget
+    data = rng.poisson(0.45, (2, 3, 40, 40)).astype(np.float32)  # (channel, T, H, W)
+    raw = viewer.add_image(data, name="multi", scale=(1, 1, 0.061, 0.061))
+    viewer.dims.set_current_step(0, 1)
+    w.layer_combo.value = raw
+    w.run()
+    _wait(qtbot, w)
+    out = viewer.layers["multi [1] denoised"]
+    assert out.data.shape == (3, 40, 40) and tuple(out.scale) == (1, 0.061, 0.061)
+    np.testing.assert_allclose(np.asarray(out.data), w.load_denoiser().denoise(data[1]),
+                               rtol=1e-5, atol=1e-6)

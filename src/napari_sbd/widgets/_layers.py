@@ -67,6 +67,31 @@ def image_layers(viewer: Any) -> list[tuple[str, Any]]:
     return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
 
 
+def leading_index(viewer: Any, layer: Any) -> tuple[int, ...]:
+    """Indices of a layer's axes before (T, H, W) at the viewer's current position.
+
+    A 4-D (channel/position, T, H, W) layer is denoised one (T, H, W) block at a
+    time: the block on screen.
+    """
+    n_lead = max(0, layer.data.ndim - 3)
+    offset = viewer.dims.ndim - layer.ndim
+    out = []
+    for a in range(n_lead):
+        world = viewer.dims.point[offset + a]
+        idx = int(round((world - layer.translate[a]) / layer.scale[a]))
+        out.append(int(np.clip(idx, 0, layer.data.shape[a] - 1)))
+    return tuple(out)
+
+
+def stack_geometry(layer: Any) -> dict[str, Any]:
+    """scale/translate/units of the last three (T, H, W) axes."""
+    return {
+        "scale": tuple(layer.scale[-3:]),
+        "translate": tuple(layer.translate[-3:]),
+        "units": tuple(str(u) for u in layer.units[-3:]),
+    }
+
+
 def plane_geometry(layer: Any) -> dict[str, Any]:
     """scale/translate/units of the last two (image) axes, for 2-D overlay layers."""
     return {

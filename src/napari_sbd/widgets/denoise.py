@@ -21,7 +21,9 @@ from napari_sbd.widgets._layers import (
     current_frame_index,
     dock_layout,
     image_layers,
+    leading_index,
     pixel_size_pm,
+    stack_geometry,
 )
 from napari_sbd.widgets._model import FILE_CHOICE, Failure, ModelPicker, wrap
 
@@ -135,8 +137,10 @@ class DenoiseWidget(DockWidget):
                 raise InputError(
                     f"layer '{layer.name}' is RGB; denoising needs a single channel of counts"
                 )
-            single = check_stack_shape(tuple(layer.data.shape), layer.data.dtype)
-            data = self.counts(layer)
+            lead = leading_index(self.viewer, layer)  # a 4-D layer: the (T, H, W) block on screen
+            source = layer.data[lead] if lead else layer.data
+            single = check_stack_shape(tuple(source.shape), source.dtype)
+            data = calibrated(source, self.offset.value, self.gain.value)
             den = self.load_denoiser()
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
@@ -146,7 +150,8 @@ class DenoiseWidget(DockWidget):
             show_warning(msg)
         total = 1 if single else int(data.shape[0])
         # an earlier result (perhaps the user's edited or only copy) is never replaced
-        name = unique_layer_name(self.viewer, f"{layer.name} denoised")
+        block = f" [{', '.join(str(i) for i in lead)}]" if lead else ""
+        name = unique_layer_name(self.viewer, f"{layer.name}{block} denoised")
         ensemble = QUALITY[self.quality.value]
         self.output_layer = self.viewer.add_image(
             result_array(data.shape),
@@ -157,12 +162,13 @@ class DenoiseWidget(DockWidget):
                 "sbd_model": den.metadata,
                 "sbd_source_layer": layer.name,
                 "sbd_ensemble": ensemble,
+                "sbd_block": list(lead),
                 "sbd_calibration": {"offset": self.offset.value,
                                     "electrons_per_count": self.gain.value},
                 "sbd_complete": False,
                 "sbd_frames_done": 0,
             },
-            **copy_geometry(layer),
+            **(stack_geometry(layer) if lead else copy_geometry(layer)),
         )
         tile = int(self.tile_spin.value)
         self.worker = create_worker(
@@ -172,7 +178,7 @@ class DenoiseWidget(DockWidget):
             tile,
             pixel_size_pm(layer),
             ensemble,
-            current_frame_index(self.viewer, layer),
+            current_frame_index(self.viewer, layer) if not lead else None,
             _progress={"total": total, "desc": f"Denoising {layer.name}"},
         )
         self.worker.yielded.connect(self._frame_done)
