@@ -203,7 +203,7 @@ def test_bad_input_one_clear_error_and_no_output(tmp_path, model_path, capsys, s
 
 @pytest.mark.parametrize("compression", [None, "zlib"])
 def test_tiff_frames_are_read_one_by_one(tmp_path, compression):
-    from napari_sbd.core.batch import TiffFrames
+    from napari_sbd.io.readers import TiffFrames
 
     stack = np.random.default_rng(2).poisson(0.45, (5, 40, 24)).astype(np.uint16)
     path = tmp_path / "s.tif"
@@ -318,3 +318,20 @@ def test_detector_units_are_calibrated_into_counts(movie, model_path, tmp_path, 
     np.testing.assert_allclose(g["denoised"][:2], expected, rtol=1e-5, atol=1e-6)
     assert g.attrs["napari_sbd"]["job"]["calibration"] == [100.0, 0.25]
     np.testing.assert_array_equal(tifffile.imread(raw)[0], (stack[0] * 4 + 100))  # untouched
+
+
+def test_a_resumed_job_pins_threads_only_while_it_runs(movie, model_path, tmp_path):
+    import torch
+
+    path, _ = movie
+    out = tmp_path / "t.zarr"
+    args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet"]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert main([*args, "--frames", "0:2"]) == 0  # the store records 1 thread
+        torch.set_num_threads(2)
+        assert main(args) == 0  # resumed with 1 thread...
+        assert torch.get_num_threads() == 2  # ...and the caller's setting is given back
+    finally:
+        torch.set_num_threads(before)

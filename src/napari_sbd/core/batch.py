@@ -28,6 +28,7 @@ deleted. Anything else at the output path is refused.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -70,47 +71,9 @@ class BatchResult:
     dose_estimate: float | None = None  # mean counts/pixel/frame of the first frames
 
 
-class TiffFrames:
-    """Frames of a TIFF stack, read one at a time without keeping them mapped.
-
-    A memory map of the whole file would count every page read so far in the
-    process's resident memory; here each frame is mapped, copied and unmapped
-    (uncompressed files), or read through tifffile's chunked zarr view
-    (compressed files), so resident memory does not grow with the frame count.
-    """
-
-    def __init__(self, path: Path) -> None:
-        import tifffile
-
-        self.path = path
-        try:
-            whole = tifffile.memmap(path, mode="r")
-        except ValueError:  # compressed or scattered pages: read through zarr
-            import zarr
-
-            self._zarr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-            self.shape, self.dtype = tuple(self._zarr.shape), self._zarr.dtype
-            return
-        self._zarr = None
-        self.shape, self.dtype = tuple(whole.shape), whole.dtype
-        self._offset = int(whole.offset)
-        del whole
-
-    def __getitem__(self, index: int) -> np.ndarray:
-        if self._zarr is not None:
-            return np.asarray(self._zarr[index])
-        h, w = self.shape[-2:]
-        frame_bytes = h * w * self.dtype.itemsize
-        m = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(h, w),
-                      offset=self._offset + int(index) * frame_bytes)
-        out = np.array(m)
-        del m
-        return out
-
-
 def open_movie(path: str | os.PathLike) -> tuple[Any, float | None]:
     """Open a movie lazily with the plugin's readers; returns (array-like, pixel size pm)."""
-    from napari_sbd.io.readers import TIFF, ReaderError, read_file
+    from napari_sbd.io.readers import TIFF, ReaderError, TiffFrames, read_file
 
     p = Path(path)
     if not p.exists():
@@ -268,25 +231,28 @@ def denoise_movie(
     skipped = done_now = 0
     arr = group["denoised"]
     lmap_arr = group["llr_map"] if likelihood else None
-    for k, i in enumerate(todo):
-        marker = done_dir / f"{i:06d}"
-        if marker.exists():
-            skipped += 1
-        else:
-            frame = as_frame(data[i], index=i, model_dose=den.max_dose)
-            result = den.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size,
-                                       ensemble=ensemble)
-            arr[i] = result
-            if columns:
-                rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),
-                                      vacuum_level, warnings)
-                if lmap_arr is not None:
-                    lmap_arr[i] = lmap
-                _write_rows(cols_dir / f"{i:06d}.csv", rows)
-            marker.touch()
-            done_now += 1
-        if progress is not None:
-            progress(k + 1, len(todo))
+    # the first run's thread count, for this job only: CPU convolutions sum in a
+    # thread-dependent order, and a resumed store must be bit-identical
+    with _torch_threads(group.attrs["napari_sbd"].get("torch_threads")):
+        for k, i in enumerate(todo):
+            marker = done_dir / f"{i:06d}"
+            if marker.exists():
+                skipped += 1
+            else:
+                frame = as_frame(data[i], index=i, model_dose=den.max_dose)
+                result = den.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size,
+                                           ensemble=ensemble)
+                arr[i] = result
+                if columns:
+                    rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),
+                                          vacuum_level, warnings)
+                    if lmap_arr is not None:
+                        lmap_arr[i] = lmap
+                    _write_rows(cols_dir / f"{i:06d}.csv", rows)
+                marker.touch()
+                done_now += 1
+            if progress is not None:
+                progress(k + 1, len(todo))
     complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
     if complete:
         if columns:
@@ -418,13 +384,21 @@ def _resumable(out: Path, ident: dict):
     previous = _job_of(out)
     if not previous or previous.get("job") != ident:
         return None
-    # same thread count as the first run: CPU convolutions sum in a
-    # thread-dependent order, and a resumed store must be bit-identical
-    if previous.get("torch_threads"):
-        import torch
-
-        torch.set_num_threads(int(previous["torch_threads"]))
     return zarr.open_group(str(out), mode="r+")
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int | None):
+    """Run with ``n`` PyTorch threads (None: unchanged), and give the caller's back after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | None,

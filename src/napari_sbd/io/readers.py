@@ -106,6 +106,44 @@ def read_tiff(path: str) -> list[LayerData]:
     return [_layer(data, Path(path).stem, px, path, {"dtype": str(dtype)})]
 
 
+class TiffFrames:
+    """Frames of a TIFF stack, read one at a time without keeping them mapped.
+
+    A memory map of the whole file would count every page read so far in the
+    process's resident memory; here each frame is mapped, copied and unmapped
+    (uncompressed files), or read through tifffile's chunked zarr view
+    (compressed files), so resident memory does not grow with the frame count.
+    """
+
+    def __init__(self, path: Path) -> None:
+        import tifffile
+
+        self.path = path
+        try:
+            whole = tifffile.memmap(path, mode="r")
+        except ValueError:  # compressed or scattered pages: read through zarr
+            import zarr
+
+            self._zarr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+            self.shape, self.dtype = tuple(self._zarr.shape), self._zarr.dtype
+            return
+        self._zarr = None
+        self.shape, self.dtype = tuple(whole.shape), whole.dtype
+        self._offset = int(whole.offset)
+        del whole
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if self._zarr is not None:
+            return np.asarray(self._zarr[index])
+        h, w = self.shape[-2:]
+        frame_bytes = h * w * self.dtype.itemsize
+        m = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(h, w),
+                      offset=self._offset + int(index) * frame_bytes)
+        out = np.array(m)
+        del m
+        return out
+
+
 # -- MRC ------------------------------------------------------------------------
 def read_mrc(path: str) -> list[LayerData]:
     """Read an MRC image/movie (memory-mapped); voxel size in A from the header."""
