@@ -75,6 +75,13 @@ def analyse_frame(
     return ColumnsResult(frame, cols, llr, lmap)
 
 
+def _show_colorbar(layer: Any) -> None:
+    """napari's colour bar for an image layer, where this napari has one."""
+    bar = getattr(layer, "colorbar", None)
+    if bar is not None:
+        bar.visible = True
+
+
 def _frame(data: Any, index: int) -> np.ndarray:
     return np.asarray(data[index] if data.ndim == 3 else data, dtype=np.float32)
 
@@ -315,6 +322,8 @@ class ColumnsWidget(DockWidget):
                 res.map, name=name_map, colormap="RdBu_r", blending="translucent",
                 contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT), opacity=0.8, **geo,
             )
+            # the legend of the points and the map: LLR in nats per pixel, red real, blue spurious
+            _show_colorbar(lay)
         lay.metadata["frame"] = res.frame
         real, spurious, undecided = res.counts()
         p = res.columns.params

@@ -141,6 +141,9 @@ class FilterWidget(DockWidget):
             translate=tuple(translate + np.array([r0, c0]) * scale), blending="translucent",
             metadata={"frame": frame, "pixel": pixel, "origin": (r0, c0)},
         )
+        from napari_sbd.widgets.columns import _show_colorbar
+
+        _show_colorbar(self.viewer.layers[FILTER_LAYER])  # the weights' scale, -lim to +lim
         h, w = filt.shape
         corners = np.array([[r0, c0], [r0 + h, c0 + w]], dtype=float) - 0.5
         self.viewer.add_shapes(
@@ -151,12 +154,12 @@ class FilterWidget(DockWidget):
             [pixel], name=PIXEL_LAYER, size=max(h, w) / 40, face_color="transparent",
             border_color="lime", border_width=0.3, **geo,
         )
-        lim = peak
         total = float(filt.sum())
         self.status.value = wrap(
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
             f"({r0}, {c0}); the weights sum to {total:.3g} (about 1 where the network "
-            f"preserves the local mean), largest weight {lim:.3g}"
+            f"preserves the local mean), largest weight {peak:.3g}; colours from -{lim:.2g} "
+            f"(blue) to +{lim:.2g} (red), the central peak saturates"
         )
 
 
