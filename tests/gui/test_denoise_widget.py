@@ -115,6 +115,11 @@ def test_save_denoised_layer_with_our_writer(make_napari_viewer, tmp_path):
         assert tif.series[0].shape == (2, 32, 32)
         desc = json.loads(tif.pages[0].description)
     assert desc["pixel_size_pm"] == pytest.approx(6.1) and desc["complete"] is True
+    # opened again, the layer has its model and state back, and its physical scale
+    viewer.open(str(path), plugin="napari-sbd")
+    back = viewer.layers["x"]
+    assert back.metadata["sbd_model"] == {"dose": 0.45} and back.metadata["sbd_complete"] is True
+    assert tuple(back.scale)[-1] == pytest.approx(0.061)
 
 
 def test_warns_before_running_when_dose_or_pixel_size_differ(widget, qtbot, rng):

@@ -91,6 +91,7 @@ def read_tiff(path: str) -> list[LayerData]:
 
     with tifffile.TiffFile(path) as tif:
         px = _tiff_pixel_size(tif)
+        ours = _our_description(tif)
         series = tif.series[0]
         shape, dtype = series.shape, series.dtype
     if len(shape) == 3 and shape[-1] in (3, 4):
@@ -103,7 +104,21 @@ def read_tiff(path: str) -> list[LayerData]:
         data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
     if len(data.shape) not in (2, 3):
         raise ReaderError(f"{path} has shape {shape}; expected a 2-D image or a 3-D stack")
-    return [_layer(data, Path(path).stem, px, path, {"dtype": str(dtype)})]
+    return [_layer(data, Path(path).stem, px, path, {"dtype": str(dtype), **ours})]
+
+
+def _our_description(tif: Any) -> dict[str, Any]:
+    """The layer metadata a file written by :func:`write_tiff` carries (model, source...)."""
+    desc = tif.pages[0].description or ""
+    try:
+        d = json.loads(desc) if desc.startswith("{") else {}
+    except ValueError:
+        return {}
+    if not isinstance(d, dict) or not d.get("napari_sbd"):
+        return {}
+    keys = {"model": "sbd_model", "source_layer": "sbd_source_layer", "complete": "sbd_complete",
+            "ensemble": "sbd_ensemble", "calibration": "sbd_calibration"}
+    return {ours: d[k] for k, ours in keys.items() if d.get(k) is not None}
 
 
 class TiffFrames:
@@ -249,6 +264,8 @@ def write_tiff(path: str, data: Any, attributes: dict) -> list[str]:
         "model": meta.get("sbd_model"),
         "source_layer": meta.get("sbd_source_layer"),
         "complete": meta.get("sbd_complete"),
+        "ensemble": meta.get("sbd_ensemble"),
+        "calibration": meta.get("sbd_calibration"),
     }
     text = json.dumps(description, default=str)
     atomic_write(path, lambda tmp: tifffile.imwrite(
