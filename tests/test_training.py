@@ -300,3 +300,26 @@ def test_unet_options_with_a_fixed_comparison_network_are_refused(dataset, tmp_p
     code = main([str(dataset), "--out", str(tmp_path / "d"), "--arch", "dncnn", "--base", "8",
                  "--patch", "48", "--quiet"])
     assert code == 2 and "--base set the bias-free UNet" in capsys.readouterr().err
+
+
+def test_the_command_line_is_generated_from_the_config_declaration():
+    from dataclasses import fields
+
+    from napari_sbd.training.cli import build_parser
+    from napari_sbd.training.config import TrainConfig, config_from_args
+
+    parser = build_parser()
+    cfg = config_from_args(parser.parse_args(["data", "--out", "o"]))
+    # one declaration: the parser's defaults are the dataclass's
+    assert cfg == TrainConfig(data="data", out="o")
+    text = parser.format_help()
+    for f in fields(TrainConfig):
+        if "group" in f.metadata and not f.metadata.get("positional"):
+            flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+            assert flag in text, flag
+    assert "(default 0.45" in text and "(default 256)" in text
+    parsed = config_from_args(parser.parse_args(["d", "--out", "o", "--dose-range", "0.1:5",
+                                                 "--pixel-size-range", "5:10", "--no-amp",
+                                                 "--quiet", "--where", "a=b"]))
+    assert parsed.dose_range == (0.1, 5.0) and parsed.pixel_size_range_pm == (5.0, 10.0)
+    assert parsed.amp is False and parsed.progress is False and parsed.where == ["a=b"]

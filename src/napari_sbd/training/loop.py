@@ -41,7 +41,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,7 @@ from napari_sbd.training.augment import (
     max_patch_size,
     random_patch,
 )
+from napari_sbd.training.config import TrainConfig
 from napari_sbd.training.data import (
     TrainingDataError,
     TrainingImage,
@@ -72,78 +73,6 @@ LOG_FIELDS = [
     "epoch", "steps", "train_loss", "val_psnr", "best_val_psnr", "lr", "dead_fraction",
     "epoch_seconds", "patches_seen",
 ]
-
-
-@dataclass
-class TrainConfig:
-    """Every option of ``napari-sbd-train`` (see its --help for units)."""
-
-    data: str
-    out: str
-    where: list[str] = field(default_factory=list)
-    val_fraction: float = 0.1
-    val_images: int = 12
-    val_crop: int = 512
-    dose: float | None = 0.45
-    dose_range: tuple[float, float] | None = None
-    contrast: str | None = None
-    pixel_size_pm: float | None = None
-    pixel_size_range_pm: tuple[float, float] | None = None
-    patch: int = 256
-    batch: int = 4
-    steps_per_epoch: int = 100
-    epochs: int = 1000
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    clip_grad: float = 0.0
-    lr_patience: int = 3
-    early_stop: int = 10
-    min_lr: float = 1e-6
-    arch: str = "bf_unet"
-    scales: int = 4
-    base: int = 32
-    unshuffle: int = 1
-    centre_sigma: float = 0.0
-    activation: str = "relu"
-    norm: str = "batch"
-    max_angle: float = 45.0
-    scale_min: float = 0.955
-    scale_max: float = 1.055
-    device: str = "auto"
-    amp: bool = True
-    seed: int = 0
-    init_from: str | None = None
-    resume: bool = False
-    restart_lr: float = 0.0
-    max_minutes: float = 0.0
-    progress: bool = True
-
-    def model_params(self) -> dict[str, Any]:
-        """Constructor arguments of the chosen architecture."""
-        if self.arch == "bf_unet":
-            return {
-                "scales": self.scales,
-                "base": self.base,
-                "unshuffle": self.unshuffle,
-                "centre_sigma": self.centre_sigma,
-                "activation": self.activation,
-                "norm": self.norm,
-            }
-        unet_only = {k: getattr(self, k) for k in ("scales", "base", "unshuffle", "centre_sigma",
-                                                    "activation", "norm")
-                     if getattr(self, k) != getattr(TrainConfig, k)}
-        if self.arch in ("dncnn", "small_unet") and unet_only:
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in unet_only)
-            fixed = "DnCNN, 20 layers x 64" if self.arch == "dncnn" else "small UNet, 32 channels"
-            raise TrainingDataError(
-                f"{flags} set the bias-free UNet; --arch {self.arch} is the papers' fixed "
-                f"comparison network ({fixed}): leave them out, or use --arch bf_unet"
-            )
-        if self.arch == "dncnn":
-            return {"depth": 20, "width": 64}
-        if self.arch == "small_unet":
-            return {"width": 32}
-        raise TrainingDataError(f"unknown architecture {self.arch!r}")
 
 
 # Options a resumed run may change: where the data and the run live, how long
