@@ -1,6 +1,6 @@
 """napari-sbd: simulation-based deep denoising of ultra-low-dose electron microscopy.
 
-The public API (see DESIGN.md)::
+The public API (docs/index.md has the whole guide)::
 
     import napari_sbd as sbd
     model = sbd.load_model("default")      # or a checkpoint path

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
+
 __all__ = [
     "adaptive_wiener",
     "anscombe",
@@ -39,7 +41,10 @@ def median_filter(noisy: np.ndarray, size_px: int = 3) -> np.ndarray:
 
 
 def fourier_lowpass(
-    noisy: np.ndarray, cutoff_per_a: float = 1.35, pixel_size_pm: float = 6.1, order: int | None = None
+    noisy: np.ndarray,
+    cutoff_per_a: float = 1.35,
+    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
+    order: int | None = None,
 ) -> np.ndarray:
     """Fourier low-pass at ``cutoff_per_a`` (1/A; the instrument's 1.35 1/A information limit).
 

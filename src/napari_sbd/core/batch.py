@@ -46,6 +46,7 @@ from napari_sbd.core.checkpoint import atomic_write
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
 from napari_sbd.core.inputs import InputError, as_frame, calibrated, check_stack_shape
 from napari_sbd.core.likelihood import TABLE_FIELDS
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
@@ -410,7 +411,7 @@ def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | N
         likelihood_map,
     )
 
-    px = float(pixel_size or 6.1)
+    px = float(pixel_size or PAPERS_PIXEL_SIZE_PM)
     cols = detect_columns(den, px)
     try:
         llr = column_log_likelihood_ratios(raw, den, cols, vacuum_level, pixel_size_pm=px)

@@ -17,6 +17,9 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
+from napari_sbd.core.vacuum import VacuumNotFound, vacuum_mask
+
 __all__ = [
     "Columns",
     "RecoveryMetrics",
@@ -80,7 +83,6 @@ class Columns:
 def _vacuum_texture(img: np.ndarray, detail: np.ndarray, pixel_size_pm: float,
                     vacuum: np.ndarray | None) -> float | None:
     """Robust std (1.4826 MAD) of the detail image in the vacuum; None without vacuum."""
-    from napari_sbd.core.likelihood import VacuumNotFound, vacuum_mask
 
     if vacuum is None:
         try:
@@ -120,7 +122,7 @@ def _refine(img: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.ndar
 
 def detect_columns(
     denoised: np.ndarray,
-    pixel_size_pm: float = 6.1,
+    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
     *,
     min_sigma_a: float = 0.2,
     max_sigma_a: float = 0.7,
@@ -162,7 +164,7 @@ def detect_columns(
         off when the frame has no vacuum.
     vacuum : numpy.ndarray, optional
         (H, W) bool vacuum mask; by default found with
-        :func:`napari_sbd.core.likelihood.vacuum_mask`.
+        :func:`napari_sbd.core.vacuum.vacuum_mask`.
 
     Returns
     -------
@@ -277,7 +279,7 @@ def recovery_metrics(
     reference: np.ndarray,
     detected: np.ndarray,
     match_distance_a: float = 0.5,
-    pixel_size_pm: float = 6.1,
+    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
 ) -> RecoveryMetrics:
     """Precision |A∩B|/|B|, recall |A∩B|/|A|, F1 and Jaccard |A∩B|/|A∪B|.
 
@@ -320,7 +322,7 @@ def structure_recovery(
     reference: np.ndarray,
     detected: np.ndarray,
     match_distance_a: float = 0.5,
-    pixel_size_pm: float = 6.1,
+    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
     tolerance_px: float = 2.0,
 ) -> dict[str, RecoveryMetrics]:
     """The papers' surface and bulk recovery metrics (Microsc. Microanal. Fig. 5).

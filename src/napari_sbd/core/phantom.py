@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
+
 __all__ = ["Phantom", "gaussian_columns", "pt_on_ceo2_phantom"]
 
 PT_A = 3.924  # Angstrom, fcc lattice constant
@@ -97,7 +99,7 @@ def _lattice(a1: np.ndarray, a2: np.ndarray, basis: list[tuple[float, float]], e
 def pt_on_ceo2_phantom(
     shape: tuple[int, int] = (512, 512),
     *,
-    pixel_size_pm: float = 6.1,
+    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
     vacuum_level: float = 0.45,
     particle_radius_a: float = 10.0,
     rotation_deg: float = 0.0,

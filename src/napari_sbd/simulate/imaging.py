@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
 
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
+
 __all__ = ["ImagingParams", "electron_wavelength", "exit_wave", "images_at_defoci"]
 
 
@@ -33,7 +35,7 @@ class ImagingParams:
     focal_spread_nm: float = 4.0
     convergence_mrad: float = 0.2
     vibration_pm: float = 50.0
-    pixel_size_pm: float = 6.1
+    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM
     dose: float = 0.45
     sampling_a: float = 0.05
     slice_thickness_a: float = 1.9

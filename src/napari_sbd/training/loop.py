@@ -53,6 +53,7 @@ from napari_sbd.core.checkpoint import atomic_write, save_checkpoint
 from napari_sbd.core.inference import resolve_device
 from napari_sbd.core.metrics import psnr
 from napari_sbd.core.models import build_model
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.training.augment import (
     Augmentation,
     centre_resample,
@@ -324,7 +325,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if out.exists() and not out.is_dir():
         raise TrainingDataError(f"--out {out} is a file, not a folder; choose a folder name")
     images = load_images(cfg.data, cfg.where)
-    data_pixel = cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", 6.1)
+    data_pixel = cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", PAPERS_PIXEL_SIZE_PM)
     if cfg.pixel_size_range_pm is not None:  # scale = output pixels per data pixel
         lo, hi = cfg.pixel_size_range_pm
         aug = Augmentation(cfg.max_angle, (data_pixel / hi, data_pixel / lo), log_scale=True)

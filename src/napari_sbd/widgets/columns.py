@@ -21,6 +21,7 @@ from napari_sbd.core.likelihood import (
     likelihood_map,
     llr_classes,
 )
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.widgets._layers import (
     DockWidget,
     current_frame_index,
@@ -107,7 +108,7 @@ class ColumnsWidget(DockWidget):
                                   tooltip="the raw frames in counts that were denoised: the "
                                   "likelihood test compares the columns with them")
         self.pixel_spin = FloatSpinBox(label="pixel size (pm)", min=0.1, max=1000, step=0.1,
-                                       value=6.1)
+                                       value=PAPERS_PIXEL_SIZE_PM)
         self.sigma_min = FloatSpinBox(label="min sigma (A)", min=0.05, max=5, step=0.05, value=0.2)
         self.sigma_max = FloatSpinBox(label="max sigma (A)", min=0.05, max=5, step=0.05, value=0.7)
         self.contrast_spin = FloatSpinBox(label="min contrast (counts)", min=0.0, max=100,
