@@ -335,3 +335,15 @@ def test_a_resumed_job_pins_threads_only_while_it_runs(movie, model_path, tmp_pa
         assert torch.get_num_threads() == 2  # ...and the caller's setting is given back
     finally:
         torch.set_num_threads(before)
+
+
+def test_data_far_from_the_models_dose_get_a_warning(tmp_path, model_path, capsys):
+    # a uint16 stack with a small offset: mean about 12x the training dose (not refused: 20x is)
+    stack = (np.random.default_rng(3).poisson(0.45, (2, 64, 64)) + 5).astype(np.uint16)
+    path = tmp_path / "offset.tif"
+    tifffile.imwrite(path, stack)
+    assert main([str(path), "-o", str(tmp_path / "o.zarr"), "--model", str(model_path),
+                 "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "the input has 5.4" in err and "counts/pixel/frame on average" in err
+    assert "warning: model: the data have 5.4" in err and "trained at 0.45" in err

@@ -32,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Simulate clean HRTEM images (abTEM multislice) of faceted Pt "
         "nanoparticles on CeO2 (111) in [110], at the papers' microscope settings, as "
         "float32 TIFFs in counts per pixel plus metadata.csv. Resumable: run the same "
-        "command again to finish an interrupted run.",
+        "command again to finish an interrupted run. A folder holds one dataset: other "
+        "defoci, microscope settings, --particle or --thickness-nm are refused there; "
+        "--n-structures, --seed, --workers and --scheduler may change (more structures "
+        "extend the dataset).",
     )
     p.add_argument("--out", required=True, help="dataset folder (created; resumed if present)")
     p.add_argument("--n-structures", type=int, default=10, help="number of structures (10)")
