@@ -229,31 +229,31 @@ def denoise_movie(
     warnings: list[str] = [
         f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)
     ]
-    skipped = done_now = 0
+    done_now = 0
     arr = group["denoised"]
     lmap_arr = group["llr_map"] if likelihood else None
     # the first run's thread count, for this job only: CPU convolutions sum in a
     # thread-dependent order, and a resumed store must be bit-identical
     with _torch_threads(group.attrs["napari_sbd"].get("torch_threads")):
-        for k, i in enumerate(todo):
-            marker = done_dir / f"{i:06d}"
-            if marker.exists():
-                skipped += 1
-            else:
+        pending = [i for i in todo if not (done_dir / f"{i:06d}").exists()]
+        skipped = len(todo) - len(pending)
+        if progress is not None and skipped:
+            progress(skipped, len(todo))
+        frames = den.iter_denoise(data, indices=pending, tile_size=tile_size,
+                                  pixel_size_pm=pixel_size, ensemble=ensemble)
+        for i, result in frames:
+            arr[i] = result
+            if columns:
                 frame = as_frame(data[i], index=i, model_dose=den.max_dose)
-                result = den.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size,
-                                           ensemble=ensemble)
-                arr[i] = result
-                if columns:
-                    rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),
-                                          vacuum_level, warnings)
-                    if lmap_arr is not None:
-                        lmap_arr[i] = lmap
-                    _write_rows(cols_dir / f"{i:06d}.csv", rows)
-                marker.touch()
-                done_now += 1
+                rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),
+                                      vacuum_level, warnings)
+                if lmap_arr is not None:
+                    lmap_arr[i] = lmap
+                _write_rows(cols_dir / f"{i:06d}.csv", rows)
+            (done_dir / f"{i:06d}").touch()  # after the frame's chunks: a kill redoes it
+            done_now += 1
             if progress is not None:
-                progress(k + 1, len(todo))
+                progress(skipped + done_now, len(todo))
     complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
     if complete:
         if columns:

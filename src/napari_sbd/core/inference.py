@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -528,6 +528,7 @@ class Denoiser:
         pixel_size_pm: float | None = None,
         ensemble: bool = False,
         first: int | None = None,
+        indices: Sequence[int] | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, denoised_frame)`` for each frame, one at a time.
 
@@ -549,6 +550,12 @@ class Denoiser:
         first : int, optional
             Denoise this frame of the range before the others (the one on screen),
             then the rest in order.
+        indices : sequence of int, optional
+            Exactly these frames, in this order (instead of ``start``/``stop``):
+            the batch command passes the frames its store still lacks.
+
+        This is the one frame loop of the package: :meth:`denoise`, the
+        Denoise dock and ``napari-sbd-denoise`` all run through it.
 
         Yields
         ------
@@ -563,7 +570,8 @@ class Denoiser:
             yield 0, self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
                                         ensemble=ensemble)
             return
-        order = list(range(*slice(start, stop).indices(shape[0])))
+        order = (list(indices) if indices is not None
+                 else list(range(*slice(start, stop).indices(shape[0]))))
         if first is not None and first in order:
             order.remove(first)
             order.insert(0, first)
