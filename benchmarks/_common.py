@@ -79,6 +79,16 @@ def reference_frames(draws: int = 3) -> list[Frame]:
     return out
 
 
+def resample(clean: np.ndarray, from_pm: float, to_pm: float) -> np.ndarray:
+    """A clean image at another pixel size (bilinear; HRTEM images are band-limited)."""
+    from skimage.transform import rescale
+
+    if abs(from_pm - to_pm) < 1e-9:
+        return clean.astype(np.float32)
+    return rescale(clean.astype(np.float64), from_pm / to_pm, order=1,
+                   anti_aliasing=False).astype(np.float32)
+
+
 def simulated_set(name: str, seed: int, n_structures: int, defoci: Sequence[float],
                   cache: Path = DEFAULT_CACHE) -> list[dict]:
     """Simulate (or reuse from the cache) a small held-out set; metadata rows with ``path``.

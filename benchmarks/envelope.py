@@ -37,6 +37,7 @@ from _common import (
     VAL_DEFOCI,
     VAL_SEED,
     header,
+    resample,
     simulated_set,
 )
 
@@ -58,16 +59,6 @@ def settings(quick: bool) -> list[tuple[str, float, float]]:
     pixels = [4.88, 6.1, 10.0] if quick else PIXELS
     return ([("dose", d, NOMINAL_PIXEL) for d in doses]
             + [("pixel", NOMINAL_DOSE, p) for p in pixels])
-
-
-def resample(clean: np.ndarray, from_pm: float, to_pm: float) -> np.ndarray:
-    """A clean image at another pixel size (bilinear; HRTEM images are band-limited)."""
-    from skimage.transform import rescale
-
-    if abs(from_pm - to_pm) < 1e-9:
-        return clean.astype(np.float32)
-    return rescale(clean.astype(np.float64), from_pm / to_pm, order=1,
-                   anti_aliasing=False).astype(np.float32)
 
 
 def clean_sets(cache: Path, n_test: int, n_val: int) -> tuple[list, list]:

@@ -40,6 +40,7 @@ from _common import (
     header,
     model_label,
     noisy_frames,
+    resample,
     simulated_set,
     tune,
 )
@@ -59,9 +60,7 @@ def references() -> list[np.ndarray]:
 
 
 def at_pixel_size(img: np.ndarray, pm: float) -> np.ndarray:
-    from skimage.transform import rescale
-
-    return rescale(img, NATIVE_PM / pm, order=1, anti_aliasing=False).astype(np.float32)
+    return resample(img, NATIVE_PM, pm)
 
 
 def rotated_crop(img: np.ndarray, angle: float, side: int) -> np.ndarray:

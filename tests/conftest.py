@@ -67,3 +67,30 @@ def tiny_model_file(tmp_path, tiny_unet):
     save_checkpoint(path, tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
                     dose=0.45, pixel_size_pm=6.1, contrast="white")
     return path
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """A small simulator-like training folder: 4 structures x 2 contrasts, with metadata.csv."""
+    import csv
+
+    import tifffile
+
+    from napari_sbd.core.phantom import pt_on_ceo2_phantom
+
+    folder = tmp_path / "sim"
+    folder.mkdir()
+    rows = []
+    for s in range(4):
+        for k, contrast in enumerate(["white", "black"]):
+            ph = pt_on_ceo2_phantom((112, 120), particle_radius_a=4 + s, seed=s)
+            img = ph.image if contrast == "white" else 0.9 - ph.image
+            name = f"s{s}_d{k}.tif"
+            tifffile.imwrite(folder / name, img.astype(np.float32))
+            rows.append({"file": name, "structure_id": f"S{s}", "contrast": contrast,
+                         "defocus_nm": 6 + k, "dose": 0.45, "pixel_size_pm": 6.1})
+    with open(folder / "metadata.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        wr.writeheader()
+        wr.writerows(rows)
+    return folder

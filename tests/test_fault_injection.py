@@ -38,28 +38,22 @@ def _run_killed(cmd: list[str], delay_s: float) -> None:
     proc.wait()
 
 
-@pytest.fixture
-def train_data(tmp_path):
-    from napari_sbd.core.phantom import pt_on_ceo2_phantom
-
-    folder = tmp_path / "sim"
-    folder.mkdir()
-    rows = []
-    for s in range(4):
-        tifffile.imwrite(folder / f"s{s}.tif", pt_on_ceo2_phantom(
-            (112, 120), particle_radius_a=4 + s, seed=s).image.astype(np.float32))
-        rows.append({"file": f"s{s}.tif", "structure_id": f"S{s}", "dose": 0.45,
-                     "pixel_size_pm": 6.1})
-    with open(folder / "metadata.csv", "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
-    return folder
-
-
 TRAIN = ["--scales", "2", "--base", "4", "--patch", "48", "--batch", "2", "--steps-per-epoch",
          "8", "--val-crop", "64", "--quiet", "--val-fraction", "0.25", "--epochs", "4",
          "--norm", "none", "--dose-range", "0.2:2"]
+
+
+def _full_disk_on_call(real, n: int):
+    """``real``, except that its ``n``-th call finds the disk full."""
+    calls = {"n": 0}
+
+    def wrapper(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise OSError(errno.ENOSPC, "No space left on device", str(a[0]))
+        return real(*a, **k)
+
+    return wrapper
 
 
 def _weights(path):
@@ -67,8 +61,8 @@ def _weights(path):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_train_killed_at_random_resumes_bit_identical(train_data, tmp_path, seed):
-    base = [sys.executable, "-m", "napari_sbd.training.cli", str(train_data), *TRAIN]
+def test_train_killed_at_random_resumes_bit_identical(dataset, tmp_path, seed):
+    base = [sys.executable, "-m", "napari_sbd.training.cli", str(dataset), *TRAIN]
     subprocess.run([*base, "--out", str(tmp_path / "ref")], check=True, env=ENV,
                    capture_output=True)
     out = tmp_path / "killed"
@@ -83,22 +77,13 @@ def test_train_killed_at_random_resumes_bit_identical(train_data, tmp_path, seed
         assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2", "3", "4"]
 
 
-def test_train_disk_full_is_one_line_and_resumes(train_data, tmp_path, capsys, monkeypatch):
+def test_train_disk_full_is_one_line_and_resumes(dataset, tmp_path, capsys, monkeypatch):
     import napari_sbd.training.loop as loop
     from napari_sbd.training.cli import main
 
-    args = [str(train_data), *TRAIN]
+    args = [str(dataset), *TRAIN]
     assert main([*args, "--out", str(tmp_path / "ref")]) == 0
-    real = loop.save_checkpoint
-    calls = {"n": 0}
-
-    def full_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(a[0]))
-        return real(*a, **k)
-
-    monkeypatch.setattr(loop, "save_checkpoint", full_on_third)
+    monkeypatch.setattr(loop, "save_checkpoint", _full_disk_on_call(loop.save_checkpoint, 3))
     out = tmp_path / "full"
     assert main([*args, "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -164,16 +149,7 @@ def test_simulate_disk_full_resumes(tmp_path, monkeypatch):
 
     fast = ImagingParams(sampling_a=0.1, pixel_size_pm=12.0, slice_thickness_a=2.0)
     small = dict(lateral_a=26.0, support_height_a=10.0, thickness_nm=1.2, particle="1nm")
-    real = ds._write_tiff
-    calls = {"n": 0}
-
-    def full_on_third(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise OSError(errno.ENOSPC, "No space left on device", str(a[0]))
-        return real(*a, **k)
-
-    monkeypatch.setattr(ds, "_write_tiff", full_on_third)
+    monkeypatch.setattr(ds, "_write_tiff", _full_disk_on_call(ds._write_tiff, 3))
     with pytest.raises(OSError, match="No space left"):
         ds.simulate_dataset(tmp_path / "d", 2, [4.0, 8.0], fast, seed=7, fixed=small, workers=1)
     monkeypatch.undo()

@@ -13,33 +13,12 @@ import tifffile
 import torch
 
 from napari_sbd.core.checkpoint import load_checkpoint
-from napari_sbd.core.phantom import pt_on_ceo2_phantom
 from napari_sbd.training.augment import Augmentation, max_patch_size, random_patch
 from napari_sbd.training.cli import main
 from napari_sbd.training.data import load_images, split_by_structure
 
 TINY = ["--scales", "2", "--base", "4", "--patch", "48", "--batch", "2", "--steps-per-epoch",
         "3", "--val-crop", "64", "--quiet"]
-
-
-@pytest.fixture
-def dataset(tmp_path):
-    folder = tmp_path / "sim"
-    folder.mkdir()
-    rows = []
-    for s in range(4):
-        for k, contrast in enumerate(["white", "black"]):
-            ph = pt_on_ceo2_phantom((112, 120), particle_radius_a=4 + s, seed=s)
-            img = ph.image if contrast == "white" else 0.9 - ph.image
-            name = f"s{s}_d{k}.tif"
-            tifffile.imwrite(folder / name, img.astype(np.float32))
-            rows.append({"file": name, "structure_id": f"S{s}", "contrast": contrast,
-                         "defocus_nm": 6 + k, "dose": 0.45, "pixel_size_pm": 6.1})
-    with open(folder / "metadata.csv", "w", newline="") as fh:
-        wr = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        wr.writeheader()
-        wr.writerows(rows)
-    return folder
 
 
 def test_filters_and_split_by_structure(dataset):

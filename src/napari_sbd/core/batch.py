@@ -50,7 +50,6 @@ from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
-COLUMN_FIELDS = TABLE_FIELDS  # columns.csv: the same table as the widget's export
 STORE_MARKER = "STORE"  # .sbd/STORE: written by _open_or_create, and by nothing else
 STORE_ENTRIES = frozenset({"zarr.json", "denoised", "llr_map", "columns.csv", ".sbd"})
 
@@ -97,8 +96,13 @@ def _file_sha256(path: Path) -> str:
 
 
 def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns: bool,
-              likelihood: bool, tile: int | None, ensemble: bool = False) -> dict[str, Any]:
+              likelihood: bool, tile: int | None, ensemble: bool = False,
+              calibration: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
     st = input_path.stat()
+    # options added later are recorded only when set: older stores stay resumable
+    later = {"ensemble": True} if ensemble else {}
+    if tuple(calibration) != (0.0, 1.0):
+        later["calibration"] = [float(v) for v in calibration]
     model_path = Path(model.metadata.get("path", ""))
     return {
         "input": str(input_path.resolve()),
@@ -109,7 +113,7 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
         "columns": columns,
         "likelihood": likelihood,
         "tile": tile,
-        **({"ensemble": True} if ensemble else {}),  # older stores (no key) stay resumable
+        **later,
     }
 
 
@@ -217,15 +221,14 @@ def denoise_movie(
         as_frame(data[todo[0]], index=todo[0], model_dose=den.max_dose)
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
-    ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble)
-    if offset != 0 or electrons_per_count != 1:  # older stores (no key) stay resumable
-        ident["calibration"] = [float(offset), float(electrons_per_count)]
+    ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble,
+                      (offset, electrons_per_count))
     group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w),
                             protected)
     state = out / ".sbd"
     done_dir = state / "done"
     cols_dir = state / "columns"
-    dose_est = estimate_dose(data, max_frames=min(4, n))
+    dose_est = estimate_dose(data)
     warnings: list[str] = [
         f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)
     ]
@@ -425,7 +428,7 @@ def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | N
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=COLUMN_FIELDS)
+    wr = csv.DictWriter(buf, fieldnames=TABLE_FIELDS)  # the same table as the dock's export
     wr.writeheader()
     wr.writerows(rows)
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
@@ -433,7 +436,7 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 def _merge_columns(folder: Path, target: Path, n: int) -> None:
     buf = io.StringIO()
-    buf.write(",".join(COLUMN_FIELDS) + "\n")
+    buf.write(",".join(TABLE_FIELDS) + "\n")
     for i in range(n):
         part = folder / f"{i:06d}.csv"
         lines = part.read_text().splitlines()[1:]

@@ -361,8 +361,9 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                 record = _config_record(cfg)
                 atomic_write(out / "config.json",
                              lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
-        return _train_loop(cfg, out, images, train_set, val_set, aug, data_pixel, device, rank, world)
-    raise AssertionError("unreachable")  # pragma: no cover - the with block returns
+        summary = _train_loop(cfg, out, images, train_set, val_set, aug, data_pixel, device, rank,
+                              world)
+    return summary
 
 
 def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],

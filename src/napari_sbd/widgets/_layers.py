@@ -92,6 +92,13 @@ def stack_geometry(layer: Any) -> dict[str, Any]:
     }
 
 
+def show_colorbar(layer: Any) -> None:
+    """napari's colour bar for an image layer, where this napari has one."""
+    bar = getattr(layer, "colorbar", None)
+    if bar is not None:
+        bar.visible = True
+
+
 def plane_geometry(layer: Any) -> dict[str, Any]:
     """scale/translate/units of the last two (image) axes, for 2-D overlay layers."""
     return {

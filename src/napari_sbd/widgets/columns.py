@@ -29,6 +29,7 @@ from napari_sbd.widgets._layers import (
     image_layers,
     pixel_size_pm,
     plane_geometry,
+    show_colorbar,
 )
 from napari_sbd.widgets._model import Failure, wrap
 
@@ -74,13 +75,6 @@ def analyse_frame(
     llr = column_log_likelihood_ratios(raw, denoised, cols, vacuum_level, radius_a=radius_a)
     lmap = likelihood_map(denoised.shape, cols, llr, radius_a=radius_a)
     return ColumnsResult(frame, cols, llr, lmap)
-
-
-def _show_colorbar(layer: Any) -> None:
-    """napari's colour bar for an image layer, where this napari has one."""
-    bar = getattr(layer, "colorbar", None)
-    if bar is not None:
-        bar.visible = True
 
 
 def _frame(data: Any, index: int) -> np.ndarray:
@@ -324,7 +318,7 @@ class ColumnsWidget(DockWidget):
                 contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT), opacity=0.8, **geo,
             )
             # the legend of the points and the map: LLR in nats per pixel, red real, blue spurious
-            _show_colorbar(lay)
+            show_colorbar(lay)
         lay.metadata["frame"] = res.frame
         real, spurious, undecided = res.counts()
         p = res.columns.params

@@ -17,6 +17,7 @@ from napari_sbd.widgets._layers import (
     dock_layout,
     image_layers,
     plane_geometry,
+    show_colorbar,
 )
 from napari_sbd.widgets._model import Failure, ModelPicker, wrap
 
@@ -141,9 +142,7 @@ class FilterWidget(DockWidget):
             translate=tuple(translate + np.array([r0, c0]) * scale), blending="translucent",
             metadata={"frame": frame, "pixel": pixel, "origin": (r0, c0)},
         )
-        from napari_sbd.widgets.columns import _show_colorbar
-
-        _show_colorbar(self.viewer.layers[FILTER_LAYER])  # the weights' scale, -lim to +lim
+        show_colorbar(self.viewer.layers[FILTER_LAYER])  # the weights' scale, -lim to +lim
         h, w = filt.shape
         corners = np.array([[r0, c0], [r0 + h, c0 + w]], dtype=float) - 0.5
         self.viewer.add_shapes(
