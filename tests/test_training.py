@@ -61,7 +61,12 @@ def test_tiny_run_logs_checkpoints_and_resumes(dataset, tmp_path):
     assert main([*args, "--epochs", "3"]) == 2
     assert main([*args, "--epochs", "3", "--resume"]) == 0
     with open(out / "log.csv") as fh:
-        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2", "3"]
+        rows = list(csv.DictReader(fh))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    # CPU seconds add up across the resume: the equal-budget axis of training_curves.py --x cpu
+    cpu = [float(r["cpu_seconds"]) for r in rows]
+    assert 0 < cpu[0] <= cpu[1] <= cpu[2]
+    assert torch.load(out / "state.pt", weights_only=True)["cpu_seconds"] == pytest.approx(cpu[2], abs=1)
 
 
 def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path):

@@ -5,7 +5,8 @@ Output folder layout (all written atomically)::
     OUT/best.pt     checkpoint of the best validation PSNR (napari-sbd format)
     OUT/last.pt     checkpoint after the last finished epoch
     OUT/state.pt    everything --resume needs (weights, optimiser, scheduler, counters)
-    OUT/log.csv     one row per epoch: loss, validation PSNR, lr, dead channels, time
+    OUT/log.csv     one row per epoch: loss, validation PSNR, lr, dead channels, wall seconds
+                    of the epoch, the run's CPU seconds so far (all threads, all sessions)
                     (and the PSNR of each validation band, for an envelope run)
     OUT/config.json the run's options; --resume refuses options that would change the run
 
@@ -72,7 +73,7 @@ __all__ = ["TrainConfig", "train"]
 
 LOG_FIELDS = [
     "epoch", "steps", "train_loss", "val_psnr", "best_val_psnr", "lr", "dead_fraction",
-    "epoch_seconds", "patches_seen",
+    "epoch_seconds", "patches_seen", "cpu_seconds",
 ]
 
 
@@ -383,6 +384,9 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start_epoch, best, bad_epochs, global_step, patches_seen = 0, -math.inf, 0, 0, 0
+    # CPU time of this process (all its threads) summed over every session of the run:
+    # the x-axis of equal-budget comparisons, fair even when the machine is shared
+    cpu_before = 0.0
     state_path = out / "state.pt"
     log_path = out / "log.csv"
     if cfg.resume and state_path.exists():
@@ -393,6 +397,7 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
         scaler.load_state_dict(st["scaler"])
         start_epoch, best, bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
         global_step, patches_seen = st["global_step"], st["patches_seen"]
+        cpu_before = float(st.get("cpu_seconds", math.nan))  # runs before the column: unknown
         if cfg.restart_lr > 0:  # warm restart: a fresh plateau schedule from a higher rate
             for g in opt.param_groups:
                 g["lr"] = cfg.restart_lr
@@ -425,7 +430,7 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
         envelope["dose_range"] = [float(v) for v in cfg.dose_range]
     if cfg.pixel_size_range_pm is not None:
         envelope["pixel_size_range_pm"] = [float(v) for v in cfg.pixel_size_range_pm]
-    t_start = time.monotonic()
+    t_start, cpu_start = time.monotonic(), time.process_time()
     stopped = "epochs"
     from tqdm import tqdm
 
@@ -485,7 +490,9 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
             save_checkpoint(out / "last.pt", model, validation_psnr=val_psnr, **ckpt_kw)
             if improved:
                 save_checkpoint(out / "best.pt", model, validation_psnr=val_psnr, **ckpt_kw)
+            cpu_seconds = cpu_before + time.process_time() - cpu_start
             state = {
+                "cpu_seconds": cpu_seconds,
                 "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs,
@@ -497,6 +504,7 @@ def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
                 "val_psnr": f"{val_psnr:.4f}", "best_val_psnr": f"{best:.4f}",
                 "lr": f"{opt.param_groups[0]['lr']:.3g}", "dead_fraction": f"{dead:.4f}",
                 "epoch_seconds": f"{time.monotonic() - t0:.1f}", "patches_seen": patches_seen,
+                "cpu_seconds": "" if math.isnan(cpu_seconds) else f"{cpu_seconds:.1f}",
             }
             if len(per_band) > 1:
                 row.update({f"val_{b}": f"{v:.4f}" for b, v in per_band.items()})
