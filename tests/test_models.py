@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from napari_sbd.core.models import (
+    ARCHITECTURES,
     BiasFreeUNet,
     DnCNN,
     SmallUNet,
@@ -33,7 +34,7 @@ def test_comparison_networks_match_the_papers():
     # ICLR Table 2: DnCNN 668K (41 px), small UNet 233K (45 px)
     assert abs(sum(p.numel() for p in DnCNN().parameters()) - 668_000) < 3_000
     assert sum(p.numel() for p in SmallUNet().parameters()) == 233_408
-    assert DnCNN().receptive_field() == 41
+    assert DnCNN().receptive_field == 41
 
 
 @pytest.mark.parametrize("net", [BiasFreeUNet(2, 4), DnCNN(4, 4), SmallUNet(4),
@@ -45,27 +46,38 @@ def test_no_additive_bias_anywhere(net):
 
 def test_receptive_field_of_the_papers_configurations():
     # "about 221 px" for 4 scales and "about 900 px" for 6 (the papers); ours is exact
-    assert 200 <= BiasFreeUNet(4, 8).receptive_field() <= 260
-    assert 850 <= BiasFreeUNet(6, 8).receptive_field() <= 1050
+    assert 200 <= BiasFreeUNet(4, 8).receptive_field <= 260
+    assert 850 <= BiasFreeUNet(6, 8).receptive_field <= 1050
     # more scales, larger field, for every depth the design asks for
-    fields = [BiasFreeUNet(s, 4).receptive_field() for s in range(2, 7)]
+    fields = [BiasFreeUNet(s, 4).receptive_field for s in range(2, 7)]
     assert fields == sorted(fields) and len(set(fields)) == 5
 
 
+# Small instances of every registered architecture (a new one must be added here to be tested).
+SMALL = {
+    "bf_unet": [dict(scales=3, base=4), dict(scales=2, base=4, unshuffle=2, centre_sigma=3.0)],
+    "dncnn": [dict(depth=5, width=4)],
+    "small_unet": [dict(width=4)],
+}
+
+
+def test_every_registered_architecture_is_tested():
+    assert set(SMALL) == set(ARCHITECTURES)
+
+
 @pytest.mark.parametrize(
-    "net",
-    [BiasFreeUNet(3, 4), BiasFreeUNet(2, 4, unshuffle=2, centre_sigma=3.0), DnCNN(5, 4),
-     SmallUNet(4)],
-    ids=["unet", "unet-unshuffle-centred", "dncnn", "small-unet"],
+    ("arch", "params"), [(a, p) for a, ps in SMALL.items() for p in ps],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}{w}" for k, w in v.items()),
 )
-def test_receptive_radius_bounds_the_true_dependency(net):
+def test_receptive_radius_bounds_the_true_dependency(arch, params):
+    net = build_model(arch, **params)
     torch.manual_seed(1)
     net = randomise_bn(net)
     # positive weights: no cancellation can hide a dependency
     for m in net.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
             torch.nn.init.uniform_(m.weight, 0.01, 0.1)
-    radius = net.receptive_radius()
+    radius = net.receptive_radius
     n = 2 * radius + 4 * net.size_multiple + 40
     n += (-n) % net.size_multiple
     x = (torch.rand(1, 1, n, n) + 0.1).requires_grad_(True)

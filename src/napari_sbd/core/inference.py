@@ -24,17 +24,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from napari_sbd.core.checkpoint import CheckpointError, load_checkpoint
 from napari_sbd.core.inputs import as_frame, check_stack_shape
-from napari_sbd.core.models import fold_batchnorm
+from napari_sbd.core.models import SBDNetwork, fold_batchnorm
 
 __all__ = [
+    "BUNDLED",
     "DEFAULT_TILE",
     "Denoiser",
     "DenoisingCancelled",
-    "BUNDLED",
     "available_devices",
     "bundled_model_path",
     "default_model_path",
@@ -108,7 +107,7 @@ BUNDLED = {
 
 
 def _wider_model_hint() -> str:
-    """'the bundled "envelope" model ... or ' when it is installed, else ''."""
+    """Return 'the bundled "envelope" model ... or ' when it is installed, else ''."""
     if bundled_model_path("envelope").exists():
         return "the bundled 'envelope' model (model='envelope', 0.1-5 counts/pixel, 4.8-10.5 pm) or "
     return ""
@@ -217,7 +216,7 @@ def dihedral_inverse(a: np.ndarray, k: int, flip: bool) -> np.ndarray:
 
 
 def architecture_text(arch: str, params: dict[str, Any]) -> str:
-    """A model's architecture in words, for people (not a Python dict)."""
+    """Return a model's architecture in words, for people (not a Python dict)."""
     if arch == "bf_unet":
         text = f"bias-free UNet, {params.get('scales', 4)} scales x {params.get('base', 32)} channels"
         u = int(params.get("unshuffle", 1) or 1)
@@ -234,7 +233,7 @@ class Denoiser:
 
     Parameters
     ----------
-    network : torch.nn.Module
+    network : SBDNetwork
         A network from :mod:`napari_sbd.core.models` (weights loaded).
     metadata : dict
         Its checkpoint metadata (dose, pixel size, ...).
@@ -249,24 +248,27 @@ class Denoiser:
 
     def __init__(
         self,
-        network: nn.Module,
+        network: SBDNetwork,
         metadata: dict[str, Any] | None = None,
         *,
         device: str | torch.device | None = "auto",
         fold: bool = True,
         channels_last: bool | None = None,
     ) -> None:
+        if not isinstance(network, SBDNetwork):
+            raise TypeError(f"Denoiser needs a napari-sbd network (an SBDNetwork from build_model or "
+                            f"load_checkpoint), got {type(network).__name__}")
         self.metadata: dict[str, Any] = dict(metadata or {})
         self.device = resolve_device(device)
         net = network.eval()
-        self.receptive_radius: int = int(net.receptive_radius())
-        self.size_multiple: int = int(net.size_multiple)
+        self.receptive_radius: int = net.receptive_radius
+        self.size_multiple: int = net.size_multiple
         if fold:
             net = fold_batchnorm(copy.deepcopy(net))
         self.channels_last = (self.device.type == "cpu") if channels_last is None else channels_last
         net = net.to(self.device)
         if self.channels_last:
-            net = net.to(memory_format=torch.channels_last)
+            net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         for p in net.parameters():
             p.requires_grad_(False)
         self.network = net
@@ -298,7 +300,7 @@ class Denoiser:
         r = self.pixel_size_range_pm
         if pixel_size_pm is None or r is None or not pixel_size_pm > 0 or pixel_size_pm >= r[0]:
             return 1
-        return int(math.ceil(r[0] / pixel_size_pm - 1e-9))
+        return math.ceil(r[0] / pixel_size_pm - 1e-9)
 
     @property
     def dose_range(self) -> tuple[float, float] | None:
@@ -432,7 +434,7 @@ class Denoiser:
     def tiles(
         self, padded_shape: tuple[int, int], tile_size: int | None = DEFAULT_TILE
     ) -> list[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
-        """The tiles :meth:`denoise_frame` runs on a padded frame of this shape.
+        """Return the tiles :meth:`denoise_frame` runs on a padded frame of this shape.
 
         Parameters
         ----------
@@ -502,7 +504,7 @@ class Denoiser:
         h, w = frame.shape
         e = EDGE_PAD
         x = torch.from_numpy(pad_frame(frame, self.size_multiple, e)).to(self.device)[None, None]
-        tiles = self.tiles(x.shape[-2:], tile_size)
+        tiles = self.tiles((x.shape[-2], x.shape[-1]), tile_size)
         if len(tiles) == 1:
             out = self._run(x)
         else:

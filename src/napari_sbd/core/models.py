@@ -7,15 +7,18 @@ exactly, f(y) = J(y) y, which is what makes the effective filter of
 :mod:`napari_sbd.core.jacobian` a complete explanation of each output pixel
 (Mohan et al., ICLR 2020).
 
-Each network knows its own receptive field (:meth:`receptive_radius`) and the
-multiple its input sides must have (:attr:`size_multiple`); tiled inference
-and the effective filter rely on both being exact.
+Every network is an :class:`SBDNetwork`: it knows its own receptive field
+(:attr:`~SBDNetwork.receptive_radius`) and the multiple its input sides must
+have (:attr:`~SBDNetwork.size_multiple`); tiled inference and the effective
+filter rely on both being exact. :data:`ARCHITECTURES` registers them by the
+name checkpoints store.
 """
 
 from __future__ import annotations
 
+import abc
 import math
-from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +29,7 @@ __all__ = [
     "BiasFreeBatchNorm2d",
     "BiasFreeUNet",
     "DnCNN",
+    "SBDNetwork",
     "SmallUNet",
     "build_model",
     "fold_batchnorm",
@@ -54,9 +58,11 @@ class BiasFreeBatchNorm2d(nn.Module):
         self.eps = eps
         self.momentum = momentum
         self.weight = nn.Parameter(torch.ones(channels))
+        self.running_var: torch.Tensor
         self.register_buffer("running_var", torch.ones(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Scale each channel (batch statistics in training, running ones in evaluation)."""
         if self.training:
             var = x.var(dim=(0, 2, 3), unbiased=False)
             with torch.no_grad():
@@ -69,6 +75,34 @@ class BiasFreeBatchNorm2d(nn.Module):
     def scale(self) -> torch.Tensor:
         """Return the evaluation-mode per-channel factor."""
         return self.weight / torch.sqrt(self.running_var + self.eps)
+
+
+class SBDNetwork(nn.Module, abc.ABC):
+    """What every denoising network of napari-sbd provides.
+
+    A bias-free map from a batch of count images (N, 1, H, W) to the denoised
+    batch of the same shape, with its geometry exact: tiled inference uses it
+    to choose tiles and margins, the effective filter to crop its window.
+    """
+
+    @property
+    @abc.abstractmethod
+    def size_multiple(self) -> int:
+        """Input sides must be multiples of this (pooling or stride grid)."""
+
+    @property
+    @abc.abstractmethod
+    def receptive_radius(self) -> int:
+        """Largest distance in pixels from an output pixel to an input it uses."""
+
+    @property
+    def receptive_field(self) -> int:
+        """Side in pixels of the receptive field (2 * radius + 1)."""
+        return 2 * self.receptive_radius + 1
+
+    @abc.abstractmethod
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        """Denoise a batch (N, 1, H, W) of counts; H and W multiples of :attr:`size_multiple`."""
 
 
 def _activation(name: str) -> nn.Module:
@@ -107,13 +141,13 @@ class _ConvBlock(nn.Sequential):
 
 def gaussian_kernel1d(sigma: float, truncate: float = 3.0) -> torch.Tensor:
     """Normalised 1-D Gaussian of standard deviation ``sigma`` pixels."""
-    radius = max(1, int(math.ceil(truncate * sigma)))
+    radius = max(1, math.ceil(truncate * sigma))
     x = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return (k / k.sum()).to(torch.float32)
 
 
-class BiasFreeUNet(nn.Module):
+class BiasFreeUNet(SBDNetwork):
     """The papers' bias-free UNet with a large receptive field.
 
     Encoder: a conv block, then ``scales`` times (2x2 max-pool, conv block);
@@ -197,6 +231,7 @@ class BiasFreeUNet(nn.Module):
                     nn.init.kaiming_normal_(m.weight, a=0.1 if activation == "leaky_relu" else 0.0)
             with torch.no_grad():  # start close to the identity path (small correction)
                 self.outc.weight.mul_(0.1)
+        self.centre_kernel: torch.Tensor | None
         if self.centre_sigma > 0:
             self.register_buffer("centre_kernel", gaussian_kernel1d(self.centre_sigma))
         else:
@@ -246,6 +281,7 @@ class BiasFreeUNet(nn.Module):
         r = self.centre_radius
         return lo - r, hi + r
 
+    @property
     def receptive_radius(self) -> int:
         """Largest distance in pixels from an output pixel to an input it uses."""
         m = self.size_multiple
@@ -254,12 +290,9 @@ class BiasFreeUNet(nn.Module):
             max(p - lo, hi - p) for p in range(m) for lo, hi in [self._input_interval(p)]
         )
 
-    def receptive_field(self) -> int:
-        """Side in pixels of the theoretical receptive field (2 * radius + 1)."""
-        return 2 * self.receptive_radius() + 1
-
     # -- forward ------------------------------------------------------------
     def _blur(self, y: torch.Tensor) -> torch.Tensor:
+        assert self.centre_kernel is not None
         k = self.centre_kernel.to(dtype=y.dtype)
         r = (k.numel() - 1) // 2
         y = F.pad(y, (r, r, r, r), mode="replicate")
@@ -286,7 +319,7 @@ class BiasFreeUNet(nn.Module):
         return x + smooth if smooth is not None else x
 
 
-class DnCNN(nn.Module):
+class DnCNN(SBDNetwork):
     """DnCNN (Zhang et al. 2017), bias-free: 3x3 convs, BN, ReLU, residual.
 
     Parameters
@@ -296,8 +329,6 @@ class DnCNN(nn.Module):
     width : int
         Channels of the hidden layers (64 in the papers).
     """
-
-    size_multiple = 1
 
     def __init__(self, depth: int = 20, width: int = 64) -> None:
         super().__init__()
@@ -317,20 +348,22 @@ class DnCNN(nn.Module):
         layers += [nn.ReplicationPad2d(1), nn.Conv2d(width, 1, 3, bias=False)]
         self.body = nn.Sequential(*layers)
 
-    def receptive_radius(self) -> int:
-        """One pixel per 3x3 layer."""
-        return self.depth
+    @property
+    def size_multiple(self) -> int:
+        """Any size: no pooling."""
+        return 1
 
-    def receptive_field(self) -> int:
-        """Side in pixels of the receptive field (41 for 20 layers)."""
-        return 2 * self.depth + 1
+    @property
+    def receptive_radius(self) -> int:
+        """One pixel per 3x3 layer (field 41 px for 20 layers)."""
+        return self.depth
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Residual learning: the body estimates the noise."""
         return y - self.body(y)
 
 
-class SmallUNet(nn.Module):
+class SmallUNet(SBDNetwork):
     """The small UNet of DURR (Zhang et al. 2018), bias-free, as in the ICLR paper C.3.
 
     Parameters
@@ -339,19 +372,13 @@ class SmallUNet(nn.Module):
         Channels of the first level (32 in the paper; 2x at the second).
     """
 
-    size_multiple = 2
-
     def __init__(self, width: int = 32) -> None:
         super().__init__()
         w, w2 = width, 2 * width
         self.width = width
 
         def conv(cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> nn.Module:
-            pad = dilation * (k - 1) // 2
-            return nn.Sequential(
-                nn.ReplicationPad2d(pad),
-                nn.Conv2d(cin, cout, k, stride=stride, dilation=dilation, bias=False),
-            )
+            return _PaddedConv(cin, cout, k, stride, dilation)
 
         act = nn.ReLU
         self.conv1 = nn.Sequential(conv(1, w, 5), act())
@@ -368,16 +395,18 @@ class SmallUNet(nn.Module):
         self.conv8 = nn.Sequential(conv(w2 + w, w, 3), BiasFreeBatchNorm2d(w), act())
         self.conv9 = conv(w, 1, 5)
 
+    @property
+    def size_multiple(self) -> int:
+        """Even sides: one stride-2 level."""
+        return 2
+
+    @property
     def receptive_radius(self) -> int:
         """Conservative bound in input pixels (field about 45-50 px)."""
         # 5x5 (2) + 3x3 (1) + strided 3x3 (1) + at half resolution 3x3 (1),
         # dilation 2 (2), dilation 4 (4), transposed 4x4 (1) -> 8 coarse = 16
         # fine + stride alignment (1), then 3x3 (1) and 5x5 (2).
         return 2 + 1 + 1 + 16 + 1 + 1 + 2
-
-    def receptive_field(self) -> int:
-        """Side in pixels of the receptive field bound."""
-        return 2 * self.receptive_radius() + 1
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Denoise a batch (N, 1, H, W) with even H and W."""
@@ -388,14 +417,31 @@ class SmallUNet(nn.Module):
         return self.conv9(x)
 
 
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+class _PaddedConv(nn.Sequential):
+    """Replication padding and a bias-free conv (SmallUNet's layers; BN folds into the conv)."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, dilation: int = 1) -> None:
+        super().__init__(
+            nn.ReplicationPad2d(dilation * (k - 1) // 2),
+            nn.Conv2d(cin, cout, k, stride=stride, dilation=dilation, bias=False),
+        )
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        """The convolution (a BN after it folds into its weights)."""
+        conv = self[1]
+        assert isinstance(conv, nn.Conv2d)
+        return conv
+
+
+ARCHITECTURES: dict[str, type[SBDNetwork]] = {
     "bf_unet": BiasFreeUNet,
     "dncnn": DnCNN,
     "small_unet": SmallUNet,
 }
 
 
-def build_model(architecture: str, **params: object) -> nn.Module:
+def build_model(architecture: str, **params: Any) -> SBDNetwork:
     """Instantiate a registered architecture by name.
 
     Parameters
@@ -407,7 +453,7 @@ def build_model(architecture: str, **params: object) -> nn.Module:
 
     Returns
     -------
-    torch.nn.Module
+    SBDNetwork
         The untrained network.
     """
     try:
@@ -418,7 +464,7 @@ def build_model(architecture: str, **params: object) -> nn.Module:
     return cls(**params)
 
 
-def fold_batchnorm(model: nn.Module) -> nn.Module:
+def fold_batchnorm(model: SBDNetwork) -> SBDNetwork:
     """Fold every evaluation-mode :class:`BiasFreeBatchNorm2d` into the conv before it.
 
     Works in place on a module that is already in eval mode and replaces each
@@ -427,12 +473,12 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     Parameters
     ----------
-    model : torch.nn.Module
+    model : SBDNetwork
         A network from this module, in eval mode.
 
     Returns
     -------
-    torch.nn.Module
+    SBDNetwork
         The same object, folded.
     """
     if model.training:
@@ -440,9 +486,10 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
 
     def visit(module: nn.Module) -> None:
         names = list(module._modules)
-        last_conv: nn.Module | None = None
+        last_conv: nn.Conv2d | nn.ConvTranspose2d | None = None
         for name in names:
             child = module._modules[name]
+            assert child is not None  # only registered submodules are listed
             if isinstance(child, (nn.Conv2d, nn.ConvTranspose2d)):
                 last_conv = child
             elif isinstance(child, BiasFreeBatchNorm2d) and last_conv is not None:
@@ -456,12 +503,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
                 last_conv = None
             elif isinstance(child, (nn.ReplicationPad2d,)):
                 continue
-            elif isinstance(child, nn.Sequential) and len(child) == 2 and isinstance(
-                child[1], nn.Conv2d
-            ):
-                # the padded conv wrappers of SmallUNet: fold into their conv
-                visit(child)
-                last_conv = child[1]
+            elif isinstance(child, _PaddedConv):  # a following BN folds into its conv
+                last_conv = child.conv
             else:
                 visit(child)
                 last_conv = None
