@@ -6,6 +6,7 @@ import csv
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from napari_sbd.core.checkpoint import load_checkpoint
 from napari_sbd.training.augment import Augmentation, max_patch_size, random_patch
 from napari_sbd.training.cli import main
 from napari_sbd.training.data import load_images, split_by_structure
+from napari_sbd.training.loop import Trainer, TrainingCallback
 
 TINY = ["--scales", "2", "--base", "4", "--patch", "48", "--batch", "2", "--steps-per-epoch",
         "3", "--val-crop", "64", "--quiet"]
@@ -54,7 +56,7 @@ def test_tiny_run_logs_checkpoints_and_resumes(dataset, tmp_path):
         rows = list(csv.DictReader(fh))
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert all(np.isfinite(float(r["val_psnr"])) for r in rows)
-    net, meta = load_checkpoint(out / "best.pt")
+    _net, meta = load_checkpoint(out / "best.pt")
     assert meta["dose"] == 0.45 and meta["pixel_size_pm"] == 6.1 and meta["contrast"] == "mixed"
     assert meta["validation_psnr"] == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-3)
     # a second run in the same folder must not overwrite it silently
@@ -307,3 +309,61 @@ def test_the_command_line_is_generated_from_the_config_declaration():
                                                  "--quiet", "--where", "a=b"]))
     assert parsed.dose_range == (0.1, 5.0) and parsed.pixel_size_range_pm == (5.0, 10.0)
     assert parsed.amp is False and parsed.progress is False and parsed.where == ["a=b"]
+
+
+class _Recorder(TrainingCallback):
+    """Keeps every report; fails or asks to stop at a given point."""
+
+    def __init__(self, fail_at: tuple[int, int] | None = None, stop_after: int | None = None):
+        self.reports, self.steps, self.epoch = [], 0, 0
+        self.fail_at, self.stop_after = fail_at, stop_after
+
+    def on_epoch_begin(self, trainer, epoch):
+        self.epoch = epoch
+
+    def on_step_end(self, trainer, step, loss):
+        self.steps += 1
+        assert np.isfinite(loss)
+        if self.fail_at == (self.epoch, step):
+            raise RuntimeError("injected failure")
+
+    def on_epoch_end(self, trainer, report):
+        self.reports.append(report)
+        if report.epoch == self.stop_after:
+            trainer.stop_requested = True
+
+
+def _config(dataset, out, **kw):
+    from napari_sbd.training.cli import build_parser
+    from napari_sbd.training.config import config_from_args
+
+    args = build_parser().parse_args([str(dataset), "--out", str(out), "--val-fraction", "0.25",
+                                      *TINY, "--epochs", "3", "--quiet"])
+    return replace(config_from_args(args), **kw)
+
+
+def test_callbacks_see_every_step_and_epoch_and_can_stop(dataset, tmp_path):
+    rec = _Recorder(stop_after=2)
+    summary = Trainer(_config(dataset, tmp_path / "run"), [rec]).fit()
+    assert summary["epochs"] == 2 and "callback" in summary["stopped"]
+    assert rec.steps == 2 * 3  # TINY: 3 steps per epoch
+    with open(tmp_path / "run" / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r.log_row()["val_psnr"] for r in rec.reports] == [r["val_psnr"] for r in rows]
+    assert rec.reports[-1].best_val_psnr == pytest.approx(summary["best_val_psnr"])
+
+
+def test_a_failure_mid_epoch_releases_the_lock_and_the_run_resumes_exactly(dataset, tmp_path):
+    from napari_sbd.training.loop import _lock_output
+
+    Trainer(_config(dataset, tmp_path / "ref")).fit()
+    out = tmp_path / "failed"
+    with pytest.raises(RuntimeError, match="injected"):
+        Trainer(_config(dataset, out), [_Recorder(fail_at=(2, 2))]).fit()
+    _lock_output(out).close()  # the failed run let go of the folder
+    with open(out / "log.csv") as fh:
+        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1"]  # epoch 2 was lost, not half-kept
+    Trainer(_config(dataset, out, resume=True)).fit()
+    a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["state_dict"]
+    b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

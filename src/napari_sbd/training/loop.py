@@ -42,7 +42,8 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +51,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from napari_sbd.core.checkpoint import atomic_write, save_checkpoint
+from napari_sbd.core.checkpoint import save_checkpoint
+from napari_sbd.core.files import atomic_write
 from napari_sbd.core.inference import resolve_device
 from napari_sbd.core.metrics import psnr
 from napari_sbd.core.models import build_model
+from napari_sbd.core.noise import poisson_noise
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.training.augment import (
     Augmentation,
@@ -69,7 +72,7 @@ from napari_sbd.training.data import (
     split_by_structure,
 )
 
-__all__ = ["TrainConfig", "train"]
+__all__ = ["ConsoleProgress", "EpochReport", "TrainConfig", "Trainer", "TrainingCallback", "train"]
 
 LOG_FIELDS = [
     "epoch", "steps", "train_loss", "val_psnr", "best_val_psnr", "lr", "dead_fraction",
@@ -133,6 +136,8 @@ def _load_state(path: Path, device: torch.device) -> dict[str, Any]:
 def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     """Start from a checkpoint's weights (same architecture and parameters)."""
     from napari_sbd.core.checkpoint import CheckpointError, read_checkpoint
+
+    assert cfg.init_from is not None
 
     try:
         payload = read_checkpoint(cfg.init_from)
@@ -212,13 +217,16 @@ class _DeadChannelMeter:
             h.remove()
 
 
-def _noisy(clean: np.ndarray, dose: float | None, vacuum: float, rng: np.random.Generator):
-    lam = clean if dose is None else clean * np.float32(dose / vacuum)
-    return rng.poisson(lam).astype(np.float32), lam.astype(np.float32)
+def _noisy(clean: np.ndarray, dose: float | None, vacuum: float,
+           rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return (noisy, expected counts) of a clean patch at ``dose`` (its own level when None)."""
+    # the expected counts in float32, as the network sees them; the draw is core.noise's
+    lam = (clean if dose is None else clean * np.float32(dose / vacuum)).astype(np.float32)
+    return poisson_noise(lam, rng=rng), lam
 
 
 def _draw_dose(cfg: TrainConfig, rng: np.random.Generator) -> float | None:
-    """The patch's vacuum dose: the fixed one, or log-uniform over the envelope."""
+    """Return the patch's vacuum dose: the fixed one, or log-uniform over the envelope."""
     if cfg.dose_range is None:
         return cfg.dose
     lo, hi = cfg.dose_range
@@ -226,7 +234,7 @@ def _draw_dose(cfg: TrainConfig, rng: np.random.Generator) -> float | None:
 
 
 def validation_bands(cfg: TrainConfig, data_pixel_pm: float) -> list[tuple[str, float | None, float]]:
-    """Validation conditions: (name, dose, pixel size pm).
+    """Return the validation conditions: (name, dose, pixel size pm).
 
     The nominal point alone for a single-point run; for an envelope run also
     each end of each range, the other quantity at its nominal value.
@@ -243,7 +251,7 @@ def validation_bands(cfg: TrainConfig, data_pixel_pm: float) -> list[tuple[str, 
 def _validation_set(
     val: list[TrainingImage], cfg: TrainConfig, multiple: int, data_pixel_pm: float
 ) -> list[tuple[str, np.ndarray, np.ndarray, float]]:
-    """Fixed centre crops with fixed noise per band: comparable from epoch to epoch.
+    """Build fixed centre crops with fixed noise per band: comparable from epoch to epoch.
 
     Each item is (band, noisy, clean, scale), with scale = nominal dose / dose:
     every band is scored in the papers' convention at the nominal dose (output
@@ -280,7 +288,7 @@ def _validate(model: nn.Module, vset, device: torch.device) -> tuple[float, floa
             den = model(x)[0, 0].float().cpu().numpy()
             if scale != 1.0:
                 clean, den = clean * np.float32(scale), den * np.float32(scale)
-            scores.setdefault(band, []).append(psnr(clean, den))
+            scores.setdefault(band, []).append(float(psnr(clean, den)))
     finally:
         meter.close()
     per_band = {b: float(np.mean(v)) for b, v in scores.items()}
@@ -303,233 +311,403 @@ def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Train a denoiser as configured; returns a summary dict.
+@dataclass
+class EpochReport:
+    """What one finished epoch measured (one row of log.csv)."""
+
+    epoch: int
+    steps: int
+    train_loss: float
+    val_psnr: float
+    best_val_psnr: float
+    improved: bool
+    lr: float
+    dead_fraction: float
+    epoch_seconds: float
+    patches_seen: int
+    cpu_seconds: float
+    bands: dict[str, float] = field(default_factory=dict)
+
+    def log_row(self) -> dict[str, Any]:
+        """Return the log.csv row (fixed-precision text, one column per validation band)."""
+        row: dict[str, Any] = {
+            "epoch": self.epoch, "steps": self.steps, "train_loss": f"{self.train_loss:.6g}",
+            "val_psnr": f"{self.val_psnr:.4f}", "best_val_psnr": f"{self.best_val_psnr:.4f}",
+            "lr": f"{self.lr:.3g}", "dead_fraction": f"{self.dead_fraction:.4f}",
+            "epoch_seconds": f"{self.epoch_seconds:.1f}", "patches_seen": self.patches_seen,
+            "cpu_seconds": "" if math.isnan(self.cpu_seconds) else f"{self.cpu_seconds:.1f}",
+        }
+        if len(self.bands) > 1:
+            row.update({f"val_{b}": f"{v:.4f}" for b, v in self.bands.items()})
+        return row
+
+
+class TrainingCallback:
+    """Watch a :class:`Trainer` (a progress bar, a widget, a notebook); every hook is optional.
+
+    Hooks run on the process that validates (rank 0 under torchrun, except
+    ``on_step_end``, which runs on every rank). Set ``trainer.stop_requested``
+    to end the run cleanly after the current epoch.
+    """
+
+    def on_train_begin(self, trainer: Trainer) -> None:
+        """Run once the model is built (and resumed), before the first epoch."""
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        """Run before the epoch's first step (``epoch`` counts from 1)."""
+
+    def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
+        """Run after each optimiser step (``step`` counts from 1 within the epoch)."""
+
+    def on_epoch_end(self, trainer: Trainer, report: EpochReport) -> None:
+        """Run after validation and saving, with what the epoch measured."""
+
+    def on_train_end(self, trainer: Trainer, summary: dict[str, Any]) -> None:
+        """Run after the last epoch (not when training fails)."""
+
+
+class ConsoleProgress(TrainingCallback):
+    """A tqdm bar per epoch and one line per finished epoch, on stderr."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+
+    def on_epoch_begin(self, trainer: Trainer, epoch: int) -> None:
+        """Open the epoch's bar."""
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=trainer.cfg.steps_per_epoch, desc=f"epoch {epoch}", leave=False,
+                         file=sys.stderr)
+
+    def on_step_end(self, trainer: Trainer, step: int, loss: float) -> None:
+        """Advance the bar, with the loss and the best validation PSNR so far."""
+        if self._bar is not None:
+            self._bar.update(1)
+            self._bar.set_postfix(loss=f"{loss:.2e}", best=f"{trainer.best:.2f} dB")
+
+    def on_epoch_end(self, trainer: Trainer, report: EpochReport) -> None:
+        """Close the bar and print the epoch's line."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        bands = ("  [" + " ".join(f"{b} {v:.2f}" for b, v in report.bands.items()) + "]"
+                 if len(report.bands) > 1 else "")
+        print(f"epoch {report.epoch}: loss {report.train_loss:.3e}  val {report.val_psnr:.2f} dB  "
+              f"best {report.best_val_psnr:.2f} dB  lr {report.lr:.2g}  dead {report.dead_fraction:.1%}"
+              + bands, file=sys.stderr)
+
+
+class Trainer:
+    """One training run: data and options checked at construction, then :meth:`fit`.
+
+    :meth:`fit` holds the output folder's lock (and, under torchrun, the
+    process group) in a :class:`contextlib.ExitStack`, so both are released
+    however the run ends: finished, stopped, interrupted or failed.
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+        The run's options.
+    callbacks : sequence of TrainingCallback, optional
+        Watchers of the run; a :class:`ConsoleProgress` is added when
+        ``cfg.progress`` is set.
+
+    Raises
+    ------
+    TrainingDataError
+        Bad data or options, before anything is written.
+    """
+
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[TrainingCallback] = ()) -> None:
+        self.cfg = cfg
+        self.rank, self.world = _dist()
+        self.out = Path(cfg.out)
+        if self.out.exists() and not self.out.is_dir():
+            raise TrainingDataError(f"--out {self.out} is a file, not a folder; choose a folder name")
+        self.images = load_images(cfg.data, cfg.where)
+        self.data_pixel = cfg.pixel_size_pm or _median_of(self.images, "pixel_size_pm",
+                                                          PAPERS_PIXEL_SIZE_PM)
+        if cfg.pixel_size_range_pm is not None:  # scale = output pixels per data pixel
+            lo, hi = cfg.pixel_size_range_pm
+            self.aug = Augmentation(cfg.max_angle, (self.data_pixel / hi, self.data_pixel / lo),
+                                    log_scale=True)
+        else:
+            self.aug = Augmentation(cfg.max_angle, (cfg.scale_min, cfg.scale_max))
+        _check_config(cfg, [im.image.shape for im in self.images], self.aug)
+        self.train_set, self.val_set = split_by_structure(self.images, cfg.val_fraction, cfg.seed)
+        if not self.val_set:
+            raise TrainingDataError("no validation images: early stopping needs --val-fraction > 0")
+        self.state_path = self.out / "state.pt"
+        self.log_path = self.out / "log.csv"
+        if self.rank == 0:
+            if cfg.resume and self.state_path.exists():
+                _check_resume_config(self.out, cfg)
+            elif self.state_path.exists():
+                raise TrainingDataError(
+                    f"{self.out} already holds a training run (state.pt); pass --resume to "
+                    "continue it or choose another --out"
+                )
+        self.device = resolve_device(cfg.device)
+        self.callbacks = list(callbacks)
+        if cfg.progress and self.rank == 0:
+            self.callbacks.append(ConsoleProgress())
+        self.stop_requested = False
+        # filled by _build() inside fit()
+        self.model: Any = None
+        self.best = -math.inf
+        self.epoch = 0  # epochs finished
+
+    # -- the run ---------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train until the epochs, early stopping, the time limit or a callback end it.
+
+        Returns
+        -------
+        dict
+            ``best_val_psnr``, ``epochs`` (rows in log.csv), ``stopped`` (reason), ``out``.
+        """
+        with contextlib.ExitStack() as stack:
+            if self.world > 1:
+                import torch.distributed as dist
+
+                if self.device.type == "cuda":
+                    self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                    torch.cuda.set_device(self.device)
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+                stack.callback(dist.destroy_process_group)
+            if self.rank == 0:
+                stack.enter_context(_lock_output(self.out))
+                if not (self.out / "config.json").exists():
+                    record = _config_record(self.cfg)
+                    atomic_write(self.out / "config.json",
+                                 lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+            return self._run()
+
+    def _build(self) -> None:
+        cfg, device = self.cfg, self.device
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.arch, **cfg.model_params()).to(device)
+        # channels-last convolutions are the fast layout for tensor cores (AMP on CUDA)
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.model = model.to(memory_format=self.memory_format)  # type: ignore[call-overload]
+        self.vset = _validation_set(self.val_set, cfg, self.model.size_multiple, self.data_pixel)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.sched = self._plateau_schedule()
+        self.use_amp = cfg.amp and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.bad_epochs, self.global_step, self.patches_seen = 0, 0, 0
+        # CPU time of this process (all its threads) summed over every session of the run:
+        # the x-axis of equal-budget comparisons, fair even when the machine is shared
+        self.cpu_before = 0.0
+        if cfg.resume and self.state_path.exists():
+            self._resume()
+        elif cfg.init_from:
+            _init_weights(self.model, cfg)
+        self.log_rows = _read_log(self.log_path, self.epoch) if self.rank == 0 else []
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        meta: dict[str, Any] = {
+            "dose": cfg.dose if cfg.dose is not None
+            else float(np.median([im.vacuum_level for im in self.images])),
+            "pixel_size_pm": self.data_pixel,
+            "contrast": cfg.contrast or _common(self.images, "contrast", "unknown"),
+            "training_data": f"{len(self.train_set)} images of "
+            f"{len({i.structure for i in self.train_set})} structures from {cfg.data} "
+            f"(filters: {cfg.where or 'none'})",
+        }
+        envelope: dict[str, Any] = {}
+        if cfg.dose_range is not None:
+            envelope["dose_range"] = [float(v) for v in cfg.dose_range]
+        if cfg.pixel_size_range_pm is not None:
+            envelope["pixel_size_range_pm"] = [float(v) for v in cfg.pixel_size_range_pm]
+        self._meta, self._envelope = meta, envelope
+
+    def _plateau_schedule(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.opt, mode="max", factor=0.5, patience=self.cfg.lr_patience, min_lr=self.cfg.min_lr
+        )
+
+    def _resume(self) -> None:
+        cfg = self.cfg
+        st = _load_state(self.state_path, self.device)
+        self.model.load_state_dict(st["model"])
+        self.opt.load_state_dict(st["optimizer"])
+        self.sched.load_state_dict(st["scheduler"])
+        self.scaler.load_state_dict(st["scaler"])
+        self.epoch, self.best, self.bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
+        self.global_step, self.patches_seen = st["global_step"], st["patches_seen"]
+        self.cpu_before = float(st.get("cpu_seconds", math.nan))  # runs before the column: unknown
+        if cfg.restart_lr > 0:  # warm restart: a fresh plateau schedule from a higher rate
+            for g in self.opt.param_groups:
+                g["lr"] = cfg.restart_lr
+            self.sched = self._plateau_schedule()
+            self.sched.best = self.best
+            self.bad_epochs = 0
+        if self.rank == 0:
+            print(f"resuming {self.out} after epoch {self.epoch} (best {self.best:.2f} dB"
+                  + (f"; lr restarted at {cfg.restart_lr:g}" if cfg.restart_lr > 0 else "") + ")",
+                  file=sys.stderr)
+
+    def _run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._build()
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        t_start, self._cpu_start = time.monotonic(), time.process_time()
+        stopped = "epochs"
+        while self.epoch < cfg.epochs:
+            t0 = time.monotonic()
+            for cb in self.callbacks:
+                cb.on_epoch_begin(self, self.epoch + 1)
+            loss = self.train_epoch()
+            stop_now = False
+            if self.rank == 0:
+                val_psnr, dead, per_band = self.validate()
+                report = self._finish_epoch(loss, val_psnr, dead, per_band, time.monotonic() - t0)
+                self.save(report)
+                for cb in self.callbacks:
+                    cb.on_epoch_end(self, report)
+                if self.bad_epochs >= cfg.early_stop:
+                    stopped, stop_now = "early stopping", True
+                elif cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes:
+                    stopped, stop_now = "time limit (resume with --resume)", True
+                elif self.stop_requested:
+                    stopped, stop_now = "stopped by a callback (resume with --resume)", True
+            if self.world > 1:
+                import torch.distributed as dist
+
+                flag = torch.tensor([1.0 if stop_now else 0.0], device=self.device)
+                dist.broadcast(flag, 0)
+                stop_now = bool(flag.item())
+            if stop_now:
+                break
+        summary = {"best_val_psnr": self.best, "stopped": stopped, "out": str(self.out),
+                   "epochs": len(self.log_rows) if self.rank == 0 else None}
+        for cb in self.callbacks:
+            cb.on_train_end(self, summary)
+        return summary
+
+    # -- one epoch ---------------------------------------------------------------
+    def train_epoch(self) -> float:
+        """Run one epoch of optimiser steps on fresh random patches; return the mean loss.
+
+        The epoch's patches and noise come from a generator seeded by (seed,
+        epoch, rank): a resumed run repeats what an uninterrupted one would do.
+        """
+        cfg, device, fmt = self.cfg, self.device, self.memory_format
+        rng = np.random.default_rng([cfg.seed, self.epoch, self.rank])
+        self.net.train()
+        losses = []
+        for step in range(1, cfg.steps_per_epoch + 1):
+            if cfg.warmup_steps and self.global_step < cfg.warmup_steps:
+                for g in self.opt.param_groups:
+                    g["lr"] = cfg.lr * (self.global_step + 1) / cfg.warmup_steps
+            noisy, clean, weight = [], [], []
+            for _b in range(cfg.batch):
+                im = self.train_set[rng.integers(len(self.train_set))]
+                patch = random_patch(im.image, cfg.patch, rng, self.aug)
+                dose = _draw_dose(cfg, rng)
+                n, c = _noisy(patch, dose, im.vacuum_level, rng)
+                noisy.append(n)
+                clean.append(c)
+                weight.append(1.0 if dose is None or cfg.dose is None else math.sqrt(cfg.dose / dose))
+            x = torch.from_numpy(np.stack(noisy)[:, None]).to(device, memory_format=fmt)
+            y = torch.from_numpy(np.stack(clean)[:, None]).to(device, memory_format=fmt)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=self.use_amp):
+                residual = self.net(x).float() - y
+                if cfg.dose_range is not None:  # equal shares per dose (module docstring)
+                    residual = residual * torch.tensor(weight, device=device).view(-1, 1, 1, 1)
+                loss = torch.mean(residual**2)
+            self.opt.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.clip_grad > 0:
+                self.scaler.unscale_(self.opt)
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.global_step += 1
+            self.patches_seen += cfg.batch * self.world
+            losses.append(float(loss.detach()))
+            for cb in self.callbacks:
+                cb.on_step_end(self, step, losses[-1])
+        self.epoch += 1
+        return float(np.mean(losses))
+
+    def validate(self) -> tuple[float, float, dict[str, float]]:
+        """Score the fixed validation crops.
+
+        Returns
+        -------
+        tuple
+            Mean PSNR over the bands (dB), fraction of dead activation
+            channels, PSNR per band.
+        """
+        return _validate(self.model, self.vset, self.device)
+
+    def _finish_epoch(self, loss: float, val_psnr: float, dead: float, per_band: dict[str, float],
+                      seconds: float) -> EpochReport:
+        improved = val_psnr > self.best
+        if improved:
+            self.best, self.bad_epochs = val_psnr, 0
+        else:
+            self.bad_epochs += 1
+        if not (self.cfg.warmup_steps and self.global_step < self.cfg.warmup_steps):
+            self.sched.step(val_psnr)
+        return EpochReport(
+            epoch=self.epoch, steps=self.global_step, train_loss=loss, val_psnr=val_psnr,
+            best_val_psnr=self.best, improved=improved, lr=float(self.opt.param_groups[0]["lr"]),
+            dead_fraction=dead, epoch_seconds=seconds, patches_seen=self.patches_seen,
+            cpu_seconds=self.cpu_before + time.process_time() - self._cpu_start, bands=per_band,
+        )
+
+    def save(self, report: EpochReport) -> None:
+        """Write last.pt (and best.pt when improved), the resume state and the log row."""
+        cfg = self.cfg
+        ckpt_kw = dict(architecture=cfg.arch, params=cfg.model_params(), **self._meta,
+                       extra={"epoch": report.epoch, "patches_seen": report.patches_seen,
+                              **self._envelope,
+                              **({"validation_bands": report.bands} if len(report.bands) > 1 else {}),
+                              "train_config": _plain(asdict(cfg))})
+        save_checkpoint(self.out / "last.pt", self.model, validation_psnr=report.val_psnr, **ckpt_kw)
+        if report.improved:
+            save_checkpoint(self.out / "best.pt", self.model, validation_psnr=report.val_psnr,
+                            **ckpt_kw)
+        state = {
+            "cpu_seconds": report.cpu_seconds,
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": report.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
+            "global_step": self.global_step, "patches_seen": self.patches_seen,
+        }
+        atomic_write(self.state_path, lambda tmp: torch.save(state, tmp))
+        self.log_rows.append(report.log_row())
+        _write_log(self.log_path, self.log_rows)
+
+
+def train(cfg: TrainConfig, callbacks: Sequence[TrainingCallback] = ()) -> dict[str, Any]:
+    """Train a denoiser as configured (``Trainer(cfg, callbacks).fit()``).
 
     Parameters
     ----------
     cfg : TrainConfig
         The configuration.
+    callbacks : sequence of TrainingCallback, optional
+        Watchers of the run (see :class:`TrainingCallback`).
 
     Returns
     -------
     dict
-        ``best_val_psnr``, ``epochs``, ``stopped`` (reason) and the paths written.
+        ``best_val_psnr``, ``epochs``, ``stopped`` (reason) and the output folder.
 
     Raises
     ------
     TrainingDataError
         Bad data or options, before any training starts.
     """
-    rank, world = _dist()
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise TrainingDataError(f"--out {out} is a file, not a folder; choose a folder name")
-    images = load_images(cfg.data, cfg.where)
-    data_pixel = cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", PAPERS_PIXEL_SIZE_PM)
-    if cfg.pixel_size_range_pm is not None:  # scale = output pixels per data pixel
-        lo, hi = cfg.pixel_size_range_pm
-        aug = Augmentation(cfg.max_angle, (data_pixel / hi, data_pixel / lo), log_scale=True)
-    else:
-        aug = Augmentation(cfg.max_angle, (cfg.scale_min, cfg.scale_max))
-    _check_config(cfg, [im.image.shape for im in images], aug)
-    train_set, val_set = split_by_structure(images, cfg.val_fraction, cfg.seed)
-    if not val_set:
-        raise TrainingDataError("no validation images: early stopping needs --val-fraction > 0")
-    state_path = out / "state.pt"
-    if rank == 0:
-        if cfg.resume and state_path.exists():
-            _check_resume_config(out, cfg)
-        elif state_path.exists():
-            raise TrainingDataError(
-                f"{out} already holds a training run (state.pt); pass --resume to continue it or "
-                "choose another --out"
-            )
-    device = resolve_device(cfg.device)
-    with contextlib.ExitStack() as stack:
-        if world > 1:
-            import torch.distributed as dist
-
-            if device.type == "cuda":
-                local = int(os.environ.get("LOCAL_RANK", "0"))
-                device = torch.device("cuda", local)
-                torch.cuda.set_device(device)
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-            stack.callback(dist.destroy_process_group)
-        if rank == 0:
-            stack.enter_context(_lock_output(out))
-            if not (out / "config.json").exists():
-                record = _config_record(cfg)
-                atomic_write(out / "config.json",
-                             lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
-        summary = _train_loop(cfg, out, images, train_set, val_set, aug, data_pixel, device, rank,
-                              world)
-    return summary
-
-
-def _train_loop(cfg: TrainConfig, out: Path, images: list[TrainingImage],
-                train_set: list[TrainingImage], val_set: list[TrainingImage], aug: Augmentation,
-                data_pixel: float, device: torch.device, rank: int, world: int) -> dict[str, Any]:
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.arch, **cfg.model_params()).to(device)
-    # channels-last convolutions are the fast layout for tensor cores (AMP on CUDA)
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    multiple = model.size_multiple
-    vset = _validation_set(val_set, cfg, multiple, data_pixel)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        opt, mode="max", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr
-    )
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    start_epoch, best, bad_epochs, global_step, patches_seen = 0, -math.inf, 0, 0, 0
-    # CPU time of this process (all its threads) summed over every session of the run:
-    # the x-axis of equal-budget comparisons, fair even when the machine is shared
-    cpu_before = 0.0
-    state_path = out / "state.pt"
-    log_path = out / "log.csv"
-    if cfg.resume and state_path.exists():
-        st = _load_state(state_path, device)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        scaler.load_state_dict(st["scaler"])
-        start_epoch, best, bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
-        global_step, patches_seen = st["global_step"], st["patches_seen"]
-        cpu_before = float(st.get("cpu_seconds", math.nan))  # runs before the column: unknown
-        if cfg.restart_lr > 0:  # warm restart: a fresh plateau schedule from a higher rate
-            for g in opt.param_groups:
-                g["lr"] = cfg.restart_lr
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="max", factor=0.5, patience=cfg.lr_patience, min_lr=cfg.min_lr
-            )
-            sched.best = best
-            bad_epochs = 0
-        if rank == 0:
-            print(f"resuming {out} after epoch {start_epoch} (best {best:.2f} dB"
-                  + (f"; lr restarted at {cfg.restart_lr:g}" if cfg.restart_lr > 0 else "") + ")",
-                  file=sys.stderr)
-    elif cfg.init_from:
-        _init_weights(model, cfg)
-    log_rows = _read_log(log_path, start_epoch) if rank == 0 else []
-    net: nn.Module = model
-    if world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    meta: dict[str, Any] = {
-        "dose": cfg.dose if cfg.dose is not None else float(np.median([im.vacuum_level for im in images])),
-        "pixel_size_pm": data_pixel,
-        "contrast": cfg.contrast or _common(images, "contrast", "unknown"),
-        "training_data": f"{len(train_set)} images of {len({i.structure for i in train_set})} "
-        f"structures from {cfg.data} (filters: {cfg.where or 'none'})",
-    }
-    envelope: dict[str, Any] = {}
-    if cfg.dose_range is not None:
-        envelope["dose_range"] = [float(v) for v in cfg.dose_range]
-    if cfg.pixel_size_range_pm is not None:
-        envelope["pixel_size_range_pm"] = [float(v) for v in cfg.pixel_size_range_pm]
-    t_start, cpu_start = time.monotonic(), time.process_time()
-    stopped = "epochs"
-    from tqdm import tqdm
-
-    for epoch in range(start_epoch, cfg.epochs):
-        rng = np.random.default_rng([cfg.seed, epoch, rank])
-        net.train()
-        t0 = time.monotonic()
-        losses = []
-        bar = tqdm(range(cfg.steps_per_epoch), desc=f"epoch {epoch + 1}", leave=False,
-                   disable=not cfg.progress or rank != 0, file=sys.stderr)
-        for _ in bar:
-            if cfg.warmup_steps and global_step < cfg.warmup_steps:
-                for g in opt.param_groups:
-                    g["lr"] = cfg.lr * (global_step + 1) / cfg.warmup_steps
-            noisy, clean, weight = [], [], []
-            for _b in range(cfg.batch):
-                im = train_set[rng.integers(len(train_set))]
-                patch = random_patch(im.image, cfg.patch, rng, aug)
-                dose = _draw_dose(cfg, rng)
-                n, c = _noisy(patch, dose, im.vacuum_level, rng)
-                noisy.append(n)
-                clean.append(c)
-                weight.append(1.0 if cfg.dose_range is None else math.sqrt(cfg.dose / dose))
-            x = torch.from_numpy(np.stack(noisy)[:, None]).to(device, memory_format=memory_format)
-            y = torch.from_numpy(np.stack(clean)[:, None]).to(device, memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                residual = net(x).float() - y
-                if cfg.dose_range is not None:  # equal shares per dose (module docstring)
-                    residual = residual * torch.tensor(weight, device=device).view(-1, 1, 1, 1)
-                loss = torch.mean(residual**2)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.clip_grad > 0:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            global_step += 1
-            patches_seen += cfg.batch * world
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.2e}", best=f"{best:.2f} dB")
-        stop_now = False
-        if rank == 0:
-            val_psnr, dead, per_band = _validate(model, vset, device)
-            improved = val_psnr > best
-            if improved:
-                best, bad_epochs = val_psnr, 0
-            else:
-                bad_epochs += 1
-            if not (cfg.warmup_steps and global_step < cfg.warmup_steps):
-                sched.step(val_psnr)
-            ckpt_kw = dict(architecture=cfg.arch, params=cfg.model_params(), **meta,
-                           extra={"epoch": epoch + 1, "patches_seen": patches_seen,
-                                  **envelope,
-                                  **({"validation_bands": per_band} if len(per_band) > 1 else {}),
-                                  "train_config": _plain(asdict(cfg))})
-            save_checkpoint(out / "last.pt", model, validation_psnr=val_psnr, **ckpt_kw)
-            if improved:
-                save_checkpoint(out / "best.pt", model, validation_psnr=val_psnr, **ckpt_kw)
-            cpu_seconds = cpu_before + time.process_time() - cpu_start
-            state = {
-                "cpu_seconds": cpu_seconds,
-                "model": model.state_dict(), "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch + 1, "best": best, "bad_epochs": bad_epochs,
-                "global_step": global_step, "patches_seen": patches_seen,
-            }
-            atomic_write(state_path, lambda tmp, st=state: torch.save(st, tmp))
-            row: dict[str, Any] = {
-                "epoch": epoch + 1, "steps": global_step, "train_loss": f"{np.mean(losses):.6g}",
-                "val_psnr": f"{val_psnr:.4f}", "best_val_psnr": f"{best:.4f}",
-                "lr": f"{opt.param_groups[0]['lr']:.3g}", "dead_fraction": f"{dead:.4f}",
-                "epoch_seconds": f"{time.monotonic() - t0:.1f}", "patches_seen": patches_seen,
-                "cpu_seconds": "" if math.isnan(cpu_seconds) else f"{cpu_seconds:.1f}",
-            }
-            if len(per_band) > 1:
-                row.update({f"val_{b}": f"{v:.4f}" for b, v in per_band.items()})
-            log_rows.append(row)
-            _write_log(log_path, log_rows)
-            if cfg.progress:
-                bands = ("  [" + " ".join(f"{b} {v:.2f}" for b, v in per_band.items()) + "]"
-                         if len(per_band) > 1 else "")
-                print(f"epoch {epoch + 1}: loss {np.mean(losses):.3e}  val {val_psnr:.2f} dB  "
-                      f"best {best:.2f} dB  lr {opt.param_groups[0]['lr']:.2g}  dead {dead:.1%}"
-                      + bands, file=sys.stderr)
-            if bad_epochs >= cfg.early_stop:
-                stopped, stop_now = "early stopping", True
-            elif cfg.max_minutes and (time.monotonic() - t_start) / 60 >= cfg.max_minutes:
-                stopped, stop_now = "time limit (resume with --resume)", True
-        if world > 1:
-            import torch.distributed as dist
-
-            flag = torch.tensor([1.0 if stop_now else 0.0], device=device)
-            dist.broadcast(flag, 0)
-            stop_now = bool(flag.item())
-        if stop_now:
-            break
-    return {"best_val_psnr": best, "stopped": stopped, "out": str(out),
-            "epochs": len(log_rows) if rank == 0 else None}
+    return Trainer(cfg, callbacks).fit()
 
 
 def _lock_output(out: Path):
@@ -556,15 +734,13 @@ def _lock_output(out: Path):
 def _median_of(images: list[TrainingImage], key: str, default: float) -> float:
     values = []
     for im in images:
-        try:
+        with contextlib.suppress(KeyError, TypeError, ValueError):  # absent or not a number
             values.append(float(im.record[key]))
-        except (KeyError, TypeError, ValueError):
-            pass
     return float(np.median(values)) if values else default
 
 
 def _common(images: list[TrainingImage], key: str, default: Any) -> Any:
-    values = {im.record.get(key) for im in images if im.record.get(key)}
+    values = {str(im.record[key]) for im in images if im.record.get(key)}
     if len(values) == 1:
         v = values.pop()
         try:
