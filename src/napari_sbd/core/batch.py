@@ -29,20 +29,20 @@ deleted. Anything else at the output path is refused.
 from __future__ import annotations
 
 import contextlib
-import csv
 import hashlib
 import io
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from napari_sbd.core.checkpoint import atomic_write
+from napari_sbd.core.analysis import analyse_frame, write_columns_csv
+from napari_sbd.core.files import atomic_write
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
 from napari_sbd.core.inputs import InputError, as_frame, calibrated, check_stack_shape
 from napari_sbd.core.likelihood import TABLE_FIELDS
@@ -100,7 +100,7 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
               calibration: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
     st = input_path.stat()
     # options added later are recorded only when set: older stores stay resumable
-    later = {"ensemble": True} if ensemble else {}
+    later: dict[str, Any] = {"ensemble": True} if ensemble else {}
     if tuple(calibration) != (0.0, 1.0):
         later["calibration"] = [float(v) for v in calibration]
     model_path = Path(model.metadata.get("path", ""))
@@ -192,7 +192,6 @@ def denoise_movie(
     BatchResult
         Counts of frames done, skipped, and whether the store is complete.
     """
-
     input_path = Path(input_path)
     out = Path(output)
     data, pixel_size = open_movie(input_path)
@@ -232,7 +231,7 @@ def denoise_movie(
     warnings: list[str] = [
         f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)
     ]
-    done_now = 0
+    done_now, llr_warned = 0, False
     arr = group["denoised"]
     lmap_arr = group["llr_map"] if likelihood else None
     # the first run's thread count, for this job only: CPU convolutions sum in a
@@ -242,17 +241,22 @@ def denoise_movie(
         skipped = len(todo) - len(pending)
         if progress is not None and skipped:
             progress(skipped, len(todo))
-        frames = den.iter_denoise(data, indices=pending, tile_size=tile_size,
-                                  pixel_size_pm=pixel_size, ensemble=ensemble)
-        for i, result in frames:
+        results = den.iter_denoise(data, indices=pending, tile_size=tile_size,
+                                   pixel_size_pm=pixel_size, ensemble=ensemble)
+        for i, result in results:
             arr[i] = result
             if columns:
                 frame = as_frame(data[i], index=i, model_dose=den.max_dose)
-                rows, lmap = _analyse(frame, result, i, pixel_size or den.metadata.get("pixel_size_pm"),
-                                      vacuum_level, warnings)
+                px = float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM)
+                found = analyse_frame(frame, result, px, frame=i, vacuum_level=vacuum_level,
+                                      strict=False)
+                if found.llr_error and not llr_warned:  # once: every frame has the same cause
+                    warnings.append(f"frame {i}: LLRs left empty: {found.llr_error}")
+                    llr_warned = True
                 if lmap_arr is not None:
-                    lmap_arr[i] = lmap
-                _write_rows(cols_dir / f"{i:06d}.csv", rows)
+                    lmap_arr[i] = found.map
+                # the same table as the dock's export
+                write_columns_csv(cols_dir / f"{i:06d}.csv", found.table())
             (done_dir / f"{i:06d}").touch()  # after the frame's chunks: a kill redoes it
             done_now += 1
             if progress is not None:
@@ -267,7 +271,7 @@ def denoise_movie(
     return BatchResult(out, n, done_now, skipped, complete, warnings, dose_est)
 
 
-def replaceable_store(out: Path, protected: list[Path] = ()) -> str | None:
+def replaceable_store(out: Path, protected: Sequence[Path] = ()) -> str | None:
     """Why ``out`` may not be replaced by ``--overwrite``; None when it may.
 
     Only a store this module wrote is ours to delete: a folder with the
@@ -300,7 +304,7 @@ def replaceable_store(out: Path, protected: list[Path] = ()) -> str | None:
 
 def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | None, command: str,
                     overwrite: bool, likelihood: bool, shape: tuple[int, int, int],
-                    protected: list[Path] = ()):
+                    protected: Sequence[Path] = ()):
     """Open the store of this job (resume) or create it, atomically.
 
     The new store is built in a temporary sibling folder and renamed into
@@ -329,7 +333,7 @@ def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | N
     tmp = out.with_name(f".{out.name}.creating-{os.getpid()}")
     try:
         group = zarr.open_group(str(tmp), mode="w")
-        n, h, w = shape
+        _n, h, w = shape
         group.create_array("denoised", shape=shape, chunks=(1, h, w), dtype="float32",
                            fill_value=np.nan)
         if likelihood:
@@ -376,13 +380,14 @@ def _job_of(out: Path) -> dict | None:
     import zarr
 
     try:
-        return dict(zarr.open_group(str(out), mode="r").attrs.get("napari_sbd", {})) or None
+        job = zarr.open_group(str(out), mode="r").attrs.get("napari_sbd")
+        return dict(job) if isinstance(job, dict) and job else None
     except Exception:  # noqa: BLE001 - not a zarr store at all
         return None
 
 
 def _resumable(out: Path, ident: dict):
-    """The store at ``out`` opened for writing if it holds this very job, else None."""
+    """Return the store at ``out`` opened for writing if it holds this very job, else None."""
     import zarr
 
     previous = _job_of(out)
@@ -403,35 +408,6 @@ def _torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def _analyse(raw: np.ndarray, den: np.ndarray, index: int, pixel_size: float | None,
-             vacuum_level: float | None, warnings: list[str]):
-    from napari_sbd.core.columns import detect_columns
-    from napari_sbd.core.likelihood import (
-        column_log_likelihood_ratios,
-        columns_table,
-        likelihood_map,
-    )
-
-    px = float(pixel_size or PAPERS_PIXEL_SIZE_PM)
-    cols = detect_columns(den, px)
-    try:
-        llr = column_log_likelihood_ratios(raw, den, cols, vacuum_level, pixel_size_pm=px)
-    except ValueError as exc:  # no vacuum in this frame, or raw data not counts
-        if not warnings:
-            warnings.append(f"frame {index}: LLRs left empty: {exc}")
-        llr = np.full(len(cols), np.nan)
-    rows = columns_table(cols, llr, index, px)
-    return rows, likelihood_map(den.shape, cols, llr, pixel_size_pm=px)
-
-
-def _write_rows(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=TABLE_FIELDS)  # the same table as the dock's export
-    wr.writeheader()
-    wr.writerows(rows)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
 
 
 def _merge_columns(folder: Path, target: Path, n: int) -> None:

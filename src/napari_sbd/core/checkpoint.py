@@ -25,17 +25,17 @@ import datetime as _dt
 import hashlib
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from napari_sbd.core.models import ARCHITECTURES, build_model
+from napari_sbd.core.files import atomic_write
+from napari_sbd.core.models import ARCHITECTURES, SBDNetwork, build_model
+from napari_sbd.core.noise import poisson_noise
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -78,44 +78,6 @@ def _package_version() -> str:
         return version("napari-sbd")
     except Exception:  # noqa: BLE001 - running from a source tree
         return "unknown"
-
-
-def atomic_write(path: str | os.PathLike, write: Any) -> Path:
-    """Write a file atomically: ``write(tmp_path)``, fsync, then rename over ``path``.
-
-    A reader never sees a half-written file, and an interrupted write leaves
-    the previous file (if any) intact.
-
-    Parameters
-    ----------
-    path : path-like
-        Destination.
-    write : callable
-        Called with the temporary path (same directory) to produce the file.
-
-    Returns
-    -------
-    pathlib.Path
-        The destination.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        # mkstemp makes the file private (0600); give it the usual permissions
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_checkpoint(
@@ -266,7 +228,7 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return payload
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[SBDNetwork, dict[str, Any]]:
     """Build the network stored in ``path`` and load its weights.
 
     Parameters
@@ -276,7 +238,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
 
     Returns
     -------
-    network : torch.nn.Module
+    network : SBDNetwork
         The network on the CPU, in eval mode.
     metadata : dict
         Its metadata.
@@ -324,7 +286,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]
     return net, dict(meta)
 
 
-def _probe(net: nn.Module, path: str | os.PathLike) -> None:
+def _probe(net: SBDNetwork, path: str | os.PathLike) -> None:
     """Run the network once on a fixed noisy frame; refuse output no denoiser gives.
 
     The probe is a Poisson draw (fixed seed) of a small synthetic particle at
@@ -339,7 +301,7 @@ def _probe(net: nn.Module, path: str | os.PathLike) -> None:
     side = max(64, -(-64 // m) * m)
     clean = pt_on_ceo2_phantom((side, side), particle_radius_a=5, seed=0).image
 
-    x = np.random.default_rng(20211431).poisson(clean).astype(np.float32)
+    x = poisson_noise(clean, rng=20211431)
     with torch.no_grad():
         y = net(torch.from_numpy(x)[None, None]).float()
     if not bool(torch.isfinite(y).all()):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,16 +10,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
-from napari_sbd.core.columns import Columns, detect_columns
-from napari_sbd.core.likelihood import (
-    LLR_REAL,
-    LLR_SPURIOUS,
-    TABLE_FIELDS,
-    column_log_likelihood_ratios,
-    columns_table,
-    likelihood_map,
-    llr_classes,
-)
+from napari_sbd.core.analysis import FrameAnalysis, analyse_frame, write_columns_csv
+from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.widgets._layers import (
     DockWidget,
@@ -33,48 +24,21 @@ from napari_sbd.widgets._layers import (
 )
 from napari_sbd.widgets._model import Failure, wrap
 
-__all__ = ["ColumnsWidget", "ColumnsResult", "analyse_frame"]
+__all__ = ["ColumnsWidget"]
 
 # symmetric colour range of the LLR display: beyond +-0.02 every column is decided
 LLR_DISPLAY_LIMIT = 0.02
 
 
-@dataclass
-class ColumnsResult:
-    """Everything the widget shows for one frame."""
-
-    frame: int
-    columns: Columns
-    llr: np.ndarray
-    map: np.ndarray
-
-    def counts(self) -> tuple[int, int, int]:
-        """(real, spurious, undecided) by the papers' thresholds."""
-        return llr_classes(self.llr)
-
-
-def analyse_frame_safely(*args: Any) -> ColumnsResult | Failure:
-    """Worker body: the analysis, with bad-input errors returned, not raised."""
+def analyse_frame_safely(raw: np.ndarray, denoised: np.ndarray, frame: int, pixel_size_pm: float,
+                         detect: dict[str, Any], vacuum_level: float | None,
+                         radius_a: float) -> FrameAnalysis | Failure:
+    """Worker body: :func:`~napari_sbd.core.analysis.analyse_frame`, bad input returned, not raised."""
     try:
-        return analyse_frame(*args)
+        return analyse_frame(raw, denoised, pixel_size_pm, frame=frame, vacuum_level=vacuum_level,
+                             radius_a=radius_a, detect=detect)
     except ValueError as exc:  # bad data (no vacuum, not counts, ...): a message, not a crash
         return Failure(exc)
-
-
-def analyse_frame(
-    raw: np.ndarray,
-    denoised: np.ndarray,
-    frame: int,
-    pixel_size_pm: float,
-    detect: dict[str, Any],
-    vacuum_level: float | None,
-    radius_a: float,
-) -> ColumnsResult:
-    """Detect columns, their LLRs and the map for one frame (worker thread)."""
-    cols = detect_columns(denoised, pixel_size_pm, **detect)
-    llr = column_log_likelihood_ratios(raw, denoised, cols, vacuum_level, radius_a=radius_a)
-    lmap = likelihood_map(denoised.shape, cols, llr, radius_a=radius_a)
-    return ColumnsResult(frame, cols, llr, lmap)
 
 
 def _frame(data: Any, index: int) -> np.ndarray:
@@ -92,7 +56,7 @@ class ColumnsWidget(DockWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
-        self.result: ColumnsResult | None = None
+        self.result: FrameAnalysis | None = None
         self._launched_frame: int | None = None
         choices = lambda _w: image_layers(self.viewer)  # noqa: E731
         self.denoised_combo = ComboBox(label="denoised", choices=choices, nullable=True,
@@ -169,7 +133,7 @@ class ColumnsWidget(DockWidget):
         self._pair_raw()
 
     def _pair_raw(self) -> None:
-        """The raw layer of the chosen denoised layer, and its pixel size; never the same layer."""
+        """Return the raw layer of the chosen denoised layer, and its pixel size; never the same layer."""
         den = self.denoised_combo.value
         if den is None:
             return
@@ -191,9 +155,9 @@ class ColumnsWidget(DockWidget):
         # overlay always ends on the frame the user is looking at.
         if self.follow_check.value and self.result is not None and self.worker is None:
             den = self.denoised_combo.value
-            if den is not None and den.data.ndim == 3:
-                if current_frame_index(self.viewer, den) != self._launched_frame:
-                    self.run()
+            if (den is not None and den.data.ndim == 3
+                    and current_frame_index(self.viewer, den) != self._launched_frame):
+                self.run()
 
     def run(self, _value: Any = None) -> None:
         """Analyse the current frame in a worker thread."""
@@ -231,7 +195,7 @@ class ColumnsWidget(DockWidget):
         self.run_button.enabled = False
         # another frame's columns must not sit on this frame while it is computed
         for name in (f"{den.name} columns", f"{den.name} LLR map"):
-            lay = self.viewer.layers[name] if name in self.viewer.layers else None
+            lay = next((la for la in self.viewer.layers if la.name == name), None)
             if lay is not None and lay.metadata.get("frame") != index and lay.visible:
                 lay.visible = False
                 self._stale.append(lay)
@@ -239,27 +203,17 @@ class ColumnsWidget(DockWidget):
         self.worker.start()
 
     def table(self) -> list[dict[str, Any]]:
-        """The shown frame's columns in physical units (see :func:`columns_table`)."""
+        """Return the shown frame's columns in physical units (see :meth:`FrameAnalysis.table`)."""
         if self.result is None:
             raise ValueError("detect the columns first")
-        res = self.result
-        return columns_table(res.columns, res.llr, res.frame, self.pixel_spin.value)
+        return self.result.table()
 
     def save_table(self, path: str | Path) -> Path:
         """Write :meth:`table` as CSV to a new file (atomically; an existing file is refused)."""
-        import csv
-        import io
-
-        from napari_sbd.core.checkpoint import atomic_write
-
         path = Path(path)
         if path.exists():
             raise ValueError(f"{path} exists: choose a new file name")
-        buf = io.StringIO()
-        wr = csv.DictWriter(buf, fieldnames=TABLE_FIELDS)
-        wr.writeheader()
-        wr.writerows(self.table())
-        return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        return write_columns_csv(path, self.table())
 
     def _ask_and_save(self, _value: Any = None) -> None:
         from qtpy.QtWidgets import QFileDialog
@@ -281,7 +235,7 @@ class ColumnsWidget(DockWidget):
         show_error(message)
         self.summary.value = wrap(message)
 
-    def _show(self, res: ColumnsResult | Failure) -> None:
+    def _show(self, res: FrameAnalysis | Failure) -> None:
         if isinstance(res, Failure):
             self._fail(str(res))
             return

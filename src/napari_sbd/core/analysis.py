@@ -1,0 +1,146 @@
+"""One frame's analysis: columns, their likelihood ratios, the map and the table.
+
+The Columns dock and ``napari-sbd-denoise --columns`` both call
+:func:`analyse_frame`, so a frame gives the same columns, LLRs and table rows
+in the GUI and in a batch job; :func:`write_columns_csv` writes the table
+both export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_sbd.core.columns import Columns, detect_columns
+from napari_sbd.core.files import atomic_write
+from napari_sbd.core.likelihood import (
+    DEFAULT_RADIUS_A,
+    TABLE_FIELDS,
+    column_log_likelihood_ratios,
+    columns_table,
+    likelihood_map,
+    llr_classes,
+)
+
+__all__ = ["FrameAnalysis", "analyse_frame", "write_columns_csv"]
+
+
+@dataclass
+class FrameAnalysis:
+    """The columns of one frame and how well the raw counts support each.
+
+    Attributes
+    ----------
+    frame : int
+        Frame index in its movie.
+    pixel_size_pm : float
+        Pixel size the positions are converted with.
+    columns : Columns
+        The detected columns.
+    llr : numpy.ndarray
+        Per-column log-likelihood ratio (nats per pixel); NaN where it could
+        not be computed (see ``llr_error``).
+    map : numpy.ndarray
+        The LLR painted on each column's disc, NaN elsewhere (frame shape).
+    llr_error : str or None
+        Why the LLRs are NaN (no vacuum in the frame, raw data not counts), if they are.
+    """
+
+    frame: int
+    pixel_size_pm: float
+    columns: Columns
+    llr: np.ndarray
+    map: np.ndarray
+    llr_error: str | None = None
+
+    def counts(self) -> tuple[int, int, int]:
+        """Return the (real, spurious, undecided) counts by the papers' thresholds."""
+        return llr_classes(self.llr)
+
+    def table(self) -> list[dict[str, object]]:
+        """Return one row per column in physical units (:func:`~napari_sbd.core.likelihood.columns_table`)."""
+        return columns_table(self.columns, self.llr, self.frame, self.pixel_size_pm)
+
+
+def analyse_frame(
+    raw: np.ndarray,
+    denoised: np.ndarray,
+    pixel_size_pm: float,
+    *,
+    frame: int = 0,
+    vacuum_level: float | None = None,
+    radius_a: float = DEFAULT_RADIUS_A,
+    detect: dict[str, Any] | None = None,
+    strict: bool = True,
+) -> FrameAnalysis:
+    """Detect the columns of a denoised frame and test each against the raw counts.
+
+    Parameters
+    ----------
+    raw : numpy.ndarray
+        The noisy frame in counts (H, W).
+    denoised : numpy.ndarray
+        Its denoised version (H, W).
+    pixel_size_pm : float
+        Pixel size in picometres.
+    frame : int
+        Frame index, for the table.
+    vacuum_level : float, optional
+        Vacuum counts per pixel; found in the denoised frame when omitted.
+    radius_a : float
+        Radius in Angstrom of the disc each column's LLR is computed on.
+    detect : dict, optional
+        Options of :func:`~napari_sbd.core.columns.detect_columns`.
+    strict : bool
+        Raise when the LLRs cannot be computed (True: the dock shows the
+        message), or leave them NaN and say why in ``llr_error`` (False: a
+        batch job keeps its columns).
+
+    Returns
+    -------
+    FrameAnalysis
+
+    Raises
+    ------
+    ValueError
+        Bad input, or (``strict``) no vacuum to compare with / raw data not in counts.
+    """
+    cols = detect_columns(denoised, pixel_size_pm, **(detect or {}))
+    error = None
+    try:
+        llr = column_log_likelihood_ratios(raw, denoised, cols, vacuum_level,
+                                           radius_a=radius_a, pixel_size_pm=pixel_size_pm)
+    except ValueError as exc:  # no vacuum in this frame, or raw data not counts
+        if strict:
+            raise
+        llr, error = np.full(len(cols), np.nan), str(exc)
+    h, w = denoised.shape
+    lmap = likelihood_map((h, w), cols, llr, radius_a=radius_a, pixel_size_pm=pixel_size_pm)
+    return FrameAnalysis(int(frame), float(pixel_size_pm), cols, llr, lmap, error)
+
+
+def write_columns_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+    """Write columns-table rows as CSV (units in the header's names), atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination (replaced atomically if it exists: callers that must not
+        overwrite check first).
+    rows : list of dict
+        Rows of :meth:`FrameAnalysis.table`, any number of frames.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    buf = io.StringIO()
+    wr = csv.DictWriter(buf, fieldnames=TABLE_FIELDS)
+    wr.writeheader()
+    wr.writerows(rows)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))
