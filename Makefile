@@ -15,5 +15,7 @@ run: setup
 test: setup
 	$(VENV)/bin/python -m pytest
 
+# Style and types (ruff rules and the mypy config in pyproject.toml); CI runs it after the tests.
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/mypy

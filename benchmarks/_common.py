@@ -32,9 +32,12 @@ import numpy as np
 import tifffile
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from napari_sbd.core.metrics import psnr, ssim  # noqa: E402
+try:
+    from napari_sbd.core.metrics import psnr, ssim
+    from napari_sbd.core.noise import poisson_noise
+except ImportError:  # run with a Python that lacks the package
+    sys.exit("benchmarks need the napari-sbd package: run them with .venv/bin/python "
+             "(make test sets it up)")
 
 REFERENCE = REPO.parent / "shared" / "data" / "reference"
 if not REFERENCE.is_dir():
@@ -74,7 +77,7 @@ def reference_frames(draws: int = 3) -> list[Frame]:
         clean = rescale(tifffile.imread(f).astype(np.float64), 0.8, order=1,
                         anti_aliasing=False).astype(np.float32)
         for k in range(draws):
-            noisy = np.random.default_rng(1000 * i + k).poisson(clean).astype(np.float32)
+            noisy = poisson_noise(clean, rng=1000 * i + k)
             out.append(Frame(f"{f.stem[:24]}#{k}", clean, noisy, {"set": "reference", "image": i}))
     return out
 
@@ -117,7 +120,7 @@ def noisy_frames(rows: list[dict], draws: int = 1, seed: int = 0) -> list[Frame]
     for j, r in enumerate(rows):
         clean = tifffile.imread(r["path"]).astype(np.float32)
         for k in range(draws):
-            noisy = np.random.default_rng([seed, j, k]).poisson(clean).astype(np.float32)
+            noisy = poisson_noise(clean, rng=np.random.default_rng([seed, j, k]))
             out.append(Frame(f"{r['file']}#{k}", clean, noisy, dict(r, set="simulated")))
     return out
 
@@ -161,8 +164,8 @@ def header(title: str, argv: Sequence[str], elapsed_s: float | None = None) -> l
         f"# {title}",
         "",
         f"Command: `{' '.join(['python', f'benchmarks/{script}', *argv])}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; date {dt.date.today().isoformat()}{took}.",
+        (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; date {dt.date.today().isoformat()}{took}."),
         "",
     ]
 

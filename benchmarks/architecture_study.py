@@ -36,7 +36,7 @@ COMMON = [
     "--dose-range", "0.1:5", "--pixel-size-range", "4.8:10.5",
 ]
 
-# name -> architecture flags; receptive fields from the network's own receptive_field()
+# name -> architecture flags; receptive fields from the network's own receptive_field
 CANDIDATES = {
     "s4-c32-u2": ["--scales", "4", "--base", "32", "--unshuffle", "2"],  # what ships today
     "s5-c64-u4": ["--scales", "5", "--base", "64", "--unshuffle", "4"],

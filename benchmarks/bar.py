@@ -99,10 +99,10 @@ def main() -> None:
 
     lines = header("The bar: SBD against classical denoisers on the papers' test images", sys.argv[1:],
                    time.perf_counter() - t_start) + [
-        "Test set: the 4 reference simulations resampled to 6.1 pm/pixel (x0.8, bilinear), "
+        ("Test set: the 4 reference simulations resampled to 6.1 pm/pixel (x0.8, bilinear), "
         "3 Poisson draws each (12 frames). Classical parameters tuned on "
         f"{len(tune_set)} simulated white-contrast validation images (structure seeds {VAL_SEED}+, "
-        "never the test images).  ",
+        "never the test images).  "),
         "Bar: median PSNR >= 38 dB and >= 1.5 dB above the best classical method.",
         "",
         "| method | PSNR median (dB) | PSNR mean +- std | SSIM mean +- std | s/frame |",
@@ -119,10 +119,10 @@ def main() -> None:
                      f"{verdict} the bar. Model: `{json.dumps(r['meta'], default=str)}`")
     lines += [
         "",
-        "Anchors (not measured here): the papers' own networks scored 36.4 dB (4 scales, 32 "
+        ("Anchors (not measured here): the papers' own networks scored 36.4 dB (4 scales, 32 "
         "channels), 38.05 dB (4 scales, 128 channels) and 42.87 dB (6 scales, 128 channels) on "
         "their simulated test set; the mean of 40 frames plus a Gaussian (40x the dose) scores "
-        "40.6 dB on these images at 4.88 pm (../shared/notes/baselines.md).",
+        "40.6 dB on these images at 4.88 pm (../shared/notes/baselines.md)."),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

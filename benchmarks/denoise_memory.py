@@ -60,16 +60,16 @@ def main() -> None:
         "# napari-sbd-denoise: memory against stack length",
         "",
         f"Command: `{cmd}`  ",
-        f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, CPU only; "
-        f"date {dt.date.today().isoformat()}. Frames {args.size}x{args.size} uint16 counts.",
+        (f"Machine: {platform.machine()}, {__import__('os').cpu_count()} cores, CPU only; "
+        f"date {dt.date.today().isoformat()}. Frames {args.size}x{args.size} uint16 counts."),
         "",
         "| frames | peak RSS of the process (MiB) | frames/s |",
         "|---|---|---|",
         *[f"| {n} | {p:.0f} | {f:.2f} |" for n, p, f in rows],
         "",
-        "The peak is the largest over the child processes so far (getrusage), so the "
+        ("The peak is the largest over the child processes so far (getrusage), so the "
         "200-frame figure is an upper bound of that run alone; equal figures mean the "
-        "memory does not grow with the number of frames.",
+        "memory does not grow with the number of frames."),
     ]) + "\n"
     (DOCS / "denoise-memory.md").write_text(text)
 

@@ -223,16 +223,16 @@ def main() -> None:
                    IMAGES / "example_frames.png")
     n_cls = {c: len(sets[c]) for c in CLASSES}
     lines = header("Denoising quality: the papers' Table 1 on our data", sys.argv[1:], elapsed) + [
-        f"(a) **Reference**: the papers' 4 clean simulations at 6.1 pm/pixel (x0.8, bilinear), "
-        f"{draws} Poisson draw(s) each at their own counts: {len(ref)} frames (the bar's test set).  ",
-        f"(b) **Held-out simulated**: {n_test} structures (seeds {TEST_SEED}+; training used 1000-1047) "
+        (f"(a) **Reference**: the papers' 4 clean simulations at 6.1 pm/pixel (x0.8, bilinear), "
+        f"{draws} Poisson draw(s) each at their own counts: {len(ref)} frames (the bar's test set).  "),
+        (f"(b) **Held-out simulated**: {n_test} structures (seeds {TEST_SEED}+; training used 1000-1047) "
         f"at defoci {TEST_DEFOCI} nm, one draw each at 0.45 counts/pixel: {n_cls['white']} white, "
-        f"{n_cls['intermediate']} intermediate, {n_cls['black']} black-contrast frames.  ",
-        f"Tuning: every classical parameter and the oracle's blur on {len(val)} white-contrast "
-        f"validation frames (seeds {VAL_SEED}+), never on (a) or (b).  ",
-        "PSNR/SSIM in the papers' convention (counts, data range 1, unclipped). s/frame: wall time "
+        f"{n_cls['intermediate']} intermediate, {n_cls['black']} black-contrast frames.  "),
+        (f"Tuning: every classical parameter and the oracle's blur on {len(val)} white-contrast "
+        f"validation frames (seeds {VAL_SEED}+), never on (a) or (b).  "),
+        ("PSNR/SSIM in the papers' convention (counts, data range 1, unclipped). s/frame: wall time "
         "per reference frame on this machine (2 cores). Full-resolution VST + BM3D, by far the "
-        "slowest method, runs on the reference images only: '-' in (b).",
+        "slowest method, runs on the reference images only: '-' in (b)."),
         "",
         "## (a) Reference images",
         "",
@@ -245,8 +245,8 @@ def main() -> None:
         "",
         "## (b) Held-out simulated images, by contrast class (PSNR dB, SSIM)",
         "",
-        "| method | white PSNR | white SSIM | intermediate PSNR | intermediate SSIM | black PSNR | "
-        "black SSIM |",
+        ("| method | white PSNR | white SSIM | intermediate PSNR | intermediate SSIM | black PSNR | "
+        "black SSIM |"),
         "|---|---|---|---|---|---|---|",
     ]
     for _, label, res in results:
@@ -300,15 +300,15 @@ def main() -> None:
         "- The papers' networks scored 38.05 dB (4 scales, 128 channels; ICLR) and 42.87 dB (6 scales; "
         "journal) on their own simulated test set; the bar asks for >= 38 dB on the reference images. "
         + ("We meet it." if ours >= 38 else f"**We are {38 - ours:.1f} dB short of it.**"),
-        "- Classical methods score higher here than in the papers' Table 1 because each is tuned "
+        ("- Classical methods score higher here than in the papers' Table 1 because each is tuned "
         "for PSNR on validation images; at the papers' own settings the validation PSNRs come out "
         f"close to theirs: the ideal low-pass at the 1.35 1/A information limit "
         f"{VAL_SCORES['lowpass'][1.35]:.2f} dB (theirs 21.6-22.4), the adaptive Wiener window 13 "
         f"{VAL_SCORES['wiener'][13]:.2f} dB (theirs 21.6-22.4). The papers did not bin; binning + "
-        "VST + BM3D is the classical method to beat.",
-        "- The bundled model was trained on white contrast only: the intermediate and black columns "
+        "VST + BM3D is the classical method to beat."),
+        ("- The bundled model was trained on white contrast only: the intermediate and black columns "
         "measure how far it generalises to contrasts it never saw (the ICLR paper's Fig. 13 finds the "
-        "same limit for a network trained on one contrast).",
+        "same limit for a network trained on one contrast)."),
         "",
         "![example frames](images/example_frames.png)",
         "",

@@ -21,6 +21,7 @@ Writes docs/envelope.md and docs/images/envelope.png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ from _common import (
 from napari_sbd.core.baselines import binned_vst_bm3d
 from napari_sbd.core.inference import BUNDLED, load_model
 from napari_sbd.core.metrics import psnr
+from napari_sbd.core.noise import poisson_noise
 
 NOMINAL_DOSE = 0.45
 NOMINAL_PIXEL = 6.1
@@ -86,8 +88,8 @@ def frames_at(clean_set: list, dose: float, pixel: float, seed: int) -> list[tup
     out = []
     for j, (name, clean, px) in enumerate(clean_set):
         c = resample(clean, px, pixel)
-        noisy = np.random.default_rng([seed, j, int(dose * 1000), int(pixel * 100)]).poisson(
-            c * np.float32(dose / NOMINAL_DOSE)).astype(np.float32)
+        noisy = poisson_noise(c * np.float32(dose / NOMINAL_DOSE),
+                              rng=np.random.default_rng([seed, j, int(dose * 1000), int(pixel * 100)]))
         out.append((name, c, noisy))
     return out
 
@@ -153,11 +155,11 @@ def write_page(args, names, models, results, test_set, val_set, elapsed) -> None
     n_ref = sum(n.startswith("ref") for n, _, _ in test_set)
     n_sim = len(test_set) - n_ref
     lines = header("Dose and pixel-size envelope", sys.argv[1:], elapsed) + [
-        f"Test frames: the {n_ref} reference images (4.88 pm) and {n_sim} held-out simulated "
+        (f"Test frames: the {n_ref} reference images (4.88 pm) and {n_sim} held-out simulated "
         f"white-contrast frames (seeds {TEST_SEED}+, 6.1 pm), resampled to each pixel size and "
         "scaled to each vacuum dose, one Poisson draw each; outputs divided back to 0.45 "
         "counts/pixel, PSNR in the papers' convention (dB). Binned BM3D: bin factor and sigma "
-        f"tuned per setting on {len(val_set)} validation frames (seeds {VAL_SEED}+).",
+        f"tuned per setting on {len(val_set)} validation frames (seeds {VAL_SEED}+)."),
         "",
     ]
     for m_name, (_, model) in zip(names, models):
@@ -188,7 +190,7 @@ def write_page(args, names, models, results, test_set, val_set, elapsed) -> None
         behind = [f"{label(r)} ({r[f'{n}_ref'] - r['bm3d_ref']:+.2f} dB)" for r in results
                   if r[f"{n}_ref"] <= r["bm3d_ref"]]
         dose_rows = [r for r in results if r["axis"] == "dose"]
-        rising = all(b[f"{n}_ref"] > a[f"{n}_ref"] for a, b in zip(dose_rows, dose_rows[1:]))
+        rising = all(b[f"{n}_ref"] > a[f"{n}_ref"] for a, b in itertools.pairwise(dose_rows))
         lines.append(
             f"- {n}: ahead of tuned binned BM3D on the reference images at "
             f"{len(results) - len(behind)} of {len(results)} settings"

@@ -230,11 +230,11 @@ def main() -> None:
     n_ok = sum(r[-1] for r in rows)
     lines = header("Reliability: bad inputs and what each gets", sys.argv[1:],
                    time.perf_counter() - t0) + [
-        "Each row runs the real command (a subprocess) or the public API on a small input in a "
+        ("Each row runs the real command (a subprocess) or the public API on a small input in a "
         "scratch folder. *Holds* means: the outcome contains the expected text, no traceback "
         "was shown, the exit code is 1 (input/output) or 2 (bad input or option), and "
         "everything the user owned is unchanged (the folder holding the input is compared "
-        "byte for byte).",
+        "byte for byte)."),
         "",
         f"{n_ok} of {len(rows)} hold.",
         "",
@@ -246,9 +246,9 @@ def main() -> None:
         msg = msg if len(msg) <= 220 else msg[:217] + "..."
         lines.append(f"| {area} | {what} | {'-' if out.code is None else out.code} | {msg} "
                      f"| {'yes' if ok else '**NO**'} |")
-    lines += ["", "Also covered by the test suite (tests/test_properties.py): any array (shape, "
+    lines += ["", ("Also covered by the test suite (tests/test_properties.py): any array (shape, "
               "dtype, NaN, infinities, huge values) passed to the public API gives a result of "
-              "the right shape or one of our errors, and the caller's array is never modified.",
+              "the right shape or one of our errors, and the caller's array is never modified."),
               ""]
     text = "\n".join(lines) + "\n"
     print(text)

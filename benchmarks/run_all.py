@@ -93,13 +93,13 @@ def main() -> None:
         "on this machine; `--quick --docs /tmp/bench` in under 10, leaving these pages alone). "
         "This page was assembled by "
         f"`python benchmarks/run_all.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; "
-        f"date {dt.date.today().isoformat()}; {mode} mode, {total / 60:.1f} min for the steps run now.",
+        (f"Machine: {platform.machine()}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; "
+        f"date {dt.date.today().isoformat()}; {mode} mode, {total / 60:.1f} min for the steps run now."),
         "",
-        "Every number below was printed by a script in `benchmarks/` on this machine; each section "
+        ("Every number below was printed by a script in `benchmarks/` on this machine; each section "
         "names its own command. Test images are never trained or tuned on: the papers' four "
         "reference simulations (../shared/data/reference) and held-out simulated structures "
-        "(seeds 7000+); classical parameters are tuned on other held-out structures (seeds 7500+).",
+        "(seeds 7000+); classical parameters are tuned on other held-out structures (seeds 7500+)."),
         "",
         "| section | what it answers | step time (this run) |",
         "|---|---|---|",

@@ -132,19 +132,19 @@ def main() -> None:
     text = "\n".join([
         "# Simulation fidelity: napari-sbd-simulate against the papers' images",
         "",
-        f"Command: `python benchmarks/simulation_fidelity.py` ({dt.date.today().isoformat()}, "
+        (f"Command: `python benchmarks/simulation_fidelity.py` ({dt.date.today().isoformat()}, "
         f"{time.perf_counter() - t0:.0f} s on this 2-core machine). Reference: "
         f"`{sorted(REFERENCE.glob('*.tif'))[0].name}` resampled x0.8 (bilinear) to 6.1 pm/pixel. "
-        f"Ours: {sp.record()}, defocus C10 = +6 nm, default imaging parameters.",
+        f"Ours: {sp.record()}, defocus C10 = +6 nm, default imaging parameters."),
         "",
         "| quantity | reference | ours |",
         "|---|---|---|",
         f"| vacuum level (counts/pixel) | {a['vacuum']:.4f} | {b['vacuum']:.4f} |",
-        f"| percentiles 1/5/50/95/99 | {' / '.join(f'{v:.3f}' for v in pa)} | "
-        f"{' / '.join(f'{v:.3f}' for v in pb)} |",
+        (f"| percentiles 1/5/50/95/99 | {' / '.join(f'{v:.3f}' for v in pa)} | "
+        f"{' / '.join(f'{v:.3f}' for v in pb)} |"),
         f"| Pt columns found above the support | {a['n_pt_columns']} | {b['n_pt_columns']} |",
-        f"| median Pt column contrast (counts; > 0: white) | {a['pt_column_contrast']:+.3f} | "
-        f"{b['pt_column_contrast']:+.3f} |",
+        (f"| median Pt column contrast (counts; > 0: white) | {a['pt_column_contrast']:+.3f} | "
+        f"{b['pt_column_contrast']:+.3f} |"),
         "",
         "Lattice spacings from the FFT of a support region and a particle region (A):",
         "",
@@ -152,9 +152,9 @@ def main() -> None:
         "|---|---|---|---|---|",
         *rows,
         "",
-        "Spacings measured in both images agree within 2%: "
+        ("Spacings measured in both images agree within 2%: "
         f"{'yes' if ok else 'NO'}. Column contrast sign: "
-        f"{'same (white)' if a['pt_column_contrast'] > 0 and b['pt_column_contrast'] > 0 else 'DIFFERENT'}.",
+        f"{'same (white)' if a['pt_column_contrast'] > 0 and b['pt_column_contrast'] > 0 else 'DIFFERENT'}."),
         "",
         "![side by side](images/simulation_fidelity.png)",
         "",

@@ -128,36 +128,36 @@ def main() -> None:
         "# Speed and memory on this machine",
         "",
         f"Command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`  ",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        (f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; date {dt.date.today().isoformat()}. Model: "
-        f"{meta.get('architecture')} {meta.get('params')}, receptive field {den.receptive_field} px.",
+        f"{meta.get('architecture')} {meta.get('params')}, receptive field {den.receptive_field} px."),
         "",
-        f"| frame | s/frame (best of {args.repeats}) | frames/s | peak RSS (MiB, own process) | "
-        "network passes | pixels run per frame pixel |",
+        (f"| frame | s/frame (best of {args.repeats}) | frames/s | peak RSS (MiB, own process) | "
+        "network passes | pixels run per frame pixel |"),
         "|---|---|---|---|---|---|",
         *[f"| {r['side']}x{r['side']} | {r['seconds']:.3f} | {1 / r['seconds']:.2f} | "
           f"{r['peak_rss_mib']:.0f} | {len(tiles_run(den, r['side']))} | "
           f"{overhead[r['side']]:.2f} |" for r in sizes],
         "",
-        "Pixels run per frame pixel: every frame is mirror-padded (32 px and up to the pooling "
+        ("Pixels run per frame pixel: every frame is mirror-padded (32 px and up to the pooling "
         "grid); frames larger than one tile (1024 output pixels a side, the default) are cut "
         "into tiles, each reading the network's receptive radius around what it keeps, so "
         "that the result equals a whole-frame pass while memory stays bounded. This VM's "
         "speed drifts between runs (the conv2d ceiling below measured 190-243 GFLOP/s within "
-        "one hour): compare runs by the efficiency, measured in the same run.",
+        "one hour): compare runs by the efficiency, measured in the same run."),
         "",
-        f"**Behind the papers' use case on this CPU**: their movies run at 40 frames/s; at "
+        (f"**Behind the papers' use case on this CPU**: their movies run at 40 frames/s; at "
         f"{1 / s1024:.1f} frames/s a 1024x1024 movie is denoised {40 * s1024:.0f}x slower than "
         f"it was recorded (one minute of movie, 2400 frames, in {2400 * s1024 / 60:.0f} min, "
         "headless with `napari-sbd-denoise`). Live denoising at 40 frames/s needs a GPU; the "
-        "same script reports its frames/s when one is present.",
+        "same script reports its frames/s when one is present."),
         "",
         f"Effective filter, one click on a 1024x1024 frame: {click:.3f} s.",
         "",
-        f"CPU efficiency at 1024^2: {flops / 1e9:.1f} GFLOP per frame (convolutions, padding "
+        (f"CPU efficiency at 1024^2: {flops / 1e9:.1f} GFLOP per frame (convolutions, padding "
         f"included), {achieved:.1f} GFLOP/s "
         f"achieved against {peak:.1f} GFLOP/s for a large 3x3 conv2d in the same run "
-        f"({100 * achieved / peak:.0f}%).",
+        f"({100 * achieved / peak:.0f}%)."),
         gpu,
         "Stack memory against length: [denoise-memory.md](denoise-memory.md).",
     ]

@@ -23,6 +23,7 @@ from _common import DOCS, IMAGES
 from napari_sbd.core.columns import detect_columns, recovery_metrics, structure_recovery
 from napari_sbd.core.inference import load_model
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS, column_log_likelihood_ratios
+from napari_sbd.core.noise import poisson_noise
 from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci
 from napari_sbd.simulate.structures import StructureParams, build_structure
 
@@ -61,7 +62,7 @@ def main() -> None:
         for d, clean in images.items():
             a = particle_columns(clean, support_row).centres
             for j in range(draws):
-                noisy = np.random.default_rng([9000 + k, int(d * 10), j]).poisson(clean).astype(np.float32)
+                noisy = poisson_noise(clean, rng=np.random.default_rng([9000 + k, int(d * 10), j]))
                 den = model.denoise(noisy)
                 cols = particle_columns(den, support_row)
                 b = cols.centres
@@ -136,46 +137,46 @@ def main() -> None:
     text = "\n".join([
         "# Structure recovery and LLR distributions",
         "",
-        f"Command: `python benchmarks/structure_recovery.py {' '.join(sys.argv[1:])}` "
+        (f"Command: `python benchmarks/structure_recovery.py {' '.join(sys.argv[1:])}` "
         f"({dt.date.today().isoformat()}, {elapsed / 60:.1f} min on this 2-core machine). "
         f"Model: {model.metadata.get('architecture')} {model.metadata.get('params')}, "
-        f"validation PSNR {model.metadata.get('validation_psnr', float('nan')):.2f} dB.",
+        f"validation PSNR {model.metadata.get('validation_psnr', float('nan')):.2f} dB."),
         "",
-        f"{n_struct} held-out structures (seeds 9000+, 2 nm particle, 4 nm support, tilt 3/-1 degrees, "
+        (f"{n_struct} held-out structures (seeds 9000+, 2 nm particle, 4 nm support, tilt 3/-1 degrees, "
         f"defects {', '.join(defects)}), defoci {defoci} nm, {draws} Poisson draws each at 0.45 "
         f"counts/pixel: {len(rows)} denoised images. Columns: LoG on the particle region (above the "
         f"support); matching within {MATCH_A} A; surface/bulk scores over the detections within "
         f"{NEAR_A:g} A of a clean column (the particle), phantoms further out counted apart below. "
-        "Median [quartiles]:",
+        "Median [quartiles]:"),
         "",
         "| metric | surface | bulk |",
         "|---|---|---|",
         *[f"| {m} | {med('surface_' + m)} | {med('bulk_' + m)} |" for m in metrics],
         "",
-        "The papers (journal Fig. 5d, their 6-scale network): surface precision and recall median "
-        "1.0, F1 about 0.96, Jaccard 0.93; bulk all 1.0.",
+        ("The papers (journal Fig. 5d, their 6-scale network): surface precision and recall median "
+        "1.0, F1 about 0.96, Jaccard 0.93; bulk all 1.0."),
         "",
-        f"**We are behind the papers here**: median F1 {np.median(col('surface_f1')):.2f} on the "
+        (f"**We are behind the papers here**: median F1 {np.median(col('surface_f1')):.2f} on the "
         f"surface (theirs about 0.96) and {np.median(col('bulk_f1')):.2f} in the bulk (theirs 1.0). "
         "Their 6-scale network scored 42.87 dB on their test set, several dB above ours "
         "(docs/bar.md): "
         "the faint surface columns are the first to be lost or invented. Column counts and "
         "surface shapes from this model need the LLR check below and, where it matters, a "
-        "sum over frames.",
+        "sum over frames."),
         "",
         "![recovery](images/structure_recovery.png)",
         "",
-        f"LLR of {len(real)} real and {len(fake)} spurious denoised columns "
-        f"(vacuum level measured on the top rows of each raw frame):",
+        (f"LLR of {len(real)} real and {len(fake)} spurious denoised columns "
+        f"(vacuum level measured on the top rows of each raw frame):"),
         "",
         "| | real | spurious |",
         "|---|---|---|",
-        f"| median LLR | {np.median(real) if len(real) else float('nan'):.4f} | "
-        f"{np.median(fake) if len(fake) else float('nan'):.4f} |",
-        f"| LLR >= {LLR_REAL} (read as real) | {frac(real, lambda a: a >= LLR_REAL)} | "
-        f"{frac(fake, lambda a: a >= LLR_REAL)} |",
-        f"| LLR <= {LLR_SPURIOUS} (read as spurious) | {frac(real, lambda a: a <= LLR_SPURIOUS)} | "
-        f"{frac(fake, lambda a: a <= LLR_SPURIOUS)} |",
+        (f"| median LLR | {np.median(real) if len(real) else float('nan'):.4f} | "
+        f"{np.median(fake) if len(fake) else float('nan'):.4f} |"),
+        (f"| LLR >= {LLR_REAL} (read as real) | {frac(real, lambda a: a >= LLR_REAL)} | "
+        f"{frac(fake, lambda a: a >= LLR_REAL)} |"),
+        (f"| LLR <= {LLR_SPURIOUS} (read as spurious) | {frac(real, lambda a: a <= LLR_SPURIOUS)} | "
+        f"{frac(fake, lambda a: a <= LLR_SPURIOUS)} |"),
         "",
         "![LLR](images/llr_distributions.png)",
         "",

@@ -58,6 +58,6 @@ def test_adaptive_wiener_is_finite_where_the_window_is_flat():
 
 
 def test_median_filter_is_useless_at_this_dose(pair):
-    clean, noisy = pair
+    _clean, noisy = pair
     # the median of Poisson(0.45) is 0: the 3x3 median is mostly zeros
     assert np.mean(bl.median_filter(noisy) == 0) > 0.5

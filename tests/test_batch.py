@@ -92,7 +92,7 @@ def test_overwrite_never_deletes_the_folder_holding_the_input(movie, model_path,
 
 
 def test_overwrite_replaces_only_our_own_store(movie, model_path, tmp_path, capsys):
-    path, stack = movie
+    path, _stack = movie
     out = tmp_path / "out.zarr"
     args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet"]
     assert main([*args, "--frames", "0:2"]) == 0
@@ -305,7 +305,7 @@ def test_best_quality_is_the_ensemble_and_its_own_job(movie, model_path, tmp_pat
 
 
 def test_detector_units_are_calibrated_into_counts(movie, model_path, tmp_path, capsys):
-    path, stack = movie
+    _path, stack = movie
     raw = tmp_path / "detector.tif"
     tifffile.imwrite(raw, (stack.astype(np.float32) * 4 + 100).astype(np.uint16))  # gain 4, offset 100
     out = tmp_path / "cal.zarr"

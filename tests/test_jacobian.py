@@ -57,7 +57,7 @@ def test_bias_free_identity(model, frame):
 
 def test_crop_geometry():
     # interior: aligned to the grid, covers the receptive radius on both sides
-    r0, r1, c0, c1 = filter_crop((1024, 1024), (500, 300), 122, 16)
+    r0, r1, c0, _c1 = filter_crop((1024, 1024), (500, 300), 122, 16)
     assert r0 % 16 == 0 and c0 % 16 == 0 and r0 <= 500 - 122 and r1 > 500 + 122
     assert (r1 - r0) <= 2 * 122 + 2 * 16
     assert filter_crop((100, 100), (5, 95), 122, 16) == (0, 100, 0, 100)

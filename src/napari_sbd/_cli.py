@@ -43,7 +43,7 @@ def os_error_message(prog: str, exc: OSError, then: str) -> str:
 
 def number(kind: type, *, above: float | None = None, at_least: float | None = None,
            below: float | None = None, unit: str = ""):
-    """An argparse ``type`` that parses ``kind`` and checks its bounds, naming them when it fails.
+    """Return an argparse ``type`` that parses ``kind`` and checks its bounds, naming them when it fails.
 
     Parameters
     ----------

@@ -24,7 +24,7 @@ or in Python with zarr.open_group("out.zarr")["denoised"].
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser."""
+    """Return the argument parser."""
     p = argparse.ArgumentParser(
         prog="napari-sbd-denoise",
         description="Denoise every frame of an in situ movie with a simulation-trained network, "

@@ -46,7 +46,7 @@ def build_viewer(files: Sequence[str] = (), *, show: bool = True):
 
 
 def compact_layout(viewer, qt_docks) -> None:
-    """The docks as tabs of one panel, and the window no larger than its screen.
+    """Return the docks as tabs of one panel, and the window no larger than its screen.
 
     Three docks stacked needed about 1230 px of height: on a laptop (1366x768,
     or 1920x1080 at 125%) the frame slider and the status bar fell off-screen.

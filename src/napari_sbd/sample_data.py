@@ -15,18 +15,20 @@ from importlib import resources
 
 import numpy as np
 
+from napari_sbd.core.noise import poisson_noise
+
 N_FRAMES = 8
 CLEAN_FILE = "pt_ceo2_clean_6nm.tif"
 
 
 def clean_frame() -> tuple[np.ndarray, dict]:
-    """The clean simulated frame (float32 counts) and its description."""
+    """Return the clean simulated frame (float32 counts) and its description."""
     import tifffile
 
-    with resources.as_file(resources.files("napari_sbd") / "data" / CLEAN_FILE) as path:
-        with tifffile.TiffFile(path) as tif:
-            image = tif.asarray().astype(np.float32)
-            info = json.loads(tif.pages[0].description)
+    with (resources.as_file(resources.files("napari_sbd") / "data" / CLEAN_FILE) as path,
+          tifffile.TiffFile(path) as tif):
+        image = tif.asarray().astype(np.float32)
+        info = json.loads(tif.pages[0].description)
     return image, info
 
 
@@ -40,7 +42,7 @@ def pt_ceo2_movie() -> list[tuple]:
     """
     clean, info = clean_frame()
     rng = np.random.default_rng(2021)
-    noisy = rng.poisson(np.broadcast_to(clean, (N_FRAMES, *clean.shape))).astype(np.uint16)
+    noisy = poisson_noise(np.broadcast_to(clean, (N_FRAMES, *clean.shape)), rng=rng).astype(np.uint16)
     a = info["pixel_size_pm"] / 100.0
     meta = {"pixel_size_pm": info["pixel_size_pm"], "dose": info["dose"],
             "source": "napari-sbd sample: " + info["note"]}

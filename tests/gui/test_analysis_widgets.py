@@ -31,7 +31,7 @@ def scene(make_napari_viewer):
 
 
 def test_columns_points_and_map_follow_the_frame(scene, qtbot):
-    viewer, ph = scene
+    viewer, _ph = scene
     w = ColumnsWidget(viewer)
     assert w.denoised_combo.value.name == "movie denoised" and w.raw_combo.value.name == "movie"
     assert w.pixel_spin.value == pytest.approx(6.1)

@@ -92,7 +92,7 @@ def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path, model_file)
 def test_sample_data_and_launcher(make_napari_viewer):
     from napari_sbd.sample_data import pt_ceo2_movie
 
-    (noisy, nkw, _), (clean, ckw, _) = pt_ceo2_movie()
+    (noisy, nkw, _), (clean, _ckw, _) = pt_ceo2_movie()
     assert noisy.ndim == 3 and noisy.shape[1:] == clean.shape
     assert abs(noisy.mean() - 0.45) < 0.05 and nkw["scale"][-1] == pytest.approx(0.061)
     viewer = make_napari_viewer()

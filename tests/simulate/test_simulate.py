@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,10 +12,10 @@ import pytest
 pytest.importorskip("abtem")
 pytest.importorskip("ase")
 
-from napari_sbd.simulate.cli import main  # noqa: E402
-from napari_sbd.simulate.dataset import classify_contrast, simulate_dataset, simulate_structure  # noqa: E402
-from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci  # noqa: E402
-from napari_sbd.simulate.structures import StructureParams, build_structure, column_groups  # noqa: E402
+from napari_sbd.simulate.cli import main
+from napari_sbd.simulate.dataset import classify_contrast, simulate_dataset, simulate_structure
+from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci
+from napari_sbd.simulate.structures import StructureParams, build_structure, column_groups
 
 SMALL = dict(lateral_a=26.0, support_height_a=10.0, thickness_nm=1.2, particle="1nm")
 FAST = ImagingParams(sampling_a=0.1, pixel_size_pm=12.0, slice_thickness_a=2.0)
@@ -100,12 +101,12 @@ def test_dataset_metadata_reproducibility_and_resume(tmp_path):
     for legacy in (False, True):
         if legacy:  # a folder made before dataset.json: its first record tells
             (out / "dataset.json").unlink()
-        with pytest.raises(ValueError, match="pixel_size_pm 12.0 in the folder, 16.0 now"):
+        with pytest.raises(ValueError, match=re.escape("pixel_size_pm 12.0 in the folder, 16.0 now")):
             simulate_dataset(out, 3, [4.0, 8.0], replace(FAST, pixel_size_pm=16.0), seed=7,
                              fixed=SMALL, workers=1)
         with pytest.raises(ValueError, match="defoci"):
             simulate_dataset(out, 2, [4.0, 6.0], FAST, seed=7, fixed=SMALL, workers=1)
-        with pytest.raises(ValueError, match="dose 0.45 in the folder, 0.9 now"):
+        with pytest.raises(ValueError, match=re.escape("dose 0.45 in the folder, 0.9 now")):
             simulate_dataset(out, 2, [4.0, 8.0], replace(FAST, dose=0.9), seed=7, fixed=SMALL,
                              workers=1)
     assert not (out / "s00009_df+04.0nm.tif").exists()

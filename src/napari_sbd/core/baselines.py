@@ -125,7 +125,7 @@ def vst_bm3d(noisy: np.ndarray, sigma: float = 1.0) -> np.ndarray:
 
 
 def binned_vst_bm3d(noisy: np.ndarray, factor: int = 12, sigma: float = 1.0) -> np.ndarray:
-    """b x b binning, Anscombe, BM3D, unbiased inverse, cubic upsampling back.
+    """B x b binning, Anscombe, BM3D, unbiased inverse, cubic upsampling back.
 
     Binning sums counts (still Poisson, b^2 times the dose), which the VST and
     BM3D handle far better than 0.45 counts/pixel; the strongest classical

@@ -57,6 +57,7 @@ class Columns:
     params: dict = field(default_factory=dict)
 
     def __len__(self) -> int:
+        """Return the number of columns."""
         return len(self.centres)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: D105 - numpy protocol
@@ -68,7 +69,7 @@ class Columns:
         return self.sigma * self.pixel_size_pm / 100.0
 
     def subset(self, keep: np.ndarray) -> Columns:
-        """The columns selected by a boolean mask or index array (e.g. a region of interest)."""
+        """Return the columns selected by a boolean mask or index array (e.g. a region of interest)."""
         keep = np.asarray(keep)
         return Columns(self.centres[keep], self.sigma[keep], self.peak[keep], self.contrast[keep],
                        self.pixel_size_pm, dict(self.params))
@@ -83,7 +84,6 @@ class Columns:
 def _vacuum_texture(img: np.ndarray, detail: np.ndarray, pixel_size_pm: float,
                     vacuum: np.ndarray | None) -> float | None:
     """Robust std (1.4826 MAD) of the detail image in the vacuum; None without vacuum."""
-
     if vacuum is None:
         try:
             vacuum = vacuum_mask(img, pixel_size_pm)
@@ -193,7 +193,8 @@ def detect_columns(
     background = gaussian_filter(signed, 3 * smax, mode="nearest")
     detail = signed - background
     texture = _vacuum_texture(img, detail, pixel_size_pm, vacuum) if vacuum_floor else None
-    threshold = max(min_contrast, vacuum_floor * texture) if texture is not None else min_contrast
+    threshold = (max(min_contrast, vacuum_floor * texture)
+                 if vacuum_floor and texture is not None else min_contrast)
     params = dict(min_sigma_a=min_sigma_a, max_sigma_a=max_sigma_a, min_contrast=min_contrast,
                   dark=dark, min_distance_a=min_distance_a, vacuum_floor=vacuum_floor,
                   vacuum_texture=texture, contrast_threshold=threshold)
@@ -230,7 +231,7 @@ def detect_columns(
 
 
 def surface_mask(centres: np.ndarray, tolerance_px: float = 2.0) -> np.ndarray:
-    """True for columns on the convex hull of ``centres`` (the surface), False inside (bulk).
+    """Return True for columns on the convex hull of ``centres`` (the surface), False inside (bulk).
 
     As in the Microsc. Microanal. paper (a Graham scan on the particle's
     columns): a column is at the surface when it lies on the hull's boundary,
@@ -281,7 +282,7 @@ def recovery_metrics(
     match_distance_a: float = 0.5,
     pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
 ) -> RecoveryMetrics:
-    """Precision |A∩B|/|B|, recall |A∩B|/|A|, F1 and Jaccard |A∩B|/|A∪B|.
+    """Precision |A and B|/|B|, recall |A and B|/|A|, F1 and Jaccard |A and B|/|A or B|.
 
     Two columns are the same when a one-to-one matching (Hungarian, minimum
     total distance) pairs them within ``match_distance_a``.
@@ -325,7 +326,7 @@ def structure_recovery(
     pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
     tolerance_px: float = 2.0,
 ) -> dict[str, RecoveryMetrics]:
-    """The papers' surface and bulk recovery metrics (Microsc. Microanal. Fig. 5).
+    """Return the papers' surface and bulk recovery metrics (Microsc. Microanal. Fig. 5).
 
     The surface of each set is found on that set's own convex hull (A's
     surface from the reference, B's from the detection), then the metrics are

@@ -183,7 +183,7 @@ class CalibratedFrames:
 
 
 def calibrated(data: Any, offset: float = 0.0, electrons_per_count: float = 1.0) -> Any:
-    """``data`` itself when the calibration is the identity, else a :class:`CalibratedFrames` view."""
+    """Return ``data`` itself when the calibration is the identity, else a :class:`CalibratedFrames` view."""
     if offset == 0 and electrons_per_count == 1:
         return data
     return CalibratedFrames(data, offset, electrons_per_count)

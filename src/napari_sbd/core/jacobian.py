@@ -61,12 +61,12 @@ def filter_crop(
     tuple of int
         Row and column bounds in frame coordinates (end exclusive).
     """
-    out = []
-    for n, p in zip(shape, pixel):
-        lo = max(0, (p - radius) // multiple * multiple)
-        hi = min(n, int(math.ceil((p + radius + 1) / multiple) * multiple))
-        out += [lo, hi]
-    return tuple(out)
+    (r0, r1), (c0, c1) = (
+        (max(0, (p - radius) // multiple * multiple),
+         min(n, int(math.ceil((p + radius + 1) / multiple) * multiple)))
+        for n, p in zip(shape, pixel)
+    )
+    return r0, r1, c0, c1
 
 
 def effective_filter(
@@ -145,4 +145,5 @@ def _filter(model: Denoiser, frame: np.ndarray,
     with torch.enable_grad():
         y = model.network(xp)
         y[0, 0, r + e - p0, c + e - q0].backward()
+    assert x.grad is not None  # x requires grad and the output depends on it
     return x.grad.detach().cpu().numpy().astype(np.float32), (r0, c0)

@@ -32,8 +32,8 @@ __all__ = [
     "VacuumNotFound",
     "column_log_likelihood_ratios",
     "estimate_vacuum_level",
-    "llr_classes",
     "likelihood_map",
+    "llr_classes",
     "vacuum_mask",
 ]
 
@@ -187,7 +187,7 @@ def columns_table(columns: Columns, llr: np.ndarray, frame: int,
 
 
 def llr_classes(llr: np.ndarray) -> tuple[int, int, int]:
-    """Counts of (real, spurious, undecided) columns by the papers' thresholds."""
+    """Count the (real, spurious, undecided) columns by the papers' thresholds."""
     values = np.asarray(llr, dtype=np.float64)
     real = int(np.sum(values >= LLR_REAL))
     spurious = int(np.sum(values <= LLR_SPURIOUS))
@@ -228,6 +228,6 @@ def likelihood_map(
     if len(values) != len(centres):
         raise ValueError(f"{len(centres)} columns but {len(values)} LLR values")
     out = np.full(tuple(shape)[-2:], np.nan, dtype=np.float32)
-    for (rr, cc), v in zip(_regions(out.shape, centres, radius_px), values):
+    for (rr, cc), v in zip(_regions((out.shape[0], out.shape[1]), centres, radius_px), values):
         out[rr, cc] = v
     return out

@@ -105,7 +105,7 @@ def pt_on_ceo2_phantom(
     rotation_deg: float = 0.0,
     seed: int | None = 0,
 ) -> Phantom:
-    """A particle of Pt columns on a CeO2 support, white-column contrast.
+    """Return a particle of Pt columns on a CeO2 support, white-column contrast.
 
     The support fills the bottom quarter of the frame, the particle (a
     truncated disc of about ``particle_radius_a``) sits on it, vacuum above.

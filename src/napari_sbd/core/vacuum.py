@@ -28,7 +28,7 @@ def vacuum_mask(
     min_area_fraction: float = 0.03,
     min_contrast_ratio: float = 1.5,
 ) -> np.ndarray:
-    """The vacuum: the largest flat region of the denoised frame.
+    """Return the vacuum: the largest flat region of the denoised frame.
 
     Vacuum is where the denoised frame is featureless. The local standard
     deviation over ``window_a`` splits the frame (Otsu's threshold on its
@@ -64,7 +64,7 @@ def vacuum_mask(
     from skimage.filters import threshold_otsu
 
     den = np.asarray(denoised, dtype=np.float64)
-    size = max(3, int(round(window_a / (pixel_size_pm / 100.0))) | 1)
+    size = max(3, round(window_a / (pixel_size_pm / 100.0)) | 1)
     mean = ndimage.uniform_filter(den, size, mode="nearest")
     var = ndimage.uniform_filter(den * den, size, mode="nearest") - mean**2
     log_std = np.log(np.sqrt(np.clip(var, 0, None)) + 1e-9)

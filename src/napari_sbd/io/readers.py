@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sbd.core.checkpoint import atomic_write
+from napari_sbd.core.files import atomic_write
 
 __all__ = ["get_reader", "read_file", "write_tiff"]
 
@@ -108,7 +108,7 @@ def read_tiff(path: str) -> list[LayerData]:
 
 
 def _our_description(tif: Any) -> dict[str, Any]:
-    """The layer metadata a file written by :func:`write_tiff` carries (model, source...)."""
+    """Return the layer metadata a file written by :func:`write_tiff` carries (model, source...)."""
     desc = tif.pages[0].description or ""
     try:
         d = json.loads(desc) if desc.startswith("{") else {}
@@ -134,6 +134,7 @@ class TiffFrames:
         import tifffile
 
         self.path = path
+        self._zarr: Any = None
         try:
             whole = tifffile.memmap(path, mode="r")
         except ValueError:  # compressed or scattered pages: read through zarr
@@ -142,7 +143,6 @@ class TiffFrames:
             self._zarr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
             self.shape, self.dtype = tuple(self._zarr.shape), self._zarr.dtype
             return
-        self._zarr = None
         self.shape, self.dtype = tuple(whole.shape), whole.dtype
         self._offset = int(whole.offset)
         del whole

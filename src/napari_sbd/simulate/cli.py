@@ -17,7 +17,7 @@ def parse_range(text: str) -> list[float]:
             a, b, step = parts
             if step <= 0 or b < a:
                 raise ValueError
-            n = int(round((b - a) / step))
+            n = round((b - a) / step)
             return [round(a + i * step, 6) for i in range(n + 1)]
         return [float(x) for x in text.split(",")]
     except ValueError:
@@ -26,7 +26,7 @@ def parse_range(text: str) -> list[float]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (units in every help text)."""
+    """Return the argument parser (units in every help text)."""
     p = argparse.ArgumentParser(
         prog="napari-sbd-simulate",
         description="Simulate clean HRTEM images (abTEM multislice) of faceted Pt "

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sbd.core.checkpoint import atomic_write
+from napari_sbd.core.files import atomic_write
 from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defoci
 from napari_sbd.simulate.structures import DEFECTS, PARTICLE_SIZES, StructureParams, build_structure
 
@@ -63,7 +63,7 @@ def draw_structure_params(seed: int, **fixed: Any) -> StructureParams:
     rng = np.random.default_rng([seed, 91])
     tilt = int(rng.integers(0, 5))
     about_x = bool(rng.random() < 0.5)
-    drawn = {
+    drawn: dict[str, Any] = {
         "seed": seed,
         "particle": str(rng.choice(sorted(PARTICLE_SIZES))),
         "thickness_nm": float(rng.choice([3.0, 4.0, 5.0, 6.0])),
@@ -211,13 +211,13 @@ def _rebuild_table(out: Path) -> int:
 
 def dataset_options(defoci_nm: list[float], ip: ImagingParams,
                     fixed: dict[str, Any] | None) -> dict[str, Any]:
-    """What every image of a dataset shares: defoci, imaging parameters, fixed structure parameters."""
+    """Return what every image of a dataset shares: defoci, imaging parameters, fixed structure parameters."""
     return {"defoci_nm": [float(d) for d in defoci_nm], "imaging": ip.record(),
             "fixed": dict(fixed or {})}
 
 
 def _folder_options(out: Path) -> dict[str, Any] | None:
-    """The options of an existing dataset folder, or None for a new one."""
+    """Return the options of an existing dataset folder, or None for a new one."""
     if (out / "dataset.json").exists():
         return json.loads((out / "dataset.json").read_text())
     records = sorted((out / "records").glob("s*.json")) if (out / "records").is_dir() else []

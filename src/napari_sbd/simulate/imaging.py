@@ -16,6 +16,7 @@ papers' white Pt columns appear near +6 nm. (abTEM's ``defocus`` is -C10.)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy.ndimage import gaussian_filter, zoom
@@ -92,9 +93,10 @@ def exit_wave(atoms, ip: ImagingParams) -> tuple[np.ndarray, tuple[float, float]
         atoms, sampling=ip.sampling_a, slice_thickness=ip.slice_thickness_a,
         projection="infinite", parametrization="lobato",
     )
-    wave = abtem.PlaneWave(energy=ip.energy_ev).multislice(potential)
+    wave: Any = abtem.PlaneWave(energy=ip.energy_ev).multislice(potential)
     wave = wave.compute(progress_bar=False, scheduler="synchronous")
-    return np.asarray(wave.array), tuple(float(s) for s in wave.sampling)
+    sy, sx = (float(s) for s in wave.sampling)
+    return np.asarray(wave.array), (sy, sx)
 
 
 def _coherent_intensity(psi_k: np.ndarray, k2: np.ndarray, lam: float, c10: float,

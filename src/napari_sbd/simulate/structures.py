@@ -186,7 +186,7 @@ def build_structure(p: StructureParams):
     p.validate()
     rng = np.random.default_rng(p.seed)
     extra = 2 if p.tilt_y_deg else 0
-    support, lx, lz, top_ce = _support(p, extra)
+    support, lx, lz, _top_ce = _support(p, extra)
     particle = _particle(p, rng)
     particle, site = _apply_defect(particle, p, rng)
     top_o = support.positions[:, 1].max()

@@ -98,7 +98,7 @@ def random_patch(
 
 
 def centre_resample(image: np.ndarray, size: int, scale: float, multiple: int = 1) -> np.ndarray:
-    """The centre of ``image`` resampled by ``scale`` (no rotation): validation at other pixel sizes.
+    """Return the centre of ``image`` resampled by ``scale`` (no rotation): validation at other pixel sizes.
 
     Parameters
     ----------

@@ -33,7 +33,7 @@ in picometres; patch sizes in pixels; angles in degrees.
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser, generated from :class:`TrainConfig`'s declared options."""
+    """Return the argument parser, generated from :class:`TrainConfig`'s declared options."""
     from napari_sbd.training.config import add_options
 
     p = argparse.ArgumentParser(

@@ -32,7 +32,7 @@ def span(text: str) -> tuple[float, float]:
 
 
 def dose_span(text: str) -> tuple[float, float]:
-    """A dose range ``LO:HI`` in counts/pixel (LO at least :data:`MIN_DOSE`)."""
+    """Return a dose range ``LO:HI`` in counts/pixel (LO at least :data:`MIN_DOSE`)."""
     lo, hi = span(text)
     if lo < MIN_DOSE:
         raise argparse.ArgumentTypeError(f"{text!r}: doses below {MIN_DOSE} counts/pixel are "
@@ -42,7 +42,7 @@ def dose_span(text: str) -> tuple[float, float]:
 
 def opt(default: Any, help: str, group: str, *, flag: str | None = None, show_default: bool = True,
         **argparse_kw: Any) -> Any:
-    """A TrainConfig field declared with its command-line option."""
+    """Return a TrainConfig field declared with its command-line option."""
     meta = {"help": help, "group": group, "flag": flag, "show_default": show_default,
             "argparse": argparse_kw}
     if isinstance(default, list):
@@ -131,7 +131,7 @@ class TrainConfig:
                          action="store_false", show_default=False)
 
     def model_params(self) -> dict[str, Any]:
-        """Constructor arguments of the chosen architecture."""
+        """Return the constructor arguments of the chosen architecture."""
         if self.arch == "bf_unet":
             return {
                 "scales": self.scales,
@@ -181,7 +181,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
-    """The TrainConfig of parsed arguments (fields absent from the command line keep defaults)."""
+    """Return the TrainConfig of parsed arguments (fields absent from the command line keep defaults)."""
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values.update(overrides)
     return TrainConfig(**values)

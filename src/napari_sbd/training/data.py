@@ -196,7 +196,7 @@ def split_by_structure(
         )
     rng = np.random.default_rng(seed)
     order = list(rng.permutation(structures))
-    n_val = min(len(structures) - 1, max(1, int(round(val_fraction * len(structures)))))
+    n_val = min(len(structures) - 1, max(1, round(val_fraction * len(structures))))
     held = set(order[:n_val])
     return [im for im in images if im.structure not in held], [
         im for im in images if im.structure in held

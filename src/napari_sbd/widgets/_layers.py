@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,8 @@ def pixel_size_pm(layer: Any) -> float | None:
     except Exception:  # noqa: BLE001 - units not convertible to a length
         pass
     md = getattr(layer, "metadata", {}) or {}
-    value = md.get("pixel_size_pm")
-    return float(value) if value else None
+    stored = md.get("pixel_size_pm")
+    return float(stored) if stored else None
 
 
 def copy_geometry(layer: Any) -> dict[str, Any]:
@@ -56,7 +57,7 @@ def current_frame_index(viewer: Any, layer: Any) -> int:
     # the layer's first axis is the viewer's (ndim - layer.ndim)-th
     axis = viewer.dims.ndim - layer.ndim
     world = viewer.dims.point[axis] if hasattr(viewer.dims, "point") else step[axis]
-    idx = int(round((world - layer.translate[0]) / layer.scale[0]))
+    idx = round((world - layer.translate[0]) / layer.scale[0])
     return int(np.clip(idx, 0, layer.data.shape[0] - 1))
 
 
@@ -68,7 +69,7 @@ def image_layers(viewer: Any) -> list[tuple[str, Any]]:
 
 
 def leading_index(viewer: Any, layer: Any) -> tuple[int, ...]:
-    """Indices of a layer's axes before (T, H, W) at the viewer's current position.
+    """Return the indices of a layer's axes before (T, H, W) at the viewer's current position.
 
     A 4-D (channel/position, T, H, W) layer is denoised one (T, H, W) block at a
     time: the block on screen.
@@ -78,7 +79,7 @@ def leading_index(viewer: Any, layer: Any) -> tuple[int, ...]:
     out = []
     for a in range(n_lead):
         world = viewer.dims.point[offset + a]
-        idx = int(round((world - layer.translate[a]) / layer.scale[a]))
+        idx = round((world - layer.translate[a]) / layer.scale[a])
         out.append(int(np.clip(idx, 0, layer.data.shape[a] - 1)))
     return tuple(out)
 
@@ -93,7 +94,7 @@ def stack_geometry(layer: Any) -> dict[str, Any]:
 
 
 def show_colorbar(layer: Any) -> None:
-    """napari's colour bar for an image layer, where this napari has one."""
+    """Napari's colour bar for an image layer, where this napari has one."""
     bar = getattr(layer, "colorbar", None)
     if bar is not None:
         bar.visible = True
@@ -124,7 +125,7 @@ GUIDES = {
 
 
 def guide_path(page: str) -> Path | None:
-    """A page of the documentation when it is on disk (a source checkout), else None."""
+    """Return a page of the documentation when it is on disk (a source checkout), else None."""
     path = Path(__file__).resolve().parents[3] / "docs" / page
     return path if path.is_file() else None
 
@@ -188,15 +189,13 @@ class DockWidget(QWidget):
     def release(self) -> None:
         """Disconnect from the viewer and stop the running worker (the dock was closed)."""
         while self._undo:
-            try:
+            with contextlib.suppress(RuntimeError, ValueError, TypeError):  # gone with the viewer
                 self._undo.pop()()
-            except (RuntimeError, ValueError, TypeError):  # already gone with the viewer
-                pass
         if self.worker is not None:
             self.worker.quit()
         self.released = True
 
-    def event(self, ev: Any) -> bool:  # noqa: D102 - Qt override
+    def event(self, ev: Any) -> bool:
         from qtpy.QtCore import QEvent
 
         if ev.type() == QEvent.Type.ParentChange:
@@ -241,8 +240,9 @@ def dock_layout(widget: Any, form: Any, *extra: Any) -> None:
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setWidget(inner)
     # never narrower than the controls (they would be cut off at the right edge)
-    scroll.setMinimumWidth(inner.minimumSizeHint().width()
-                           + scroll.verticalScrollBar().sizeHint().width() + 12)
+    bar = scroll.verticalScrollBar()
+    bar_width = bar.sizeHint().width() if bar is not None else 0
+    scroll.setMinimumWidth(inner.minimumSizeHint().width() + bar_width + 12)
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
     outer.addWidget(scroll)

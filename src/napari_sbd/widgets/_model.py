@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from magicgui.types import FileDialogMode
 from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 from napari_sbd.core.checkpoint import CheckpointError
@@ -32,7 +33,7 @@ class ModelPicker(Container):
         self.source = ComboBox(label="model", choices=sources, value=sources[0],
                                tooltip="\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
                                + "\nor a checkpoint file trained with napari-sbd-train")
-        self.file = FileEdit(label="checkpoint", mode="r", filter="*.pt")
+        self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt")
         self.device = ComboBox(label="device", choices=["auto", *available_devices()])
         self.info = Label(value="")
         super().__init__(widgets=[self.source, self.file, self.device, self.info])
@@ -44,10 +45,11 @@ class ModelPicker(Container):
         self._changed()
 
     def _path(self) -> str | Path:
-        return BUNDLED_CHOICES.get(self.source.value) or Path(self.file.value)
+        value = self.file.value  # one path: the edit is in EXISTING_FILE mode
+        return BUNDLED_CHOICES.get(self.source.value) or Path(str(value or ""))
 
     def load(self) -> Denoiser:
-        """The selected model on the selected device (cached).
+        """Return the selected model on the selected device (cached).
 
         Raises
         ------

@@ -33,7 +33,7 @@ QUALITY = {"fast": False, "best (8x slower)": True}  # label -> ensemble
 
 
 def unique_layer_name(viewer: Any, base: str) -> str:
-    """``base``, or ``base [2]``, ``base [3]``... : a new result never replaces a layer."""
+    """Return ``base``, or ``base [2]``, ``base [3]``...: a new result never replaces a layer."""
     name, k = base, 2
     while name in viewer.layers:
         name, k = f"{base} [{k}]", k + 1
@@ -103,18 +103,18 @@ class DenoiseWidget(DockWidget):
         return self.model.info
 
     def load_denoiser(self) -> Denoiser:
-        """The selected model (see :meth:`ModelPicker.load`)."""
+        """Return the selected model (see :meth:`ModelPicker.load`)."""
         return self.model.load()
 
     def _reset_layers(self, _event: Any = None) -> None:
         self.layer_combo.reset_choices()
 
     def counts(self, layer: Any) -> Any:
-        """The layer's data as electron counts (the offset and electrons per count applied)."""
+        """Return the layer's data as electron counts (the offset and electrons per count applied)."""
         return calibrated(layer.data, self.offset.value, self.gain.value)
 
     def _show_dose(self, _value: Any = None) -> None:
-        """The dose the calibration implies, before anything runs."""
+        """Return the dose the calibration implies, before anything runs."""
         layer = self.layer_combo.value
         if layer is None or getattr(layer, "rgb", False) or layer.data.ndim not in (2, 3):
             self.dose_note.value = ""

@@ -71,7 +71,7 @@ class FilterWidget(DockWidget):
         if raw is None:
             return
         data_pos = raw.world_to_data(event.position)
-        self.compute_at(tuple(int(round(v)) for v in data_pos))
+        self.compute_at(tuple(round(v) for v in data_pos))
 
     def compute_at(self, position: tuple[int, ...]) -> None:
         """Compute the filter at a data position of the raw layer ((t,) row, col)."""
