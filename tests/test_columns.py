@@ -29,18 +29,24 @@ def test_finds_a_lattice_of_gaussians_with_subpixel_accuracy():
     assert d.max() < 0.15  # pixels
     np.testing.assert_allclose(cols.peak, 0.65, atol=0.01)
     assert np.all((cols.sigma_a > 0.2) & (cols.sigma_a < 0.7))
-    top = cols.subset(cols.centres[:, 0] < 200)  # a region of interest keeps every field aligned
-    assert len(top) == np.sum(truth[:, 0] < 200)
-    np.testing.assert_array_equal(top.peak, cols.peak[cols.centres[:, 0] < 200])
+    top = cols.subset(cols.centres[:, 0] < 180)  # a region of interest keeps every field aligned
+    assert len(top) == np.sum(truth[:, 0] < 180)
+    np.testing.assert_array_equal(top.peak, cols.peak[cols.centres[:, 0] < 180])
     assert top.params == cols.params and top.pixel_size_pm == 6.1
 
 
-def test_dark_columns_option():
+@pytest.mark.parametrize("amplitude", [0.15, -0.15], ids=["bright", "dark"])
+def test_bright_or_dark_columns_are_recognised(amplitude):
     truth = np.mgrid[40:200:40, 40:200:40].reshape(2, -1).T.astype(float)
-    img = gaussian_columns((240, 240), truth, 6.0, -0.15, 0.45)
-    assert len(detect_columns(img)) == 0
-    dark = detect_columns(img, dark=True)
-    assert len(dark) == len(truth) and np.all(dark.contrast > 0.1)
+    img = gaussian_columns((240, 240), truth, 6.0, amplitude, 0.45)
+    found = detect_columns(img)
+    kind = "bright" if amplitude > 0 else "dark"
+    assert found.params["polarity"] == kind
+    assert recovery_metrics(truth, found.centres, match_distance_a=0.1).f1 == 1.0
+    assert np.all(found.contrast > 0.1)
+    # forced to the wrong polarity it finds the gaps between the columns, never the columns
+    other = detect_columns(img, polarity="dark" if amplitude > 0 else "bright")
+    assert recovery_metrics(truth, other.centres, match_distance_a=0.5).matched == 0
 
 
 def test_phantom_particle_and_support_columns():
@@ -143,3 +149,77 @@ def test_vacuum_floor_on_the_bundled_model_keeps_the_particle_and_drops_vacuum_t
     rec = lambda c: recovery_metrics(truth.centres, c.centres, match_distance_a=0.5, pixel_size_pm=px)  # noqa: E731
     assert rec(floored).recall >= max(0.95, rec(plain).recall - 0.02)
     assert rec(floored).precision >= rec(plain).precision
+
+
+def _lattice(noise: float = 0.0, seed: int = 0, shape=(320, 320), spacing=32.0):
+    """A square lattice of Gaussian columns on a flat background, with optional pixel noise."""
+    rng = np.random.default_rng(seed)
+    grid = np.mgrid[spacing:shape[0] - spacing / 2:spacing,
+                    spacing:shape[1] - spacing / 2:spacing].reshape(2, -1).T
+    truth = grid + rng.uniform(-0.5, 0.5, grid.shape)
+    img = gaussian_columns(shape, truth, 5.0, 0.2, 0.45)
+    return truth, img + noise * rng.standard_normal(shape)
+
+
+def test_units_do_not_matter_counts_normalised_and_detector_units_agree():
+    truth, img = _lattice(noise=0.01)
+    found = [detect_columns(img), detect_columns((img - img.mean()) / img.std()),
+             detect_columns(img * 250.0 + 1200.0)]  # detector units: gain and offset
+    inner = truth[(truth.min(axis=1) > 40) & (truth.max(axis=1) < 280)]  # 2 A border excluded
+    for cols in found:
+        m = recovery_metrics(inner, cols.centres, match_distance_a=0.1)
+        assert m.recall == 1.0 and m.precision == 1.0
+    np.testing.assert_allclose(found[1].centres, found[0].centres, atol=1e-6)
+    np.testing.assert_allclose(found[2].centres, found[0].centres, atol=1e-6)
+
+
+def test_the_spacing_is_read_from_the_frame_and_a_given_one_agrees():
+    _, img = _lattice(spacing=32.0)
+    auto = detect_columns(img, pixel_size_pm=10.0)
+    assert auto.params["spacing_a"] == pytest.approx(3.2, abs=0.1)  # 32 px x 10 pm
+    given = detect_columns(img, pixel_size_pm=10.0, spacing_a=3.2)
+    np.testing.assert_allclose(given.centres, auto.centres, atol=1e-6)
+    # the pixel size only converts: the same image at another calibration finds the same columns
+    other = detect_columns(img, pixel_size_pm=40.0)
+    np.testing.assert_allclose(other.centres, auto.centres, atol=1e-6)
+    assert other.params["spacing_a"] == pytest.approx(4 * auto.params["spacing_a"])
+
+
+def test_no_vacuum_is_needed():
+    truth, img = _lattice(noise=0.01, shape=(384, 384))  # lattice edge to edge
+    inner = truth[(truth.min(axis=1) > 40) & (truth.max(axis=1) < 344)]
+    for floor in (4.0, None):  # the vacuum floor is a refinement, never a requirement
+        cols = detect_columns(img, vacuum_floor=floor)
+        m = recovery_metrics(inner, cols.centres, match_distance_a=0.1)
+        assert m.recall == 1.0 and m.precision == 1.0
+
+
+def test_position_errors_are_the_size_of_the_real_errors():
+    errors, reported = [], []
+    for seed in range(4):
+        truth, img = _lattice(noise=0.03, seed=seed)
+        cols = detect_columns(img, pixel_size_pm=10.0)
+        d, i = cKDTree(cols.centres).query(truth)
+        errors.append(d * 10.0)  # pm
+        reported.append(cols.position_error_pm[i])
+    errors, reported = np.concatenate(errors), np.concatenate(reported)
+    assert np.all(np.isfinite(reported)) and np.median(errors) < 10  # sub-pixel at 10 pm/px
+    # the 2-D error's median is about 1.18 x the per-axis standard error (Rayleigh)
+    ratio = np.median(errors) / (1.18 * np.median(reported))
+    assert 0.5 < ratio < 2.0
+    # the integrated intensity is the Gaussian's: 2 pi A sigma^2
+    truth, img = _lattice()
+    cols = detect_columns(img)
+    np.testing.assert_allclose(cols.intensity, 2 * np.pi * 0.2 * 5.0**2, rtol=1e-3)
+
+
+@pytest.mark.parametrize("frame", ["noise", "uniform", "smooth"])
+def test_a_frame_without_a_lattice_is_a_clear_message(frame):
+    from napari_sbd.core.columns import LatticeNotFound
+
+    rng = np.random.default_rng(1)
+    img = {"noise": rng.poisson(0.45, (256, 256)).astype(float),
+           "uniform": np.full((256, 256), 0.45),
+           "smooth": 0.45 + 0.01 * rng.standard_normal((256, 256))}[frame]
+    with pytest.raises(LatticeNotFound, match=r"no atomic lattice|uniform"):
+        detect_columns(img)

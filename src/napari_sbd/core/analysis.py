@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_sbd.core.columns import Columns, detect_columns
+from napari_sbd.core.columns import Columns, LatticeNotFound, detect_columns
 from napari_sbd.core.files import atomic_write
 from napari_sbd.core.likelihood import (
     DEFAULT_RADIUS_A,
@@ -49,6 +49,8 @@ class FrameAnalysis:
         The LLR painted on each column's disc, NaN elsewhere (frame shape).
     llr_error : str or None
         Why the LLRs are NaN (no vacuum in the frame, raw data not counts), if they are.
+    no_lattice : str or None
+        Why no column was searched for (the frame shows no lattice), if so.
     """
 
     frame: int
@@ -57,6 +59,7 @@ class FrameAnalysis:
     llr: np.ndarray
     map: np.ndarray
     llr_error: str | None = None
+    no_lattice: str | None = None
 
     def counts(self) -> tuple[int, int, int]:
         """Return the (real, spurious, undecided) counts by the papers' thresholds."""
@@ -104,13 +107,20 @@ def analyse_frame(
     Returns
     -------
     FrameAnalysis
+        A frame without a lattice (a blank or vacuum frame in a movie) gives
+        no columns and says why in ``no_lattice``: a movie's analysis goes on.
 
     Raises
     ------
     ValueError
         Bad input, or (``strict``) no vacuum to compare with / raw data not in counts.
     """
-    cols = detect_columns(denoised, pixel_size_pm, **(detect or {}))
+    h, w = denoised.shape
+    try:
+        cols = detect_columns(denoised, pixel_size_pm, **(detect or {}))
+    except LatticeNotFound as exc:
+        return FrameAnalysis(int(frame), float(pixel_size_pm), Columns.empty(pixel_size_pm),
+                             np.zeros(0), np.full((h, w), np.nan, np.float32), no_lattice=str(exc))
     error = None
     try:
         llr = column_log_likelihood_ratios(raw, denoised, cols, vacuum_level,
@@ -119,12 +129,12 @@ def analyse_frame(
         if strict:
             raise
         llr, error = np.full(len(cols), np.nan), str(exc)
-    h, w = denoised.shape
     lmap = likelihood_map((h, w), cols, llr, radius_a=radius_a, pixel_size_pm=pixel_size_pm)
     return FrameAnalysis(int(frame), float(pixel_size_pm), cols, llr, lmap, error)
 
 
-def write_columns_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
+def write_columns_csv(path: str | Path, rows: list[dict[str, Any]],
+                      fields: list[str] = TABLE_FIELDS) -> Path:
     """Write columns-table rows as CSV (units in the header's names), atomically.
 
     Parameters
@@ -134,13 +144,15 @@ def write_columns_csv(path: str | Path, rows: list[dict[str, Any]]) -> Path:
         overwrite check first).
     rows : list of dict
         Rows of :meth:`FrameAnalysis.table`, any number of frames.
+    fields : list of str
+        The columns, in order (the movie's table adds ``track``).
 
     Returns
     -------
     pathlib.Path
     """
     buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=TABLE_FIELDS)
+    wr = csv.DictWriter(buf, fieldnames=fields)
     wr.writeheader()
     wr.writerows(rows)
     return atomic_write(path, lambda tmp: Path(tmp).write_text(buf.getvalue()))

@@ -1,11 +1,11 @@
-"""Atomic columns in a denoised frame: detection, surface/bulk split, recovery metrics.
+"""Atomic columns in a frame: detection, sub-pixel positions, surface/bulk split, recovery metrics.
 
-Detection is Laplacian-of-Gaussian blob detection (scikit-image ``blob_log``,
-as in the Microsc. Microanal. paper) on the denoised frame, with every
-parameter in physical units, followed by a sub-pixel centroid refinement and a
-contrast test that keeps only columns standing out from their surroundings by
-at least ``min_contrast`` counts per pixel (so the flat vacuum of a denoised
-frame yields no column).
+Detection reads its scale and thresholds from the frame (:func:`detect_columns`):
+the column spacing from the autocorrelation, bright or dark columns from the
+skew, a contrast threshold relative to the frame's own strong columns and
+noise (and to the texture of its vacuum, where it has one), then a 2-D
+Gaussian fit of every column with the standard error of its position. So it
+works at any pixel size and in any intensity units, with or without vacuum.
 """
 
 from __future__ import annotations
@@ -17,13 +17,16 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
+from napari_sbd.core.lattice import LatticeNotFound, column_polarity, column_spacing, high_pass
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.core.vacuum import VacuumNotFound, vacuum_mask
 
 __all__ = [
     "Columns",
+    "LatticeNotFound",
     "RecoveryMetrics",
     "detect_columns",
+    "fit_gaussians",
     "recovery_metrics",
     "structure_recovery",
     "surface_mask",
@@ -39,14 +42,23 @@ class Columns:
     centres : numpy.ndarray
         (N, 2) float row/col, pixels (sub-pixel).
     sigma : numpy.ndarray
-        (N,) LoG scale of each column, pixels.
+        (N,) Gaussian sigma of each column from the fit, pixels (NaN where the
+        fit failed and the smoothed peak's position was kept).
     peak : numpy.ndarray
-        (N,) denoised value at the centre, counts per pixel.
+        (N,) image value at the centre, in the image's units.
     contrast : numpy.ndarray
-        (N,) peak minus the local background, counts per pixel (negative
-        columns, in ``dark`` mode, are reported as positive contrast).
+        (N,) height of the fitted Gaussian above its local background, image
+        units (dark columns are reported as positive contrast).
     pixel_size_pm : float
         Pixel size used for the physical parameters.
+    params : dict
+        How the columns were found (spacing, polarity, thresholds).
+    position_error_pm : numpy.ndarray
+        (N,) standard error of each position from the Gaussian fit, pm (NaN
+        where the fit failed).
+    intensity : numpy.ndarray
+        (N,) integrated intensity of the fitted Gaussian above its background,
+        image units x pixels (an occupancy proxy: more atoms, more intensity).
     """
 
     centres: np.ndarray
@@ -55,6 +67,16 @@ class Columns:
     contrast: np.ndarray
     pixel_size_pm: float
     params: dict = field(default_factory=dict)
+    position_error_pm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    intensity: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        """Fill the fit's fields with NaN when they were not given."""
+        n = len(self.centres)
+        if len(self.position_error_pm) != n:
+            self.position_error_pm = np.full(n, np.nan)
+        if len(self.intensity) != n:
+            self.intensity = np.full(n, np.nan)
 
     def __len__(self) -> int:
         """Return the number of columns."""
@@ -72,7 +94,8 @@ class Columns:
         """Return the columns selected by a boolean mask or index array (e.g. a region of interest)."""
         keep = np.asarray(keep)
         return Columns(self.centres[keep], self.sigma[keep], self.peak[keep], self.contrast[keep],
-                       self.pixel_size_pm, dict(self.params))
+                       self.pixel_size_pm, dict(self.params), self.position_error_pm[keep],
+                       self.intensity[keep])
 
     @classmethod
     def empty(cls, pixel_size_pm: float) -> Columns:
@@ -98,136 +121,250 @@ def _vacuum_texture(img: np.ndarray, detail: np.ndarray, pixel_size_pm: float,
     return float(1.4826 * np.median(np.abs(d - np.median(d))))
 
 
-def _refine(img: np.ndarray, centres: np.ndarray, radius: np.ndarray) -> np.ndarray:
-    """Background-subtracted intensity centroid, iterated (sub-pixel positions)."""
-    h, w = img.shape
-    out = centres.astype(np.float64).copy()
-    for _ in range(3):
-        for k, (r0, c0) in enumerate(out):
-            rad = max(2.0, float(radius[k]))
-            y0, y1 = int(max(0, np.floor(r0 - rad))), int(min(h, np.ceil(r0 + rad) + 1))
-            x0, x1 = int(max(0, np.floor(c0 - rad))), int(min(w, np.ceil(c0 + rad) + 1))
-            yy, xx = np.mgrid[y0:y1, x0:x1]
-            win = img[y0:y1, x0:x1]
-            inside = (yy - r0) ** 2 + (xx - c0) ** 2 <= rad**2
-            wts = np.where(inside, win - win[inside].min(), 0.0)
-            total = wts.sum()
-            if total > 0:
-                new = np.array([(wts * yy).sum() / total, (wts * xx).sum() / total])
-                # never let the refinement walk off to a neighbour
-                if np.hypot(*(new - centres[k])) <= rad:
-                    out[k] = new
-    return out
+def _windows(img: np.ndarray, centres: np.ndarray, radius: int):
+    """Square windows (N, 2r+1, 2r+1) around rounded centres, edge-replicated, and their origins."""
+    pad = np.pad(img, radius, mode="edge")
+    rc = np.round(centres).astype(int)
+    k = np.arange(-radius, radius + 1)
+    rows = rc[:, 0, None, None] + radius + k[None, :, None]
+    cols = rc[:, 1, None, None] + radius + k[None, None, :]
+    return pad[rows, cols], rc
 
 
-def detect_columns(
-    denoised: np.ndarray,
-    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
-    *,
-    min_sigma_a: float = 0.2,
-    max_sigma_a: float = 0.7,
-    num_sigma: int = 6,
-    min_contrast: float = 0.03,
-    min_distance_a: float = 1.0,
-    dark: bool = False,
-    exclude_border_a: float = 2.0,
-    vacuum_floor: float | None = 4.0,
-    vacuum: np.ndarray | None = None,
-) -> Columns:
-    """Find atomic columns in a denoised frame by LoG blob detection.
+def fit_gaussians(img: np.ndarray, centres: np.ndarray, sigma0: np.ndarray | float,
+                  radius: int, iterations: int = 20) -> dict[str, np.ndarray]:
+    """Least-squares fit of an isotropic 2-D Gaussian on a constant to every column at once.
+
+    Model ``B + A exp(-|p - c|^2 / (2 s^2))`` on a disc of ``radius`` pixels
+    around each start, by Levenberg-Marquardt steps batched over all
+    columns (numpy, no per-column Python loop). The standard errors come from
+    the fit's residuals: sqrt(diag(RSS / (n - 5) (J^T J)^-1)).
 
     Parameters
     ----------
-    denoised : numpy.ndarray
-        (H, W) denoised frame, counts per pixel.
+    img : numpy.ndarray
+        (H, W) image with the columns as positive peaks.
+    centres : numpy.ndarray
+        (N, 2) starting row/col, pixels.
+    sigma0 : float or numpy.ndarray
+        Starting sigma, pixels.
+    radius : int
+        Fit disc radius, pixels (about half the distance to the neighbours).
+    iterations : int
+        Levenberg-Marquardt steps.
+
+    Returns
+    -------
+    dict
+        ``centres`` (N, 2), ``sigma``, ``amplitude``, ``background``,
+        ``centre_error`` (standard error of the position, pixels, the mean of
+        the two axes' variances), ``ok`` (converged inside the disc with a
+        positive amplitude and a sigma between 0.3 px and the radius).
+    """
+    n = len(centres)
+    win, rc = _windows(np.asarray(img, dtype=np.float64), centres, radius)
+    k = np.arange(-radius, radius + 1, dtype=np.float64)
+    yy, xx = np.meshgrid(k, k, indexing="ij")
+    disc = (yy**2 + xx**2 <= radius**2).ravel()
+    y, x = yy.ravel()[disc], xx.ravel()[disc]
+    data = win.reshape(n, -1)[:, disc]
+    m = disc.sum()
+    # parameters: amplitude, row, col (relative to the rounded start), sigma, background
+    bg0 = np.percentile(data, 10, axis=1)
+    p = np.stack([data.max(axis=1) - bg0, centres[:, 0] - rc[:, 0], centres[:, 1] - rc[:, 1],
+                  np.broadcast_to(np.asarray(sigma0, dtype=np.float64), (n,)).copy(), bg0], axis=1)
+    lam = np.full(n, 1e-2)
+
+    def model(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        amp, r0, c0, sg, bg = (q[:, i, None] for i in range(5))
+        dy, dx = y[None] - r0, x[None] - c0
+        g = np.exp(-(dy**2 + dx**2) / (2 * sg**2))
+        jac = np.stack([g, amp * g * dy / sg**2, amp * g * dx / sg**2,
+                        amp * g * (dy**2 + dx**2) / sg**3, np.ones_like(g)], axis=2)
+        return bg + amp * g, jac
+
+    fit, jac = model(p)
+    cost = ((fit - data) ** 2).sum(axis=1)
+    eye = np.eye(5)
+    for _ in range(iterations):
+        jtj = np.einsum("nmi,nmj->nij", jac, jac)
+        jtr = np.einsum("nmi,nm->ni", jac, data - fit)
+        damp = jtj + lam[:, None, None] * (jtj * eye)
+        try:
+            step = np.linalg.solve(damp + 1e-12 * eye, jtr[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            break
+        trial = p + step
+        trial[:, 3] = np.abs(trial[:, 3]) + 1e-3
+        tfit, tjac = model(trial)
+        tcost = ((tfit - data) ** 2).sum(axis=1)
+        better = np.isfinite(tcost) & (tcost < cost)
+        p[better], fit[better], jac[better] = trial[better], tfit[better], tjac[better]
+        cost[better] = tcost[better]
+        lam = np.where(better, lam / 3, lam * 4)
+    jtj = np.einsum("nmi,nmj->nij", jac, jac)
+    with np.errstate(invalid="ignore"):
+        cov = np.linalg.pinv(jtj) * (cost / max(m - 5, 1))[:, None, None]
+        err = np.sqrt(np.clip((cov[:, 1, 1] + cov[:, 2, 2]) / 2, 0, None))
+    shift = np.hypot(p[:, 1] - (centres[:, 0] - rc[:, 0]), p[:, 2] - (centres[:, 1] - rc[:, 1]))
+    ok = (np.isfinite(p).all(axis=1) & (p[:, 0] > 0) & (p[:, 3] > 0.3) & (p[:, 3] < radius)
+          & (shift < radius / 2))
+    return {"centres": np.stack([rc[:, 0] + p[:, 1], rc[:, 1] + p[:, 2]], axis=1),
+            "sigma": p[:, 3], "amplitude": p[:, 0], "background": p[:, 4],
+            "centre_error": err, "ok": ok}
+
+
+def detect_columns(
+    image: np.ndarray,
+    pixel_size_pm: float = PAPERS_PIXEL_SIZE_PM,
+    *,
+    spacing_a: float | None = None,
+    polarity: str = "auto",
+    threshold: float = 0.25,
+    min_contrast: float | None = None,
+    vacuum_floor: float | None = 4.0,
+    vacuum: np.ndarray | None = None,
+    exclude_border_a: float = 2.0,
+) -> Columns:
+    """Find atomic columns, with every scale and threshold read from the frame itself.
+
+    1. **Scale**: the nearest-neighbour column spacing ``d`` from the frame's
+       autocorrelation (:func:`~napari_sbd.core.lattice.column_spacing`),
+       unless ``spacing_a`` gives it. Everything else follows from ``d``:
+       slow variations removed above ``d``, smoothing ``d/8``, candidates
+       at least ``d/2`` apart, fit discs of ``0.35 d``.
+    2. **Polarity**: bright or dark columns from the skew of the frame's
+       detail (``polarity="auto"``), or as given.
+    3. **Threshold, relative**: a candidate is a column when its contrast
+       (smoothed peak minus the mean of its ``d``-wide neighbourhood) reaches
+       ``threshold`` times the typical contrast of the frame's strongest
+       columns, and stands above the frame's own pixel noise (4 robust
+       standard deviations) and, where the frame has a vacuum, above
+       ``vacuum_floor`` standard deviations of the vacuum's texture (a
+       network leaves a faint texture there). So counts, normalised and
+       detector-unit frames behave alike; ``min_contrast`` adds an absolute
+       floor in the image's units.
+    4. **Sub-pixel refinement**: a 2-D Gaussian fit of every column
+       (:func:`fit_gaussians`), with the standard error of its position.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        (H, W) frame (denoised, or any clean-enough image), any units.
     pixel_size_pm : float
-        Pixel size in picometres (6.1 for the papers' data).
-    min_sigma_a, max_sigma_a : float
-        Range of the column's Gaussian sigma, Angstrom (HRTEM columns at
-        300 kV: about 0.3-0.6 A).
-    num_sigma : int
-        Scales tried between them.
-    min_contrast : float
-        Minimum peak height above the local background, counts per pixel
-        (0.03 is about 7% of the papers' vacuum level).
-    min_distance_a : float
-        Two detections closer than this are one column, Angstrom.
-    dark : bool
-        Look for dark columns (contrast reversal at other defoci).
-    exclude_border_a : float
-        Ignore detections this close to the frame edge, Angstrom (the
-        network sees less context there: its edge artefacts look like columns).
+        Pixel size in picometres; converts to Angstrom only.
+    spacing_a : float, optional
+        Nearest-neighbour column spacing, Angstrom (estimated when omitted).
+    polarity : {"auto", "bright", "dark"}
+        Columns brighter or darker than their surroundings.
+    threshold : float
+        Minimum contrast relative to the frame's strong columns (0-1).
+    min_contrast : float, optional
+        Absolute minimum contrast, in the image's units.
     vacuum_floor : float or None
-        Raise the contrast threshold to this many robust standard deviations
-        of the denoised vacuum's local detail: a network leaves a faint
-        texture in the vacuum, and LoG finds "columns" in it. None: off; also
-        off when the frame has no vacuum.
+        Robust standard deviations of the vacuum's texture a column must
+        exceed (None: off; also off when the frame has no vacuum).
     vacuum : numpy.ndarray, optional
         (H, W) bool vacuum mask; by default found with
         :func:`napari_sbd.core.vacuum.vacuum_mask`.
+    exclude_border_a : float
+        Ignore columns this close to the frame edge, Angstrom.
 
     Returns
     -------
     Columns
-        Centres (sub-pixel row/col), sigma, peak value and contrast; ``params``
-        records the contrast threshold used and the vacuum texture it came from.
-    """
-    from skimage.feature import blob_log
+        ``params`` records the spacing, polarity and thresholds used.
 
-    img = np.asarray(denoised, dtype=np.float64)
+    Raises
+    ------
+    ValueError
+        Bad input; :class:`~napari_sbd.core.lattice.LatticeNotFound` when no
+        spacing is given and the frame shows no lattice.
+    """
+    from skimage.feature import peak_local_max
+
+    img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2:
         raise ValueError(f"detect_columns works on one (H, W) frame, got shape {img.shape}")
     if min(img.shape) < 8:
         raise ValueError(f"the frame is {img.shape[0]}x{img.shape[1]} pixels: too small to hold "
                          "atomic columns (at least 8x8)")
     if not np.isfinite(img).all():
-        raise ValueError("the denoised frame has NaN or infinite values")
+        raise ValueError("the frame has NaN or infinite values")
     if not pixel_size_pm > 0:
         raise ValueError(f"pixel_size_pm must be positive, got {pixel_size_pm}")
-    if not 0 < min_sigma_a <= max_sigma_a:
-        raise ValueError("need 0 < min_sigma_a <= max_sigma_a (Angstrom)")
+    if polarity not in ("auto", "bright", "dark"):
+        raise ValueError(f"polarity must be 'auto', 'bright' or 'dark', got {polarity!r}")
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold is relative to the strong columns: 0 <= threshold < 1, got {threshold}")
     px_a = pixel_size_pm / 100.0
-    signed = -img if dark else img
-    smin, smax = min_sigma_a / px_a, max_sigma_a / px_a
-    # local background: a wide average removes the vacuum level and slow variations
-    background = gaussian_filter(signed, 3 * smax, mode="nearest")
-    detail = signed - background
-    texture = _vacuum_texture(img, detail, pixel_size_pm, vacuum) if vacuum_floor else None
-    threshold = (max(min_contrast, vacuum_floor * texture)
-                 if vacuum_floor and texture is not None else min_contrast)
-    params = dict(min_sigma_a=min_sigma_a, max_sigma_a=max_sigma_a, min_contrast=min_contrast,
-                  dark=dark, min_distance_a=min_distance_a, vacuum_floor=vacuum_floor,
-                  vacuum_texture=texture, contrast_threshold=threshold)
-    blobs = blob_log(detail, min_sigma=smin, max_sigma=smax, num_sigma=num_sigma,
-                     threshold=min_contrast / 10, overlap=0.5, exclude_border=False)
-    if len(blobs) == 0:
-        out = Columns.empty(pixel_size_pm)
-        out.params = params
-        return out
-    centres = blobs[:, :2]
-    sigma = blobs[:, 2]
-    centres = _refine(detail, centres, 1.5 * sigma)
-    # contrast: centre value against the mean of a ring just outside the column
+    if float(img.max() - img.min()) <= 0:
+        raise LatticeNotFound("the frame is uniform: no columns")
+    if spacing_a is not None:
+        if not spacing_a > 0:
+            raise ValueError(f"spacing_a must be a positive distance in Angstrom, got {spacing_a}")
+        spacing, strength = spacing_a / px_a, float("nan")
+    else:
+        spacing, strength = column_spacing(img)
+    if spacing < 3:
+        message = (f"columns {spacing:.1f} px apart are too finely sampled to locate (at least "
+                   "3 px apart): record at a finer pixel size")
+        if spacing_a is None:  # a periodicity that fine is noise or texture, not columns
+            raise LatticeNotFound(f"no atomic lattice found in this frame ({message}); if it "
+                                  "holds columns, give their spacing (spacing_a, Angstrom)")
+        raise ValueError(message)
+    detail = high_pass(img, spacing)
+    if polarity == "auto":
+        polarity = column_polarity(detail)
+    signed = -detail if polarity == "dark" else detail
+    smooth_px = max(0.7, spacing / 8)
+    smooth = gaussian_filter(signed, smooth_px, mode="nearest")
+    # pixel noise: robust std of the finest scale, carried through the smoothing
+    fine = img - gaussian_filter(img, 1.0, mode="nearest")
+    noise = 1.4826 * float(np.median(np.abs(fine - np.median(fine)))) / 0.92
+    noise_floor = 4 * noise / (2 * np.sqrt(np.pi) * smooth_px)
+    texture = _vacuum_texture(img, smooth, pixel_size_pm, vacuum) if vacuum_floor else None
     h, w = img.shape
-    rc = np.clip(np.round(centres).astype(int), [0, 0], [h - 1, w - 1])
-    peak_signed = signed[rc[:, 0], rc[:, 1]]
-    ring = uniform_filter(signed, size=int(2 * np.ceil(3 * smax) + 1), mode="nearest")
-    contrast = peak_signed - ring[rc[:, 0], rc[:, 1]]
-    border = exclude_border_a / px_a
-    keep = (contrast >= threshold) & (centres[:, 0] >= border) & (centres[:, 0] <= h - 1 - border)
-    keep &= (centres[:, 1] >= border) & (centres[:, 1] <= w - 1 - border)
-    centres, sigma, contrast = centres[keep], sigma[keep], contrast[keep]
-    # merge duplicates (the strongest wins)
-    order = np.argsort(-contrast)
-    taken: list[int] = []
-    dmin = min_distance_a / px_a
-    for i in order:
-        if all(np.hypot(*(centres[i] - centres[j])) >= dmin for j in taken):
-            taken.append(i)
-    idx = np.array(sorted(taken, key=lambda i: (centres[i, 0], centres[i, 1])), dtype=int)
-    centres, sigma, contrast = centres[idx], sigma[idx], contrast[idx]
-    rc = np.clip(np.round(centres).astype(int), [0, 0], [h - 1, w - 1])
-    return Columns(centres, sigma, img[rc[:, 0], rc[:, 1]], contrast, pixel_size_pm, params)
+    border = int(np.ceil(exclude_border_a / px_a))
+    params: dict = dict(spacing_a=spacing * px_a, lattice_strength=strength, polarity=polarity,
+                        threshold=threshold, min_contrast=min_contrast, vacuum_floor=vacuum_floor,
+                        vacuum_texture=texture, noise=noise)
+    peaks = peak_local_max(smooth, min_distance=max(1, int(spacing / 2)),
+                           exclude_border=max(border, 1))
+    if len(peaks) == 0:
+        out = Columns.empty(pixel_size_pm)
+        out.params = params | {"contrast_threshold": float("nan")}
+        return out
+    ring = uniform_filter(smooth, size=int(2 * np.ceil(spacing / 2) + 1), mode="nearest")
+    contrast = smooth[peaks[:, 0], peaks[:, 1]] - ring[peaks[:, 0], peaks[:, 1]]
+    top = np.sort(contrast)[::-1][: max(5, len(contrast) // 10)]
+    floors = [threshold * float(np.median(top)), noise_floor]
+    if texture is not None and vacuum_floor:
+        floors.append(vacuum_floor * texture)
+    if min_contrast is not None:
+        floors.append(float(min_contrast))
+    cut = max(floors)
+    params["contrast_threshold"] = cut
+    keep = contrast >= cut
+    peaks, contrast = peaks[keep], contrast[keep]
+    radius = max(2, round(0.35 * spacing))
+    # the fit sees the image itself (a high-pass would bend the columns at a lattice's edge)
+    fit = fit_gaussians(-img if polarity == "dark" else img, peaks.astype(np.float64),
+                        max(1.0, spacing / 6), radius)
+    centres = np.where(fit["ok"][:, None], fit["centres"], peaks.astype(np.float64))
+    sigma = np.where(fit["ok"], fit["sigma"], np.nan)
+    error = np.where(fit["ok"], fit["centre_error"], np.nan)
+    inside = ((centres[:, 0] >= border) & (centres[:, 0] <= h - 1 - border)
+              & (centres[:, 1] >= border) & (centres[:, 1] <= w - 1 - border))
+    order = np.lexsort((centres[inside, 1], centres[inside, 0]))
+    idx = np.flatnonzero(inside)[order]
+    rc = np.clip(np.round(centres[idx]).astype(int), [0, 0], [h - 1, w - 1])
+    # reported contrast: the fitted peak height above the fitted background (the smoothed
+    # contrast, which decided, where the fit failed)
+    amp = np.where(fit["ok"], fit["amplitude"], contrast)[idx]
+    return Columns(centres[idx], sigma[idx], img[rc[:, 0], rc[:, 1]], amp, pixel_size_pm,
+                   params, position_error_pm=error[idx] * pixel_size_pm,
+                   intensity=2 * np.pi * amp * np.nan_to_num(sigma[idx], nan=spacing / 6) ** 2)
 
 
 def surface_mask(centres: np.ndarray, tolerance_px: float = 2.0) -> np.ndarray:

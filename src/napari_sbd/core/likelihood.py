@@ -152,8 +152,8 @@ def column_log_likelihood_ratios(
     return out
 
 
-TABLE_FIELDS = ["frame", "y_nm", "x_nm", "row_px", "col_px", "sigma_a", "peak_counts",
-                "contrast_counts", "llr", "class"]
+TABLE_FIELDS = ["frame", "y_nm", "x_nm", "position_error_pm", "row_px", "col_px", "sigma_a",
+                "peak_counts", "contrast_counts", "intensity_counts_px", "llr", "class"]
 
 
 def llr_class(value: float) -> str:
@@ -169,20 +169,25 @@ def columns_table(columns: Columns, llr: np.ndarray, frame: int,
                   pixel_size_pm: float) -> list[dict[str, object]]:
     """One row per column in physical units: the table users export and plot.
 
-    Positions in nm from the frame's top-left pixel centre (and in pixels),
-    sigma in Angstrom, peak and contrast in counts, the LLR (nats per pixel)
-    and its class. Field names carry the units (:data:`TABLE_FIELDS`).
+    Positions in nm from the frame's top-left pixel centre (and in pixels)
+    with their standard error in pm, sigma in Angstrom, peak and contrast in
+    counts, the integrated intensity (counts x pixels: an occupancy proxy),
+    the LLR (nats per pixel) and its class. Field names carry the units
+    (:data:`TABLE_FIELDS`).
     """
     if not (np.isfinite(pixel_size_pm) and pixel_size_pm > 0):
         raise ValueError(f"pixel_size_pm must be a positive number of picometres, got {pixel_size_pm}")
     nm = pixel_size_pm / 1000.0
     return [
         {"frame": int(frame), "y_nm": round(float(r) * nm, 5), "x_nm": round(float(c) * nm, 5),
+         "position_error_pm": round(float(e), 3),
          "row_px": round(float(r), 3), "col_px": round(float(c), 3),
          "sigma_a": round(float(sg), 4), "peak_counts": round(float(p), 5),
-         "contrast_counts": round(float(ct), 5), "llr": float(v), "class": llr_class(float(v))}
-        for (r, c), sg, p, ct, v in zip(columns.centres, columns.sigma_a, columns.peak,
-                                        columns.contrast, llr)
+         "contrast_counts": round(float(ct), 5), "intensity_counts_px": round(float(i), 4),
+         "llr": float(v), "class": llr_class(float(v))}
+        for (r, c), e, sg, p, ct, i, v in zip(columns.centres, columns.position_error_pm,
+                                              columns.sigma_a, columns.peak, columns.contrast,
+                                              columns.intensity, llr)
     ]
 
 
