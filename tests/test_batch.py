@@ -49,7 +49,10 @@ def test_output_equals_the_api_and_has_metadata(movie, model_path, tmp_path):
     with open(out / "columns.csv") as fh:
         rows = list(csv.DictReader(fh))
     header = (out / "columns.csv").read_text().splitlines()[0]
-    assert header == "frame,y_nm,x_nm,row_px,col_px,sigma_a,peak_counts,contrast_counts,llr,class"
+    # the movie's table: every column's track through the frames, units in the names
+    assert header == ("track,frame,y_nm,x_nm,position_error_pm,row_px,col_px,sigma_a,peak_counts,"
+                      "contrast_counts,intensity_counts_px,llr,class")
+    assert (out / "columns.h5").exists()  # the same table in HDF5, units as attributes
     for r in rows:  # (the untrained test model may find none)
         assert float(r["y_nm"]) == pytest.approx(float(r["row_px"]) * 0.0061, abs=1e-4)
     np.testing.assert_array_equal(stack, tifffile.imread(path))  # input untouched

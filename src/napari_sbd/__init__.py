@@ -10,8 +10,15 @@ The public API (docs/index.md has the whole guide)::
 
 from importlib.metadata import PackageNotFoundError, version
 
+from napari_sbd.core.analysis import FrameAnalysis, analyse_frame
 from napari_sbd.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from napari_sbd.core.columns import Columns, detect_columns, structure_recovery, surface_mask
+from napari_sbd.core.columns import (
+    Columns,
+    LatticeNotFound,
+    detect_columns,
+    structure_recovery,
+    surface_mask,
+)
 from napari_sbd.core.inference import Denoiser, DenoisingCancelled, load_model
 from napari_sbd.core.inputs import InputError
 from napari_sbd.core.jacobian import effective_filter
@@ -24,6 +31,7 @@ from napari_sbd.core.likelihood import (
 )
 from napari_sbd.core.metrics import psnr, ssim
 from napari_sbd.core.noise import poisson_noise
+from napari_sbd.core.tracking import link_columns, read_tracks, track_rows, write_tracks
 
 try:
     __version__ = version("napari-sbd")
@@ -37,18 +45,25 @@ __all__ = [
     "Columns",
     "Denoiser",
     "DenoisingCancelled",
+    "FrameAnalysis",
     "InputError",
+    "LatticeNotFound",
+    "analyse_frame",
     "column_log_likelihood_ratios",
     "detect_columns",
     "effective_filter",
     "estimate_vacuum_level",
     "likelihood_map",
+    "link_columns",
     "load_checkpoint",
     "load_model",
     "poisson_noise",
     "psnr",
+    "read_tracks",
     "save_checkpoint",
     "ssim",
     "structure_recovery",
     "surface_mask",
+    "track_rows",
+    "write_tracks",
 ]

@@ -41,14 +41,14 @@ def test_columns_points_and_map_follow_the_frame(scene, qtbot):
     pts = viewer.layers["movie denoised columns"]
     lmap = viewer.layers["movie denoised LLR map"]
     assert len(pts.data) == len(w.result.columns) > 10
-    assert set(pts.features.columns) >= {"sigma_a", "peak", "llr"}
+    assert set(pts.features.columns) >= {"sigma_a", "peak", "llr", "position_error_pm", "intensity"}
     assert lmap.data.shape == (256, 256) and np.isnan(lmap.data).mean() > 0.5
     assert tuple(pts.scale) == (0.061, 0.061)
     real, spurious, _ = w.result.counts()
     assert f"real (LLR >= {LLR_REAL}): {real}" in w.summary.value
     assert f"spurious (LLR <= {LLR_SPURIOUS}): {spurious}" in w.summary.value
     assert w.result.columns.params["vacuum_floor"] == w.floor_spin.value == 4.0
-    assert f"contrast >= {w.result.columns.params['contrast_threshold']:.3f} counts" in w.summary.value
+    assert f"contrast >= {w.result.columns.params['contrast_threshold']:.3f}" in w.summary.value
     # red for real, blue for spurious: the colour follows the LLR
     top = int(np.argmax(pts.features["llr"]))
     assert pts.face_color[top][0] > pts.face_color[top][2]
@@ -77,8 +77,9 @@ def test_columns_table_in_physical_units(scene, qtbot, tmp_path):
     out = w.save_table(tmp_path / "cols.csv")
     with open(out) as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["frame", "y_nm", "x_nm", "row_px", "col_px", "sigma_a",
-                             "peak_counts", "contrast_counts", "llr", "class"]
+    assert list(rows[0]) == ["frame", "y_nm", "x_nm", "position_error_pm", "row_px", "col_px",
+                             "sigma_a", "peak_counts", "contrast_counts", "intensity_counts_px",
+                             "llr", "class"]
     assert len(rows) == len(w.result.columns) and {r["frame"] for r in rows} == {"1"}
     r0 = rows[0]
     assert float(r0["y_nm"]) == pytest.approx(float(r0["row_px"]) * 0.0061, abs=1e-4)
@@ -208,3 +209,33 @@ def test_columns_combos_pair_the_right_layers_and_respect_the_users_choice(make_
     viewer.add_image(np.ones((2, 64, 64), np.float32), name="movie denoised [2]",
                      metadata={"sbd_source_layer": "movie"})
     assert w.denoised_combo.value is other
+
+
+def test_track_all_frames_links_columns_and_saves_the_movie_table(scene, qtbot, tmp_path):
+    import csv
+
+    viewer, _ = scene
+    w = ColumnsWidget(viewer)
+    w.vacuum_spin.value = 0.45
+    w.track_all()
+    assert w.worker is not None and w.cancel_button.enabled and not w.track_button.enabled
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60_000)
+    tracks = viewer.layers["movie denoised tracks"]
+    rows = w.movie_rows
+    assert rows and {r["frame"] for r in rows} == {0, 1}  # frame 2 is blank: no lattice
+    # frames 0 and 1 are the same image: every column is one track over both frames
+    by_track: dict[int, list[int]] = {}
+    for r in rows:
+        by_track.setdefault(r["track"], []).append(r["frame"])
+    assert all(frames == [0, 1] for frames in by_track.values())
+    assert len(tracks.data) == len(rows) and tuple(tracks.scale) == (1, 0.061, 0.061)
+    assert len(viewer.layers["movie denoised columns, all frames"].data) == len(rows)
+    summary = " ".join(w.summary.value.split())  # (wrapped to the dock's width)
+    assert "without a lattice" in summary and f"linked into {len(by_track)} tracks" in summary
+    path = w.save_table(tmp_path / "movie.csv")
+    with open(path) as fh:
+        saved = list(csv.DictReader(fh))
+    assert list(saved[0])[:2] == ["track", "frame"] and len(saved) == len(rows)
+    assert (tmp_path / "movie.h5").exists()
+    with pytest.raises(ValueError, match="exists"):
+        w.save_table(tmp_path / "movie.csv")

@@ -4,8 +4,11 @@ Layout of an output store (a zarr v3 group, i.e. a folder)::
 
     OUT.zarr/denoised        (T, H, W) float32, one chunk per frame
     OUT.zarr/llr_map         (T, H, W) float32 (with likelihood=True)
-    OUT.zarr/columns.csv     frame, y_nm, x_nm, row_px, col_px, sigma_a, peak_counts,
-                             contrast_counts, llr, class (with columns=True)
+    OUT.zarr/columns.csv     the movie's columns (with columns=True): one row per column and
+                             frame, linked into tracks (core.tracking): track, frame, y_nm,
+                             x_nm, position_error_pm, row_px, col_px, sigma_a, peak_counts,
+                             contrast_counts, intensity_counts_px, llr, class
+    OUT.zarr/columns.h5      the same table in HDF5, with each field's unit (io extra)
     OUT.zarr/.sbd/STORE         marks the folder as a napari-sbd store
     OUT.zarr/.sbd/done/NNNNNN   a marker per finished frame
     OUT.zarr/.sbd/columns/NNNNNN.csv   per-frame column rows
@@ -29,8 +32,8 @@ deleted. Anything else at the output path is refused.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -42,16 +45,15 @@ from typing import Any
 import numpy as np
 
 from napari_sbd.core.analysis import analyse_frame, write_columns_csv
-from napari_sbd.core.files import atomic_write
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
 from napari_sbd.core.inputs import InputError, as_frame, calibrated, check_stack_shape
-from napari_sbd.core.likelihood import TABLE_FIELDS
+from napari_sbd.core.tracking import track_rows, write_tracks
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
 STORE_MARKER = "STORE"  # .sbd/STORE: written by _open_or_create, and by nothing else
-STORE_ENTRIES = frozenset({"zarr.json", "denoised", "llr_map", "columns.csv", ".sbd"})
+STORE_ENTRIES = frozenset({"zarr.json", "denoised", "llr_map", "columns.csv", "columns.h5", ".sbd"})
 
 
 class BatchError(ValueError):
@@ -231,7 +233,7 @@ def denoise_movie(
     warnings: list[str] = [
         f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)
     ]
-    done_now, llr_warned = 0, False
+    done_now, llr_warned, no_lattice = 0, False, []
     arr = group["denoised"]
     lmap_arr = group["llr_map"] if likelihood else None
     # the first run's thread count, for this job only: CPU convolutions sum in a
@@ -253,6 +255,8 @@ def denoise_movie(
                 if found.llr_error and not llr_warned:  # once: every frame has the same cause
                     warnings.append(f"frame {i}: LLRs left empty: {found.llr_error}")
                     llr_warned = True
+                if found.no_lattice:
+                    no_lattice.append(i)
                 if lmap_arr is not None:
                     lmap_arr[i] = found.map
                 # the same table as the dock's export
@@ -261,10 +265,14 @@ def denoise_movie(
             done_now += 1
             if progress is not None:
                 progress(skipped + done_now, len(todo))
+    if no_lattice:
+        shown = ", ".join(map(str, no_lattice[:10])) + (" ..." if len(no_lattice) > 10 else "")
+        warnings.append(f"no lattice found (no columns) in {len(no_lattice)} frame(s): {shown}")
     complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
     if complete:
         if columns:
-            _merge_columns(cols_dir, out / "columns.csv", n)
+            _merge_columns(cols_dir, out / "columns.csv", n,
+                           float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM))
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
         group.attrs["napari_sbd"] = attrs
@@ -410,12 +418,11 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _merge_columns(folder: Path, target: Path, n: int) -> None:
-    buf = io.StringIO()
-    buf.write(",".join(TABLE_FIELDS) + "\n")
+def _merge_columns(folder: Path, target: Path, n: int, pixel_size_pm: float) -> None:
+    """Link the frames' tables into the movie's (a track per column), CSV and HDF5."""
+    tables = []
     for i in range(n):
-        part = folder / f"{i:06d}.csv"
-        lines = part.read_text().splitlines()[1:]
-        if lines:
-            buf.write("\n".join(lines) + "\n")
-    atomic_write(target, lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        with open(folder / f"{i:06d}.csv", newline="") as fh:
+            tables.append([{k: v if k == "class" else int(v) if k == "frame" else float(v)
+                            for k, v in r.items()} for r in csv.DictReader(fh)])
+    write_tracks(target, track_rows(tables, pixel_size_pm))

@@ -45,6 +45,18 @@ def _frame(data: Any, index: int) -> np.ndarray:
     return np.asarray(data[index] if data.ndim == 3 else data, dtype=np.float32)
 
 
+def _analyse_all(raw: Any, den: Any, pixel_size_pm: float, detect: dict[str, Any],
+                 vacuum_level: float | None, radius_a: float) -> Any:
+    """Worker body for "Track all frames": yield (frame, its analysis or the failure)."""
+    for i in range(den.shape[0]):
+        try:
+            yield i, analyse_frame(_frame(raw, i), _frame(den, i), pixel_size_pm, frame=i,
+                                   vacuum_level=vacuum_level, radius_a=radius_a, detect=detect,
+                                   strict=False)
+        except ValueError as exc:  # bad data in this frame: said, and the movie goes on
+            yield i, Failure(exc)
+
+
 class ColumnsWidget(DockWidget):
     """Columns of the denoised layer, coloured by how well the raw counts support them.
 
@@ -67,35 +79,57 @@ class ColumnsWidget(DockWidget):
                                   "likelihood test compares the columns with them")
         self.pixel_spin = FloatSpinBox(label="pixel size (pm)", min=0.1, max=1000, step=0.1,
                                        value=PAPERS_PIXEL_SIZE_PM)
-        self.sigma_min = FloatSpinBox(label="min sigma (A)", min=0.05, max=5, step=0.05, value=0.2)
-        self.sigma_max = FloatSpinBox(label="max sigma (A)", min=0.05, max=5, step=0.05, value=0.7)
-        self.contrast_spin = FloatSpinBox(label="min contrast (counts)", min=0.0, max=100,
-                                          step=0.01, value=0.03)
+        self.spacing_spin = FloatSpinBox(
+            label="column spacing (A, 0 = auto)", min=0.0, max=50, step=0.1, value=0.0,
+            tooltip="distance between neighbouring columns; 0 reads it from the frame's "
+            "autocorrelation (every scale of the detection follows from it)")
+        self.polarity_combo = ComboBox(
+            label="columns", choices=["auto", "bright", "dark"], value="auto",
+            tooltip="bright (HAADF, white-contrast HRTEM) or dark (black contrast) columns; "
+            "auto decides from the frame")
+        self.threshold_spin = FloatSpinBox(
+            label="min contrast (relative)", min=0.0, max=0.95, step=0.05, value=0.25,
+            tooltip="a column must reach this fraction of the contrast of the frame's strong "
+            "columns (any intensity units) and stand above the frame's noise")
         self.floor_spin = FloatSpinBox(label="vacuum floor (sigmas, 0 = off)", min=0.0, max=20,
                                        step=0.5, value=4.0)
         self.floor_spin.tooltip = ("columns must also stand out by this many standard deviations of the "
                                    "denoised vacuum's texture (a network leaves a faint texture there)")
-        self.dark_check = CheckBox(label="dark columns", value=False)
         self.radius_spin = FloatSpinBox(label="LLR radius (A)", min=0.1, max=3, step=0.1, value=0.7)
         self.vacuum_spin = FloatSpinBox(label="vacuum (0 = find)", min=0.0, max=1e4, step=0.01,
                                         value=0.0)
         self.follow_check = CheckBox(label="follow the frame slider", value=True)
         self.run_button = PushButton(text="Detect columns")
+        self.track_button = PushButton(
+            text="Track all frames",
+            tooltip="find the columns of every frame and link each column through the movie: "
+            "a Tracks layer, every frame's points, and the movie's table (Save table...)")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.save_button = PushButton(text="Save table...", enabled=False,
-                                      tooltip="the columns of the frame shown, as CSV: frame, "
-                                      "position (nm and px), sigma (A), peak and contrast "
-                                      "(counts), LLR and class")
+                                      tooltip="the columns as CSV: frame (and track, after "
+                                      "Track all frames), position (nm, px) and its error (pm), "
+                                      "sigma (A), peak, contrast and intensity (counts), LLR "
+                                      "and class")
         self.summary = Label(value="")
         self.form = Container(widgets=[
-            self.denoised_combo, self.raw_combo, self.pixel_spin, self.sigma_min, self.sigma_max,
-            self.contrast_spin, self.floor_spin, self.dark_check, self.radius_spin, self.vacuum_spin,
-            self.follow_check, self.run_button, self.save_button, self.summary,
+            self.denoised_combo, self.raw_combo, self.pixel_spin, self.spacing_spin,
+            self.polarity_combo, self.threshold_spin, self.floor_spin, self.radius_spin,
+            self.vacuum_spin,
+            self.follow_check, self.run_button, self.track_button, self.cancel_button,
+            self.save_button, self.summary,
         ])
-        dock_layout(self, self.form)
+        from qtpy.QtWidgets import QProgressBar
+
+        self.progress = QProgressBar()
+        self.progress.setVisible(False)
+        dock_layout(self, self.form, self.progress)
+        self.movie_rows: list[dict[str, Any]] | None = None
         self._user_chose = False
         self._setting = False
         self._stale: list[Any] = []
         self.run_button.changed.connect(self.run)
+        self.track_button.changed.connect(self.track_all)
+        self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self._ask_and_save)
         self.denoised_combo.changed.connect(self._user_changed)
         self.listen(self.viewer.layers.events.inserted, self._reset)
@@ -180,9 +214,8 @@ class ColumnsWidget(DockWidget):
             return
         index = current_frame_index(self.viewer, den)
         self._launched_frame = index
-        detect = dict(min_sigma_a=self.sigma_min.value, max_sigma_a=self.sigma_max.value,
-                      min_contrast=self.contrast_spin.value, dark=self.dark_check.value,
-                      vacuum_floor=self.floor_spin.value or None)
+        detect = dict(spacing_a=self.spacing_spin.value or None, polarity=self.polarity_combo.value,
+                      threshold=self.threshold_spin.value, vacuum_floor=self.floor_spin.value or None)
         vacuum = self.vacuum_spin.value or None
         self.worker = create_worker(
             analyse_frame_safely, _frame(raw.data, index), _frame(den.data, index), index,
@@ -202,6 +235,110 @@ class ColumnsWidget(DockWidget):
         self.summary.value = f"computing the columns of frame {index}..."
         self.worker.start()
 
+    def _layers_checked(self) -> tuple[Any, Any] | None:
+        den, raw = self.denoised_combo.value, self.raw_combo.value
+        if den is None or raw is None:
+            self._fail("choose the denoised layer and the raw layer it came from")
+            return None
+        if den is raw or den.data.shape != raw.data.shape:
+            self._fail("pick a denoised layer and the raw layer of the same shape it came from")
+            return None
+        return den, raw
+
+    def _detect_options(self) -> dict[str, Any]:
+        return dict(spacing_a=self.spacing_spin.value or None, polarity=self.polarity_combo.value,
+                    threshold=self.threshold_spin.value, vacuum_floor=self.floor_spin.value or None)
+
+    def track_all(self, _value: Any = None) -> None:
+        """Find the columns of every frame in a worker, then link them into tracks."""
+        layers = self._layers_checked()
+        if layers is None or self.worker is not None:
+            return
+        den, raw = layers
+        if den.data.ndim != 3:
+            self._fail("Track all frames needs a movie: a (T, H, W) denoised layer")
+            return
+        n = den.data.shape[0]
+        self._movie: dict[int, FrameAnalysis] = {}
+        self._movie_layer = den
+        self.worker = create_worker(
+            _analyse_all, raw.data, den.data, self.pixel_spin.value, self._detect_options(),
+            self.vacuum_spin.value or None, self.radius_spin.value,
+            _progress={"total": n, "desc": f"Columns of {n} frames"},
+        )
+        self.worker.yielded.connect(self._movie_frame)
+        self.worker.returned.connect(lambda _r: self._show_tracks())
+        self.worker.aborted.connect(lambda: self._fail(
+            f"tracking cancelled after {len(self._movie)} of {n} frames"))
+        self.worker.errored.connect(lambda exc: self._fail(str(exc)))
+        self.worker.finished.connect(self._movie_done)
+        self.progress.setRange(0, n)
+        self.progress.setValue(0)
+        self.progress.setFormat(f"0 of {n} frames")
+        self.progress.setVisible(True)
+        self.run_button.enabled = self.track_button.enabled = False
+        self.cancel_button.enabled = True
+        self.summary.value = f"finding the columns of {n} frames..."
+        self.worker.start()
+
+    def cancel(self, _value: Any = None) -> None:
+        """Stop "Track all frames" (what was found is dropped; nothing is half-shown)."""
+        if self.worker is not None:
+            self.worker.quit()
+
+    def _movie_frame(self, item: tuple[int, FrameAnalysis | Failure]) -> None:
+        i, res = item
+        if isinstance(res, Failure):
+            show_error(f"frame {i}: {res}")
+        else:
+            self._movie[i] = res
+        n = self.progress.maximum()
+        self.progress.setValue(i + 1)
+        self.progress.setFormat(f"{i + 1} of {n} frames")
+
+    def _movie_done(self) -> None:
+        self.worker = None
+        self.progress.setVisible(False)
+        self.run_button.enabled = self.track_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def _show_tracks(self) -> None:
+        from napari_sbd.core.tracking import track_rows
+
+        den = self._movie_layer
+        frames = [self._movie[i] for i in sorted(self._movie)]
+        rows = track_rows([f.table() for f in frames], self.pixel_spin.value)
+        self.movie_rows = rows
+        self.save_button.enabled = True
+        if not rows:
+            self.summary.value = wrap(f"no columns found in {len(frames)} frames")
+            return
+        tracks = np.array([[r["track"], r["frame"], r["row_px"], r["col_px"]] for r in rows])
+        llr = np.array([r["llr"] for r in rows], dtype=np.float64)
+        geo = dict(scale=tuple(den.scale), translate=tuple(den.translate))
+        name = f"{den.name} tracks"
+        if name in self.viewer.layers:
+            self.viewer.layers.remove(name)
+        self.viewer.add_tracks(tracks, name=name, properties={"llr": np.nan_to_num(llr)},
+                               color_by="llr", colormap="twilight", tail_length=10, **geo)
+        pts_name = f"{den.name} columns, all frames"
+        if pts_name in self.viewer.layers:
+            self.viewer.layers.remove(pts_name)
+        self.viewer.add_points(
+            tracks[:, 1:], name=pts_name, size=0.5 * 100 / self.pixel_spin.value,
+            features={k: [r[k] for r in rows] for k in ("track", "llr", "intensity_counts_px",
+                                                       "position_error_pm", "class")},
+            face_color="llr", face_colormap="RdBu_r",
+            face_contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT),
+            border_color="black", border_width=0.05, **geo,
+        )
+        n_tracks = len({r["track"] for r in rows})
+        empty = sum(1 for f in frames if f.no_lattice)
+        self.summary.value = wrap(
+            f"{len(rows)} columns in {len(frames)} frames, linked into {n_tracks} tracks"
+            + (f"; {empty} frame(s) without a lattice" if empty else "")
+            + ". Save table... writes one row per column and frame (with its track).")
+
     def table(self) -> list[dict[str, Any]]:
         """Return the shown frame's columns in physical units (see :meth:`FrameAnalysis.table`)."""
         if self.result is None:
@@ -209,10 +346,22 @@ class ColumnsWidget(DockWidget):
         return self.result.table()
 
     def save_table(self, path: str | Path) -> Path:
-        """Write :meth:`table` as CSV to a new file (atomically; an existing file is refused)."""
+        """Write the columns as CSV to a new file (atomically; an existing file is refused).
+
+        After "Track all frames": the movie's table (one row per column and
+        frame, with its track; an HDF5 copy beside it where h5py is
+        installed); otherwise the shown frame's (:meth:`table`).
+        """
         path = Path(path)
         if path.exists():
             raise ValueError(f"{path} exists: choose a new file name")
+        if self.movie_rows is not None:
+            from napari_sbd.core.tracking import write_tracks
+
+            if path.with_suffix(".h5").exists():
+                raise ValueError(f"{path.with_suffix('.h5')} exists (the HDF5 copy goes there): "
+                                 "choose a new file name")
+            return write_tracks(path, self.movie_rows)[0]
         return write_columns_csv(path, self.table())
 
     def _ask_and_save(self, _value: Any = None) -> None:
@@ -248,7 +397,8 @@ class ColumnsWidget(DockWidget):
         geo = plane_geometry(den)
         name_pts, name_map = f"{den.name} columns", f"{den.name} LLR map"
         features = {"sigma_a": res.columns.sigma_a, "peak": res.columns.peak,
-                    "contrast": res.columns.contrast, "llr": res.llr}
+                    "contrast": res.columns.contrast, "intensity": res.columns.intensity,
+                    "position_error_pm": res.columns.position_error_pm, "llr": res.llr}
         if name_pts in self.viewer.layers:
             pts = self.viewer.layers[name_pts]
             pts.data = res.columns.centres
@@ -274,13 +424,17 @@ class ColumnsWidget(DockWidget):
             # the legend of the points and the map: LLR in nats per pixel, red real, blue spurious
             show_colorbar(lay)
         lay.metadata["frame"] = res.frame
+        if res.no_lattice:
+            self.summary.value = wrap(f"frame {res.frame}: no columns: {res.no_lattice}")
+            return
         real, spurious, undecided = res.counts()
         p = res.columns.params
         floor = (f" (vacuum texture {p['vacuum_texture']:.4f})" if p.get("vacuum_texture") is not None
                  else "")
         self.summary.value = wrap(
-            f"frame {res.frame}: {len(res.llr)} columns\n"
-            f"contrast >= {p.get('contrast_threshold', 0):.3f} counts{floor}\n"
+            f"frame {res.frame}: {len(res.llr)} {p.get('polarity', '')} columns, "
+            f"{p.get('spacing_a', float('nan')):.2f} A apart\n"
+            f"contrast >= {p.get('contrast_threshold', 0):.3f}{floor}\n"
             f"real (LLR >= {LLR_REAL}): {real}\n"
             f"spurious (LLR <= {LLR_SPURIOUS}): {spurious}\n"
             f"undecided: {undecided}"
