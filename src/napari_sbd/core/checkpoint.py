@@ -27,6 +27,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "CheckpointError",
+    "ModelCard",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -51,6 +53,74 @@ CHECKPOINT_VERSION = 1
 # Metadata every checkpoint carries; the values are what a user needs to judge
 # whether the model fits their data.
 REQUIRED_METADATA = ("architecture", "params", "dose", "pixel_size_pm", "contrast")
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):  # "?" or another label written by hand
+        return None
+
+
+def _span(value: Any) -> tuple[float, float] | None:
+    if not value:
+        return None
+    lo, hi = (float(v) for v in value)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a checkpoint says about its model, typed: the fields a user judges a model by.
+
+    Attributes
+    ----------
+    architecture : str
+        Registered architecture name (:data:`~napari_sbd.core.models.ARCHITECTURES`).
+    params : dict
+        Its constructor arguments.
+    dose : float or None
+        Training (nominal) vacuum dose, counts/pixel per frame.
+    pixel_size_pm : float or None
+        Pixel size of the training data, pm.
+    contrast : str
+        Contrast class of the training images ("white", "black", "mixed"...).
+    training_data : str
+        Where the training images came from, in words.
+    validation_psnr : float or None
+        Validation PSNR of the saved weights, dB.
+    dose_range, pixel_size_range_pm : tuple of float or None
+        The envelope the model was trained over (None: one point).
+    path : str or None
+        The file it was loaded from.
+    """
+
+    architecture: str
+    params: dict[str, Any] = field(default_factory=dict)
+    dose: float | None = None
+    pixel_size_pm: float | None = None
+    contrast: str = "unknown"
+    training_data: str = ""
+    validation_psnr: float | None = None
+    dose_range: tuple[float, float] | None = None
+    pixel_size_range_pm: tuple[float, float] | None = None
+    path: str | None = None
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any]) -> ModelCard:
+        """Read the card from a checkpoint's (or a Denoiser's) metadata dict."""
+        return cls(
+            architecture=str(meta.get("architecture", "unknown")),
+            params=dict(meta.get("params") or {}),
+            dose=_number(meta.get("dose")),
+            pixel_size_pm=_number(meta.get("pixel_size_pm")),
+            contrast=str(meta.get("contrast", "unknown")),
+            training_data=str(meta.get("training_data", "")),
+            validation_psnr=_number(meta.get("validation_psnr")),
+            dose_range=_span(meta.get("dose_range")),
+            pixel_size_range_pm=_span(meta.get("pixel_size_range_pm")),
+            path=meta.get("path"),
+        )
 
 
 class CheckpointError(ValueError):

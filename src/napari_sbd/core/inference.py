@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_sbd.core.checkpoint import CheckpointError, load_checkpoint
+from napari_sbd.core.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from napari_sbd.core.inputs import as_frame, check_stack_shape
 from napari_sbd.core.models import SBDNetwork, fold_batchnorm
 
@@ -280,10 +280,14 @@ class Denoiser:
         return 2 * self.receptive_radius + 1
 
     @property
+    def card(self) -> ModelCard:
+        """The model's card (typed view of :attr:`metadata`)."""
+        return ModelCard.from_metadata(self.metadata)
+
+    @property
     def dose(self) -> float | None:
         """Training dose, counts/pixel in vacuum (None when unknown)."""
-        d = self.metadata.get("dose")
-        return None if d is None else float(d)
+        return self.card.dose
 
     @property
     def max_dose(self) -> float | None:
@@ -305,31 +309,30 @@ class Denoiser:
     @property
     def dose_range(self) -> tuple[float, float] | None:
         """Doses the model was trained over, counts/pixel in vacuum (None: one dose)."""
-        r = self.metadata.get("dose_range")
-        return None if not r else (float(r[0]), float(r[1]))
+        return self.card.dose_range
 
     @property
     def pixel_size_range_pm(self) -> tuple[float, float] | None:
         """Pixel sizes the model was trained over, pm (None: one pixel size)."""
-        r = self.metadata.get("pixel_size_range_pm")
-        return None if not r else (float(r[0]), float(r[1]))
+        return self.card.pixel_size_range_pm
 
     def describe(self) -> str:
         """One paragraph about the model for a user (architecture, dose, pixel size)."""
-        md = self.metadata
-        arch = md.get("architecture", type(self.network).__name__)
-        params = md.get("params", {})
-        dr, pr = self.dose_range, self.pixel_size_range_pm
+        card = self.card
+        arch = card.architecture if "architecture" in self.metadata else type(self.network).__name__
+        dr, pr = card.dose_range, card.pixel_size_range_pm
         dose = (f"{dr[0]:g}-{dr[1]:g} counts/pixel" if dr
-                else f"{md.get('dose', '?')} counts/pixel")
-        pix = f"{pr[0]:g}-{pr[1]:g} pm/pixel" if pr else f"{md.get('pixel_size_pm', '?')} pm/pixel"
+                else f"{card.dose if card.dose is not None else '?'} counts/pixel")
+        pix = (f"{pr[0]:g}-{pr[1]:g} pm/pixel" if pr
+               else f"{card.pixel_size_pm if card.pixel_size_pm is not None else '?'} pm/pixel")
+        contrast = card.contrast if card.contrast != "unknown" else "?"
         lines = [
-            architecture_text(arch, params),
-            f"trained at {dose}, {pix}, {md.get('contrast', '?')} contrast",
+            architecture_text(arch, card.params),
+            f"trained at {dose}, {pix}, {contrast} contrast",
             f"receptive field {self.receptive_field} px; device {self.device}",
         ]
-        if md.get("validation_psnr") is not None:
-            lines.append(f"validation PSNR {md['validation_psnr']:.2f} dB")
+        if card.validation_psnr is not None:
+            lines.append(f"validation PSNR {card.validation_psnr:.2f} dB")
         return "\n".join(lines)
 
     def compatibility_warnings(
@@ -366,7 +369,7 @@ class Denoiser:
             One sentence per problem; empty when the model fits.
         """
         out = []
-        mdose = self.metadata.get("dose")
+        mdose = self.card.dose
         # a NaN or infinite estimate (bad pixels) says nothing about the dose: the frame
         # checks report those pixels themselves ("nanx" used to reach the user)
         dose = dose if dose is not None and np.isfinite(dose) else None
@@ -388,7 +391,7 @@ class Denoiser:
                     f"trained at {float(mdose):.3g} ({ratio:.2g}x): results may be poor; use "
                     + _wider_model_hint() + "a model trained at this dose"
                 )
-        mpix = self.metadata.get("pixel_size_pm")
+        mpix = self.card.pixel_size_pm
         if pixel_size_pm is not None and self.pixel_size_range_pm is not None:
             lo, hi = self.pixel_size_range_pm
             k = self.binning_for(pixel_size_pm)
