@@ -7,7 +7,7 @@ Run under Xvfb (the test set-up installs it)::
 (a laptop's screen: the launcher sizes its window to the screen it opens on).
 
 It drives the real widgets, waits for their workers, and saves
-docs/images/{denoise,columns,filter}.png (the whole window, docks included).
+docs/images/{denoise,columns,tracks,filter}.png (the whole window, docks included).
 """
 
 from __future__ import annotations
@@ -69,6 +69,18 @@ def main() -> None:
     viewer.layers["Pt-CeO2 noisy"].visible = False
     docks["Columns and likelihood (SBD)"].raise_()
     viewer.window.screenshot(str(OUT / "columns.png"), canvas_only=False)
+    # every column through the movie: Track all frames
+    col_w.track_all()
+    _wait(lambda: col_w.worker is None)
+    if col_w.movie_rows is None:
+        raise RuntimeError(f"tracking failed: {col_w.summary.value}")
+    for name in ("Pt-CeO2 noisy denoised LLR map", "Pt-CeO2 noisy denoised columns"):
+        viewer.layers[name].visible = False
+    viewer.window.screenshot(str(OUT / "tracks.png"), canvas_only=False)
+    for name in ("Pt-CeO2 noisy denoised tracks", "Pt-CeO2 noisy denoised columns, all frames"):
+        viewer.layers[name].visible = False
+    for name in ("Pt-CeO2 noisy denoised LLR map", "Pt-CeO2 noisy denoised columns"):
+        viewer.layers[name].visible = True
     # the effective filter at a surface column of the particle
     viewer.layers["Pt-CeO2 noisy denoised LLR map"].visible = False
     viewer.layers["Pt-CeO2 noisy denoised columns"].visible = False

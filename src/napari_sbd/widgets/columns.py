@@ -315,7 +315,8 @@ class ColumnsWidget(DockWidget):
             return
         tracks = np.array([[r["track"], r["frame"], r["row_px"], r["col_px"]] for r in rows])
         llr = np.array([r["llr"] for r in rows], dtype=np.float64)
-        geo = dict(scale=tuple(den.scale), translate=tuple(den.translate))
+        geo = dict(scale=tuple(den.scale), translate=tuple(den.translate),
+                   units=tuple(str(u) for u in den.units))
         name = f"{den.name} tracks"
         if name in self.viewer.layers:
             self.viewer.layers.remove(name)
