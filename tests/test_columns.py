@@ -223,3 +223,13 @@ def test_a_frame_without_a_lattice_is_a_clear_message(frame):
            "smooth": 0.45 + 0.01 * rng.standard_normal((256, 256))}[frame]
     with pytest.raises(LatticeNotFound, match=r"no atomic lattice|uniform"):
         detect_columns(img)
+
+
+def test_nothing_above_the_threshold_is_an_empty_result_not_an_error():
+    from napari_sbd.core.columns import fit_gaussians
+
+    assert len(fit_gaussians(np.zeros((20, 20)), np.zeros((0, 2)), 2.0, 3)["centres"]) == 0
+    rng = np.random.default_rng(2)
+    flat = 0.45 + 1e-3 * rng.standard_normal((128, 128))
+    cols = detect_columns(flat, spacing_a=2.4, min_contrast=1.0)  # given spacing: no lattice test
+    assert len(cols) == 0 and not cols.params["contrast_threshold"] < 1.0  # (NaN: no candidate)

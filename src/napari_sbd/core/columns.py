@@ -162,6 +162,10 @@ def fit_gaussians(img: np.ndarray, centres: np.ndarray, sigma0: np.ndarray | flo
         positive amplitude and a sigma between 0.3 px and the radius).
     """
     n = len(centres)
+    if n == 0:
+        z = np.zeros(0)
+        return {"centres": np.zeros((0, 2)), "sigma": z, "amplitude": z, "background": z,
+                "centre_error": z, "ok": np.zeros(0, dtype=bool)}
     win, rc = _windows(np.asarray(img, dtype=np.float64), centres, radius)
     k = np.arange(-radius, radius + 1, dtype=np.float64)
     yy, xx = np.meshgrid(k, k, indexing="ij")
@@ -314,11 +318,12 @@ def detect_columns(
                                   "holds columns, give their spacing (spacing_a, Angstrom)")
         raise ValueError(message)
     detail = high_pass(img, spacing)
-    if polarity == "auto":
-        polarity = column_polarity(detail)
-    signed = -detail if polarity == "dark" else detail
     smooth_px = max(0.7, spacing / 8)
-    smooth = gaussian_filter(signed, smooth_px, mode="nearest")
+    smooth = gaussian_filter(detail, smooth_px, mode="nearest")
+    if polarity == "auto":  # on the smoothed detail: pixel noise has a skew of its own
+        polarity = column_polarity(smooth)
+    if polarity == "dark":
+        smooth = -smooth
     # pixel noise: robust std of the finest scale, carried through the smoothing
     fine = img - gaussian_filter(img, 1.0, mode="nearest")
     noise = 1.4826 * float(np.median(np.abs(fine - np.median(fine)))) / 0.92
