@@ -236,6 +236,8 @@ def test_processes_starting_together_share_one_store(movie, model_path, tmp_path
 @pytest.mark.parametrize(("extra", "message"), [
     (["--tile", "0"], "need >= 64"), (["--tile", "-5"], "need >= 64"),
     (["--vacuum-level", "-1"], "need > 0"), (["--tile", "abc"], "not an integer"),
+    (["--spacing", "0"], "need > 0"), (["--column-threshold", "1.5"], "and < 1"),
+    (["--memory", "-1"], "need >= 0"),
 ])
 def test_out_of_range_options_are_refused(movie, model_path, tmp_path, capsys, extra, message):
     path, _ = movie
@@ -350,3 +352,18 @@ def test_data_far_from_the_models_dose_get_a_warning(tmp_path, model_path, capsy
     err = capsys.readouterr().err
     assert "the input has 5.4" in err and "counts/pixel/frame on average" in err
     assert "warning: model: the data have 5.4" in err and "trained at 0.45" in err
+
+
+def test_detection_and_linking_options_are_part_of_the_job(movie, model_path, tmp_path, capsys):
+    path, _ = movie
+    out = tmp_path / "o.zarr"
+    base = [str(path), "-o", str(out), "--model", str(model_path), "--quiet", "--columns",
+            "--vacuum-level", "0.45"]
+    assert main([*base, "--spacing", "2.4", "--memory", "0"]) == 0
+    job = zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["job"]
+    assert job["analysis"] == {"memory": 0, "spacing_a": 2.4}  # only what was changed
+    capsys.readouterr()
+    # the same store with other columns options is another job: not resumed into, refused
+    assert main([*base, "--spacing", "3.0", "--memory", "0"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main([*base, "--spacing", "2.4", "--memory", "0"]) == 0  # the same job: resumes

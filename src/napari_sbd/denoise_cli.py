@@ -6,6 +6,7 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from napari_sbd._cli import number
 
@@ -39,18 +40,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--frames", help="START:STOP range of frames for this process (default: all)")
     p.add_argument("--columns", action="store_true",
-                   help="also write columns.csv: frame, row, col (px), sigma (A), peak, contrast, LLR")
+                   help="also write columns.csv (and columns.h5): every column of every frame "
+                   "linked through the movie: track, frame, position (nm, px) and its error (pm), "
+                   "sigma (A), peak, contrast, intensity, LLR and class")
+    p.add_argument("--spacing", type=number(float, above=0, unit="Angstrom"),
+                   help="column spacing in Angstrom (default: read from each frame)")
+    p.add_argument("--polarity", choices=["auto", "bright", "dark"], default="auto",
+                   help="bright or dark columns (default: decided from each frame)")
+    detect, link = _defaults()
+    p.add_argument("--column-threshold", type=number(float, at_least=0, below=1),
+                   default=detect["threshold"],
+                   help="a column's contrast relative to the frame's strong columns, 0-1 "
+                   "(default %(default)s)")
+    p.add_argument("--max-displacement", type=number(float, above=0, unit="Angstrom"),
+                   default=link["max_displacement_a"],
+                   help="largest move of a column between frames, Angstrom (default %(default)s)")
+    p.add_argument("--memory", type=number(int, at_least=0, unit="frames"),
+                   default=link["memory"],
+                   help="frames a column may be missing and keep its track (default %(default)s)")
     p.add_argument("--likelihood", action="store_true",
                    help="also write the LLR map stack (llr_map); implies --columns")
     p.add_argument("--vacuum-level", type=number(float, above=0, unit="counts/pixel"),
                    help="vacuum counts/pixel/frame for the LLRs (default: found in each frame)")
     p.add_argument("--tile", type=number(int, at_least=64, unit="pixels"), default=1024,
                    help="inference tile side in pixels (1024)")
-    p.add_argument("--offset", type=float, default=0.0,
+    p.add_argument("--offset", type=float,
                    help="detector offset (dark level) in the file's units, subtracted first "
-                   "(default 0: counted data)")
-    p.add_argument("--electrons-per-count", type=number(float, above=0), default=1.0,
-                   help="electrons per unit of the file, i.e. 1 / gain (default 1: counted data)")
+                   "(default: the file's electron calibration where it has one, else 0)")
+    p.add_argument("--electrons-per-count", type=number(float, above=0),
+                   help="electrons per unit of the file, i.e. 1 / gain (default: the file's "
+                   "electron calibration where it has one, else 1: counted data)")
     p.add_argument("--quality", choices=["fast", "best"], default="fast",
                    help="best: average the network over the 8 rotations and flips of each frame "
                    "(about +0.5 dB, 8x the time); default fast")
@@ -82,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tile_size=args.tile, overwrite=args.overwrite, command=command, progress=progress,
             ensemble=args.quality == "best", offset=args.offset,
             electrons_per_count=args.electrons_per_count,
+            **_analysis_options(args),
         )
     except (BatchError, ValueError) as exc:
         bar.close()
@@ -109,6 +129,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{res.output}: {res.frames_done_now} frames denoised now, {res.frames_skipped} already "
           f"done; store {state}")
     return 0
+
+
+def _defaults() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Defaults of detect_columns and link_columns, read from their signatures (one source)."""
+    import inspect
+
+    from napari_sbd.core.columns import detect_columns
+    from napari_sbd.core.tracking import link_columns
+
+    def of(f: Any) -> dict[str, Any]:
+        return {k: p.default for k, p in inspect.signature(f).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    return of(detect_columns), of(link_columns)
+
+
+def _analysis_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Return the detection and linking options the user changed (a store records only those)."""
+    detect_d, link_d = _defaults()
+    detect = {"spacing_a": args.spacing, "polarity": args.polarity,
+              "threshold": args.column_threshold}
+    link = {"max_displacement_a": args.max_displacement, "memory": args.memory}
+    return {"detect": {k: v for k, v in detect.items() if v != detect_d[k]},
+            "link": {k: v for k, v in link.items() if v != link_d[k]}}
 
 
 if __name__ == "__main__":

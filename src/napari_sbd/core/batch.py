@@ -46,7 +46,13 @@ import numpy as np
 
 from napari_sbd.core.analysis import analyse_frame, write_columns_csv
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
-from napari_sbd.core.inputs import InputError, as_frame, calibrated, check_stack_shape
+from napari_sbd.core.inputs import (
+    InputError,
+    as_frame,
+    calibrated,
+    check_stack_shape,
+    frame_range,
+)
 from napari_sbd.core.tracking import track_rows, write_tracks
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
@@ -73,8 +79,8 @@ class BatchResult:
     dose_estimate: float | None = None  # mean counts/pixel/frame of the first frames
 
 
-def open_movie(path: str | os.PathLike) -> tuple[Any, float | None]:
-    """Open a movie lazily with the plugin's readers; returns (array-like, pixel size pm)."""
+def open_movie(path: str | os.PathLike) -> tuple[Any, float | None, dict[str, Any]]:
+    """Open a movie lazily with the plugin's readers: (array-like, pixel size pm, layer metadata)."""
     from napari_sbd.io.readers import TIFF, ReaderError, TiffFrames, read_file
 
     p = Path(path)
@@ -86,7 +92,8 @@ def open_movie(path: str | os.PathLike) -> tuple[Any, float | None]:
         raise BatchError(f"cannot read {p}: {exc}") from None
     if p.suffix.lower() in TIFF and len(data.shape) == 3:
         data = TiffFrames(p)
-    return data, (kwargs.get("metadata") or {}).get("pixel_size_pm")
+    meta = kwargs.get("metadata") or {}
+    return data, meta.get("pixel_size_pm"), meta
 
 
 def _file_sha256(path: Path) -> str:
@@ -99,12 +106,15 @@ def _file_sha256(path: Path) -> str:
 
 def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns: bool,
               likelihood: bool, tile: int | None, ensemble: bool = False,
-              calibration: tuple[float, float] = (0.0, 1.0)) -> dict[str, Any]:
+              calibration: tuple[float, float] = (0.0, 1.0),
+              analysis: dict[str, Any] | None = None) -> dict[str, Any]:
     st = input_path.stat()
     # options added later are recorded only when set: older stores stay resumable
     later: dict[str, Any] = {"ensemble": True} if ensemble else {}
     if tuple(calibration) != (0.0, 1.0):
         later["calibration"] = [float(v) for v in calibration]
+    if analysis:  # column detection and linking options (columns of a resumed job agree)
+        later["analysis"] = {k: analysis[k] for k in sorted(analysis)}
     model_path = Path(model.metadata.get("path", ""))
     return {
         "input": str(input_path.resolve()),
@@ -120,20 +130,10 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
 
 
 def _parse_frames(frames: str | slice | None, n: int) -> range:
-    if frames is None:
-        return range(n)
-    if isinstance(frames, str):
-        try:
-            parts = [int(p) if p.strip() else None for p in frames.split(":")]
-        except ValueError:
-            raise BatchError(f"--frames {frames!r}: use START:STOP (e.g. 0:100)") from None
-        if len(parts) != 2:
-            raise BatchError(f"--frames {frames!r}: use START:STOP (e.g. 0:100)")
-        frames = slice(*parts)
-    r = range(*frames.indices(n))
-    if len(r) == 0:
-        raise BatchError(f"the frame range selects no frame of the {n}-frame movie")
-    return r
+    try:
+        return frame_range(frames, n)
+    except InputError as exc:
+        raise BatchError(f"--{exc}" if str(exc).startswith("frames") else str(exc)) from None
 
 
 def denoise_movie(
@@ -151,8 +151,10 @@ def denoise_movie(
     command: str = "",
     progress: Callable[[int, int], None] | None = None,
     ensemble: bool = False,
-    offset: float = 0.0,
-    electrons_per_count: float = 1.0,
+    offset: float | None = None,
+    electrons_per_count: float | None = None,
+    detect: dict[str, Any] | None = None,
+    link: dict[str, Any] | None = None,
 ) -> BatchResult:
     """Denoise a movie frame by frame into a zarr store, resuming where a previous run stopped.
 
@@ -185,9 +187,17 @@ def denoise_movie(
     ensemble : bool
         "Best" quality: average over the 8 rotations and flips of each frame
         (8x the time; see :meth:`Denoiser.denoise_frame`).
-    offset, electrons_per_count : float
+    offset, electrons_per_count : float, optional
         Detector calibration: frames are read as ``(raw - offset) *
         electrons_per_count`` (see :class:`napari_sbd.core.inputs.CalibratedFrames`).
+        Omitted: the file's own electron calibration where it records one (DM
+        brightness in electrons), else 0 and 1 (counted data).
+    detect : dict, optional
+        Options of :func:`~napari_sbd.core.columns.detect_columns` (``spacing_a``,
+        ``polarity``, ``threshold``...); defaults read everything from each frame.
+    link : dict, optional
+        Options of :func:`~napari_sbd.core.tracking.link_columns`
+        (``max_displacement_a``, ``memory``).
 
     Returns
     -------
@@ -196,7 +206,12 @@ def denoise_movie(
     """
     input_path = Path(input_path)
     out = Path(output)
-    data, pixel_size = open_movie(input_path)
+    data, pixel_size, file_meta = open_movie(input_path)
+    file_cal = file_meta.get("intensity_calibration") or {}
+    if offset is None:
+        offset = float(file_cal.get("offset", 0.0))
+    if electrons_per_count is None:
+        electrons_per_count = float(file_cal.get("electrons_per_count", 1.0))
     try:
         single = check_stack_shape(tuple(data.shape), data.dtype)
     except InputError as exc:
@@ -222,8 +237,9 @@ def denoise_movie(
         as_frame(data[todo[0]], index=todo[0], model_dose=den.max_dose)
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
+    detect, link = dict(detect or {}), dict(link or {})
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble,
-                      (offset, electrons_per_count))
+                      (offset, electrons_per_count), {**detect, **link})
     group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w),
                             protected)
     state = out / ".sbd"
@@ -251,7 +267,7 @@ def denoise_movie(
                 frame = as_frame(data[i], index=i, model_dose=den.max_dose)
                 px = float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM)
                 found = analyse_frame(frame, result, px, frame=i, vacuum_level=vacuum_level,
-                                      strict=False)
+                                      detect=detect, strict=False)
                 if found.llr_error and not llr_warned:  # once: every frame has the same cause
                     warnings.append(f"frame {i}: LLRs left empty: {found.llr_error}")
                     llr_warned = True
@@ -272,7 +288,8 @@ def denoise_movie(
     if complete:
         if columns:
             _merge_columns(cols_dir, out / "columns.csv", n,
-                           float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM))
+                           float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM),
+                           link)
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
         group.attrs["napari_sbd"] = attrs
@@ -418,11 +435,12 @@ def _torch_threads(n: int | None):
         torch.set_num_threads(before)
 
 
-def _merge_columns(folder: Path, target: Path, n: int, pixel_size_pm: float) -> None:
+def _merge_columns(folder: Path, target: Path, n: int, pixel_size_pm: float,
+                   link: dict[str, Any]) -> None:
     """Link the frames' tables into the movie's (a track per column), CSV and HDF5."""
     tables = []
     for i in range(n):
         with open(folder / f"{i:06d}.csv", newline="") as fh:
             tables.append([{k: v if k == "class" else int(v) if k == "frame" else float(v)
                             for k, v in r.items()} for r in csv.DictReader(fh)])
-    write_tracks(target, track_rows(tables, pixel_size_pm))
+    write_tracks(target, track_rows(tables, pixel_size_pm, **link))

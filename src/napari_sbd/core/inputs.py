@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MIN_FRAME_SIDE", "InputError", "as_frame", "check_stack_shape"]
+__all__ = ["MIN_FRAME_SIDE", "InputError", "as_frame", "check_stack_shape", "frame_range"]
 
 # Smaller frames cannot hold even one atomic column at 6 pm/pixel; they are
 # almost surely a wrong axis (a channel or a time axis taken for space).
@@ -187,3 +187,38 @@ def calibrated(data: Any, offset: float = 0.0, electrons_per_count: float = 1.0)
     if offset == 0 and electrons_per_count == 1:
         return data
     return CalibratedFrames(data, offset, electrons_per_count)
+
+
+def frame_range(frames: str | slice | None, n: int) -> range:
+    """Return the frames ``"START:STOP"`` (Python slice semantics) selects of an ``n``-frame movie.
+
+    Parameters
+    ----------
+    frames : str, slice or None
+        ``"10:20"``, ``"10:"``, ``":-5"``, a slice, or None for all frames.
+    n : int
+        Frames in the movie.
+
+    Returns
+    -------
+    range
+
+    Raises
+    ------
+    InputError
+        Not START:STOP, or a range that selects no frame.
+    """
+    if frames is None:
+        return range(n)
+    if isinstance(frames, str):
+        try:
+            parts = [int(p) if p.strip() else None for p in frames.split(":")]
+        except ValueError:
+            raise InputError(f"frames {frames!r}: use START:STOP (e.g. 0:100)") from None
+        if len(parts) != 2:
+            raise InputError(f"frames {frames!r}: use START:STOP (e.g. 0:100)")
+        frames = slice(*parts)
+    r = range(*frames.indices(n))
+    if len(r) == 0:
+        raise InputError(f"the frame range selects no frame of the {n}-frame movie")
+    return r
