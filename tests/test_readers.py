@@ -97,3 +97,25 @@ def test_mrc_with_a_negative_voxel_size_says_so(tmp_path):
     with pytest.warns(UserWarning, match="not a size"):
         ((_data, kwargs, _),) = read_mrc(str(path))
     assert (kwargs.get("metadata") or {}).get("pixel_size_pm") is None
+
+
+def test_a_files_electron_calibration_is_read_and_anything_else_ignored():
+    from napari_sbd.io.readers import intensity_calibration
+
+    def dm(origin, scale, units):
+        return {"ImageList": {"TagGroup0": {"ImageData": {"Calibrations": {
+            "Brightness": {"Origin": origin, "Scale": scale, "Units": units}}}}}}
+
+    assert intensity_calibration(dm(100.0, 0.25, "e-")) == {
+        "offset": 100.0, "electrons_per_count": 0.25, "units": "e-"}
+    assert intensity_calibration(dm(0.0, 1.0, "e-")) is None  # identity: already electrons
+    assert intensity_calibration(dm(100.0, 0.25, [])) is None  # no unit: not electrons
+    assert intensity_calibration(dm(100.0, 0.25, "nA")) is None
+    assert intensity_calibration(dm(100.0, -1.0, "e-")) is None
+    assert intensity_calibration({}) is None
+    # the real files in ../shared record the identity without a unit
+    from napari_sbd.io.readers import read_file
+
+    for name in ("test-1.dm4", "test_STEM_image.dm3"):
+        for _data, kw, _kind in read_file(FORMATS_DIR / name):
+            assert "intensity_calibration" not in kw["metadata"]

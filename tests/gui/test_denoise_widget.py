@@ -244,3 +244,40 @@ def test_a_4d_layer_denoises_the_block_on_screen(widget, qtbot, rng):
     assert out.data.shape == (3, 40, 40) and tuple(out.scale) == (1, 0.061, 0.061)
     np.testing.assert_allclose(np.asarray(out.data), w.load_denoiser().denoise(data[1]),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_the_frame_on_screen_or_a_range_instead_of_the_whole_stack(widget, qtbot, rng):
+    viewer, w = widget
+    stack = rng.poisson(0.45, (5, 48, 40)).astype(np.uint16)
+    raw = viewer.add_image(stack, name="movie")
+    w.layer_combo.value = raw
+    expected = w.load_denoiser().denoise(stack)
+    viewer.dims.set_current_step(0, 3)
+    w.frames_combo.value = "the frame on screen"
+    w.run()
+    _wait(qtbot, w)
+    one = viewer.layers["movie denoised (frame 3)"]
+    assert one.metadata["sbd_frames"] == [3] and one.metadata["sbd_complete"] is True
+    np.testing.assert_allclose(one.data[3], expected[3], rtol=1e-6)
+    assert not np.any(one.data[[0, 1, 2, 4]])  # the others were not computed
+    w.frames_combo.value = "range"
+    w.range_edit.value = "1:3"
+    w.run()
+    _wait(qtbot, w)
+    part = viewer.layers["movie denoised (frames 1-2)"]
+    assert part.metadata["sbd_frames"] == [1, 2]
+    np.testing.assert_allclose(part.data[1:3], expected[1:3], rtol=1e-6)
+    n_layers = len(viewer.layers)
+    w.range_edit.value = "7:9"  # beyond the stack: said, nothing added
+    w.run()
+    assert len(viewer.layers) == n_layers and "selects no frame" in w.info.value
+
+
+def test_the_files_calibration_fills_offset_and_electrons_per_count(widget, rng):
+    viewer, w = widget
+    raw = (rng.poisson(0.45, (2, 48, 40)) * 4 + 100).astype(np.uint16)
+    layer = viewer.add_image(raw, name="dm", metadata={"intensity_calibration": {
+        "offset": 100.0, "electrons_per_count": 0.25, "units": "e-"}})
+    w.layer_combo.value = layer
+    assert (w.offset.value, w.gain.value) == (100.0, 0.25)
+    assert "electrons/pixel/frame" in w.dose_note.value  # the calibrated counts are counts

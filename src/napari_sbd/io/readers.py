@@ -180,6 +180,44 @@ def read_mrc(path: str) -> list[LayerData]:
     return [_layer(mrc.data, Path(path).stem, px, path, {"format": "MRC"})]
 
 
+# -- intensity calibration ---------------------------------------------------------------
+ELECTRON_UNITS = {"e", "e-", "electron", "electrons", "counts", "count", "el"}
+
+
+def intensity_calibration(original_metadata: dict) -> dict[str, Any] | None:
+    """Return the file's own intensity calibration into electrons, when it records one.
+
+    Gatan DigitalMicrograph stores a brightness calibration per image
+    (``ImageList.*.ImageData.Calibrations.Brightness``: origin, scale, units;
+    electrons = (raw - origin) x scale). When its units are electrons (or
+    counts), the offset and electrons per count are known and need not be
+    typed in; any other unit (or none) says nothing about electrons.
+
+    Returns
+    -------
+    dict or None
+        ``{"offset", "electrons_per_count", "units"}`` in the file's units, or
+        None when the file has no electron calibration (or only the identity).
+    """
+    images = (original_metadata or {}).get("ImageList") or {}
+    for group in images.values() if isinstance(images, dict) else []:
+        cal = ((group or {}).get("ImageData") or {}).get("Calibrations", {}).get("Brightness")
+        if not isinstance(cal, dict):
+            continue
+        units = cal.get("Units")
+        units = "".join(units) if isinstance(units, (list, tuple)) else str(units or "")
+        try:
+            origin, scale = float(cal.get("Origin", 0.0)), float(cal.get("Scale", 1.0))
+        except (TypeError, ValueError):
+            continue
+        if units.strip().lower() not in ELECTRON_UNITS or not (scale > 0 and np.isfinite(origin)):
+            continue
+        if (origin, scale) == (0.0, 1.0):
+            return None  # the identity: already electrons, nothing to apply
+        return {"offset": origin, "electrons_per_count": scale, "units": units.strip()}
+    return None
+
+
 # -- RosettaSciIO -------------------------------------------------------------------
 def read_rsciio(path: str) -> list[LayerData]:
     """Read DM3/DM4, EMD or SER through RosettaSciIO: every 2-D/3-D image signal."""
@@ -201,7 +239,11 @@ def read_rsciio(path: str) -> list[LayerData]:
         px = _to_pm(float(sx.get("scale", 0) or 0), sx.get("units"))
         title = (sig.get("metadata", {}).get("General", {}) or {}).get("title") or Path(path).stem
         name = title if k == 0 else f"{title} [{k}]"
-        out.append(_layer(data, name, px, path, {"format": RSCIIO[ext]}))
+        extra: dict[str, Any] = {"format": RSCIIO[ext]}
+        cal = intensity_calibration(sig.get("original_metadata") or {})
+        if cal:
+            extra["intensity_calibration"] = cal
+        out.append(_layer(data, name, px, path, extra))
     if not out:
         raise ReaderError(f"{path} holds no 2-D image or 3-D image stack")
     return out

@@ -6,7 +6,15 @@ import time
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, PushButton, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -14,7 +22,7 @@ from qtpy.QtWidgets import QProgressBar
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
-from napari_sbd.core.inputs import InputError, calibrated, check_stack_shape
+from napari_sbd.core.inputs import InputError, calibrated, check_stack_shape, frame_range
 from napari_sbd.widgets._layers import (
     DockWidget,
     copy_geometry,
@@ -30,6 +38,7 @@ from napari_sbd.widgets._model import FILE_CHOICE, Failure, ModelPicker, wrap
 __all__ = ["FILE_CHOICE", "QUALITY", "DenoiseWidget", "unique_layer_name"]
 
 QUALITY = {"fast": False, "best (8x slower)": True}  # label -> ensemble
+FRAME_CHOICES = {"all": "all", "the frame on screen": "current", "range": "range"}  # label -> kind
 
 
 def unique_layer_name(viewer: Any, base: str) -> str:
@@ -69,6 +78,11 @@ class DenoiseWidget(DockWidget):
         self.gain = FloatSpinBox(label="electrons per count", min=1e-6, max=1e6, step=0.0001,
                                  value=1.0, tooltip="electrons per unit of the file (1 / gain); "
                                  "1 for counted data")
+        self.frames_combo = ComboBox(
+            label="frames", choices=list(FRAME_CHOICES), value="all",
+            tooltip="a stack's frames to denoise: all, only the frame on screen (a quick look), "
+            "or a range START:STOP (Python-style, STOP excluded)")
+        self.range_edit = LineEdit(label="range (START:STOP)", value="0:10")
         self.dose_note = Label(value="")
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -78,6 +92,8 @@ class DenoiseWidget(DockWidget):
                 self.model,
                 self.quality,
                 self.tile_spin,
+                self.frames_combo,
+                self.range_edit,
                 self.offset,
                 self.gain,
                 self.dose_note,
@@ -93,8 +109,10 @@ class DenoiseWidget(DockWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.listen(self.viewer.layers.events.inserted, self._reset_layers)
         self.listen(self.viewer.layers.events.removed, self._reset_layers)
+        self.layer_combo.changed.connect(self._file_calibration)
         for w in (self.layer_combo, self.offset, self.gain):
             w.changed.connect(self._show_dose)
+        self._file_calibration()
         self._show_dose()
 
     @property
@@ -112,6 +130,17 @@ class DenoiseWidget(DockWidget):
     def counts(self, layer: Any) -> Any:
         """Return the layer's data as electron counts (the offset and electrons per count applied)."""
         return calibrated(layer.data, self.offset.value, self.gain.value)
+
+    def _file_calibration(self, _value: Any = None) -> None:
+        """Fill offset and electrons per count from the file's own calibration, when it has one."""
+        layer = self.layer_combo.value
+        cal = ((getattr(layer, "metadata", None) or {}).get("intensity_calibration")
+               if layer is not None else None)
+        if cal:
+            self.offset.value = float(cal["offset"])
+            self.gain.value = float(cal["electrons_per_count"])
+            show_info(f"'{layer.name}': offset {cal['offset']:g} and {cal['electrons_per_count']:g} "
+                      f"electrons per count, from the file's calibration ({cal['units']})")
 
     def _show_dose(self, _value: Any = None) -> None:
         """Return the dose the calibration implies, before anything runs."""
@@ -148,10 +177,19 @@ class DenoiseWidget(DockWidget):
             return
         for msg in den.compatibility_warnings(estimate_dose(data), pixel_size_pm(layer)):
             show_warning(msg)
-        total = 1 if single else int(data.shape[0])
+        try:
+            indices = None if single else self._frames(int(data.shape[0]), layer)
+        except InputError as exc:
+            show_error(str(exc))
+            self.info.value = wrap(str(exc))
+            return
+        total = 1 if indices is None else len(indices)
         # an earlier result (perhaps the user's edited or only copy) is never replaced
         block = f" [{', '.join(str(i) for i in lead)}]" if lead else ""
-        name = unique_layer_name(self.viewer, f"{layer.name}{block} denoised")
+        part = ("" if indices is None or total == int(data.shape[0])
+                else f" (frame {indices[0]})" if total == 1
+                else f" (frames {indices[0]}-{indices[-1]})")
+        name = unique_layer_name(self.viewer, f"{layer.name}{block} denoised{part}")
         ensemble = QUALITY[self.quality.value]
         self.output_layer = self.viewer.add_image(
             result_array(data.shape),
@@ -167,6 +205,7 @@ class DenoiseWidget(DockWidget):
                                     "electrons_per_count": self.gain.value},
                 "sbd_complete": False,
                 "sbd_frames_done": 0,
+                "sbd_frames": None if indices is None else [int(i) for i in indices],
             },
             **(stack_geometry(layer) if lead else copy_geometry(layer)),
         )
@@ -179,6 +218,7 @@ class DenoiseWidget(DockWidget):
             pixel_size_pm(layer),
             ensemble,
             current_frame_index(self.viewer, layer) if not lead else None,
+            indices,
             _progress={"total": total, "desc": f"Denoising {layer.name}"},
         )
         self.worker.yielded.connect(self._frame_done)
@@ -194,7 +234,17 @@ class DenoiseWidget(DockWidget):
         self.cancel_button.enabled = True
         self._total = total
         self._first = True
+        self._redrawn = 0.0
         self.worker.start()
+
+    def _frames(self, n: int, layer: Any) -> list[int]:
+        """Return the frames of an n-frame stack the "frames" choice selects."""
+        choice = FRAME_CHOICES[self.frames_combo.value]
+        if choice == "all":
+            return list(range(n))
+        if choice == "current":
+            return [current_frame_index(self.viewer, layer)]
+        return list(frame_range(self.range_edit.value, n))
 
     def cancel(self, _value: Any = None) -> None:
         """Ask the running job to stop after the current frame."""
@@ -218,7 +268,13 @@ class DenoiseWidget(DockWidget):
             layer.contrast_limits = (float(lo), float(hi) if hi > lo else float(lo) + 1e-3)
             self._first = False
         layer.metadata["sbd_frames_done"] += 1
-        layer.refresh()
+        # redraw when the frame on screen changed (or now and then): redrawing after every
+        # frame of a fast small stack floods the event loop (napari's units recursed too deep)
+        now = time.monotonic()
+        if (layer.data.ndim == 2 or index == current_frame_index(self.viewer, layer)
+                or now - self._redrawn > 0.5):
+            layer.refresh()
+            self._redrawn = now
         done = layer.metadata["sbd_frames_done"]
         self.progress.setValue(done)
         self.progress.setFormat(progress_text(done, self._total, time.monotonic() - self._started))
@@ -228,6 +284,8 @@ class DenoiseWidget(DockWidget):
         self.cancel_button.enabled = False
         self.progress.setVisible(False)
         layer = self.output_layer
+        if layer is not None and layer in self.viewer.layers:
+            layer.refresh()
         if layer is not None and layer.metadata.get("sbd_frames_done") == self._total:
             layer.metadata["sbd_complete"] = True
             show_info(f"denoised {self._total} frame(s) into '{layer.name}'")
@@ -282,7 +340,8 @@ def result_array(shape: tuple[int, ...]) -> Any:
 
 
 def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | None = None,
-                    ensemble: bool = False, first: int | None = None):
+                    ensemble: bool = False, first: int | None = None,
+                    indices: list[int] | None = None):
     """Worker body: yield each denoised frame (runs off the GUI thread).
 
     A bad frame (NaN, negative, not counts) is yielded as the error itself, so
@@ -290,7 +349,7 @@ def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | Non
     """
     try:
         yield from den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
-                                    ensemble=ensemble, first=first)
+                                    ensemble=ensemble, first=first, indices=indices)
     except ValueError as exc:
         yield Failure(exc)
 
