@@ -46,6 +46,8 @@ STEPS = [
      "PSNR against the dose (0.1-4 counts/pixel) and the pixel size (4-12 pm) beside tuned BM3D"),
     ("reliability", "reliability.py", [], [], "reliability.md",
      "bad inputs tried through the commands and the API, and what each one gets"),
+    ("columns", "atomap_compare.py", [], ["--quick"], "column-finding.md",
+     "column finding against Atomap on synthetic STEM- and HRTEM-like lattices (needs atomap)"),
 ]
 
 

@@ -88,7 +88,7 @@ def main() -> None:
     real = res.columns.centres[res.llr >= 0.005]
     top = real[real[:, 0].argmin()]  # the topmost well-supported column: a surface site
     fil_w.raw_combo.value = viewer.layers["Pt-CeO2 noisy"]
-    fil_w.compute_at((0, int(top[0]), int(top[1])))
+    fil_w.compute_at((int(viewer.dims.current_step[0]), int(top[0]), int(top[1])))  # the frame shown
     _wait(lambda: "effective filter" in viewer.layers and fil_w.worker is None)
     viewer.reset_view()
     docks["Effective filter (SBD)"].raise_()
