@@ -39,9 +39,8 @@ except ImportError:  # run with a Python that lacks the package
     sys.exit("benchmarks need the napari-sbd package: run them with .venv/bin/python "
              "(make test sets it up)")
 
-REFERENCE = REPO.parent / "shared" / "data" / "reference"
-if not REFERENCE.is_dir():
-    REFERENCE = Path("/work/shared/data/reference")
+# the shared data: $SBD_SHARED, else ../shared next to the clone (as the tests read it)
+REFERENCE = Path(os.environ.get("SBD_SHARED") or REPO.parent / "shared") / "data" / "reference"
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "napari-sbd" / "benchmarks"
 # Where pages and plots go: docs/ unless run_all.py --docs points elsewhere
 # (a --quick run into a scratch folder leaves the committed pages alone).
@@ -71,7 +70,8 @@ def reference_frames(draws: int = 3) -> list[Frame]:
 
     files = sorted(REFERENCE.glob("*.tif"))
     if not files:
-        raise SystemExit(f"no reference images in {REFERENCE}")
+        raise SystemExit(f"no reference images in {REFERENCE}: set SBD_SHARED to the folder "
+                         "holding data/reference")
     out = []
     for i, f in enumerate(files):
         clean = rescale(tifffile.imread(f).astype(np.float64), 0.8, order=1,

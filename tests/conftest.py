@@ -14,10 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _shared_dir() -> Path:
-    """The workplace's shared data: $SBD_SHARED, ../shared next to the clone, or /work/shared."""
+    """The shared data: $SBD_SHARED, else ../shared next to the clone (.ci/run sets the former)."""
     import os
 
-    for cand in (os.environ.get("SBD_SHARED"), REPO.parent / "shared", "/work/shared"):
+    for cand in (os.environ.get("SBD_SHARED"), REPO.parent / "shared"):
         if cand and (Path(cand) / "data").is_dir():
             return Path(cand)
     return REPO.parent / "shared"

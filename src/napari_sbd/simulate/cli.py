@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
+
 
 def parse_range(text: str) -> list[float]:
     """``a:b:step`` (inclusive of b) or ``a,b,c`` -> list of floats."""
@@ -45,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the first structure (0)")
     p.add_argument("--particle", choices=["1nm", "2nm", "3nm"], help="fix the particle size")
     p.add_argument("--thickness-nm", type=float, help="fix the support thickness, nm (3-6)")
-    p.add_argument("--pixel-size-pm", type=float, default=6.1, help="pixel size, pm (6.1)")
+    p.add_argument("--pixel-size-pm", type=float, default=PAPERS_PIXEL_SIZE_PM,
+                   help=f"pixel size, pm ({PAPERS_PIXEL_SIZE_PM:g}, the papers')")
     p.add_argument("--dose", type=float, default=0.45,
                    help="vacuum dose, counts/pixel/frame (0.45)")
     p.add_argument("--cs-um", type=float, default=-13.0, help="C30 (Cs), micrometres (-13)")
