@@ -242,7 +242,7 @@ def detect_columns(
     3. **Threshold, relative**: a candidate is a column when its contrast
        (smoothed peak minus the mean of its ``d``-wide neighbourhood) reaches
        ``threshold`` times the typical contrast of the frame's strongest
-       columns, and stands above the frame's own pixel noise (4 robust
+       columns, and stands above the frame's own pixel noise (3 robust
        standard deviations) and, where the frame has a vacuum, above
        ``vacuum_floor`` standard deviations of the vacuum's texture (a
        network leaves a faint texture there). So counts, normalised and
@@ -327,7 +327,7 @@ def detect_columns(
     # pixel noise: robust std of the finest scale, carried through the smoothing
     fine = img - gaussian_filter(img, 1.0, mode="nearest")
     noise = 1.4826 * float(np.median(np.abs(fine - np.median(fine)))) / 0.92
-    noise_floor = 4 * noise / (2 * np.sqrt(np.pi) * smooth_px)
+    noise_floor = 3 * noise / (2 * np.sqrt(np.pi) * smooth_px)
     texture = _vacuum_texture(img, smooth, pixel_size_pm, vacuum) if vacuum_floor else None
     h, w = img.shape
     border = int(np.ceil(exclude_border_a / px_a))
