@@ -22,6 +22,11 @@ from napari_sbd.core.likelihood import TABLE_FIELDS
 
 __all__ = ["TRACK_FIELDS", "UNITS", "link_columns", "read_tracks", "track_rows", "write_tracks"]
 
+# linking defaults: a third of the distance between Pt columns (never a neighbour), and
+# two frames for a column to fade and come back
+MAX_DISPLACEMENT_A = 0.8
+MEMORY_FRAMES = 2
+
 # the movie's table: the per-frame table with the track each column belongs to
 TRACK_FIELDS = ["track", *TABLE_FIELDS]
 
@@ -36,8 +41,8 @@ def link_columns(
     centres: Sequence[np.ndarray],
     pixel_size_pm: float,
     *,
-    max_displacement_a: float = 0.8,
-    memory: int = 2,
+    max_displacement_a: float = MAX_DISPLACEMENT_A,
+    memory: int = MEMORY_FRAMES,
 ) -> list[np.ndarray]:
     """Give every column of every frame a track number; the same column keeps it.
 

@@ -6,12 +6,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+)
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
 from napari_sbd.core.analysis import FrameAnalysis, analyse_frame, write_columns_csv
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
+from napari_sbd.core.tracking import MAX_DISPLACEMENT_A, MEMORY_FRAMES
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.widgets._layers import (
     DockWidget,
@@ -104,6 +113,13 @@ class ColumnsWidget(DockWidget):
             text="Track all frames",
             tooltip="find the columns of every frame and link each column through the movie: "
             "a Tracks layer, every frame's points, and the movie's table (Save table...)")
+        self.reach_spin = FloatSpinBox(
+            label="max move (A)", min=0.05, max=10, step=0.05, value=MAX_DISPLACEMENT_A,
+            tooltip="Track all frames: the largest move of a column from one frame to the next; "
+            "keep it under half the column spacing so neighbours are never linked")
+        self.memory_spin = SpinBox(
+            label="memory (frames)", min=0, max=100, value=MEMORY_FRAMES,
+            tooltip="Track all frames: frames a column may be missing and keep its track")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.save_button = PushButton(text="Save table...", enabled=False,
                                       tooltip="the columns as CSV: frame (and track, after "
@@ -115,7 +131,8 @@ class ColumnsWidget(DockWidget):
             self.denoised_combo, self.raw_combo, self.pixel_spin, self.spacing_spin,
             self.polarity_combo, self.threshold_spin, self.floor_spin, self.radius_spin,
             self.vacuum_spin,
-            self.follow_check, self.run_button, self.track_button, self.cancel_button,
+            self.follow_check, self.run_button, self.reach_spin, self.memory_spin,
+            self.track_button, self.cancel_button,
             self.save_button, self.summary,
         ])
         from qtpy.QtWidgets import QProgressBar
@@ -307,7 +324,8 @@ class ColumnsWidget(DockWidget):
 
         den = self._movie_layer
         frames = [self._movie[i] for i in sorted(self._movie)]
-        rows = track_rows([f.table() for f in frames], self.pixel_spin.value)
+        rows = track_rows([f.table() for f in frames], self.pixel_spin.value,
+                          max_displacement_a=self.reach_spin.value, memory=self.memory_spin.value)
         self.movie_rows = rows
         self.save_button.enabled = True
         if not rows:
