@@ -24,13 +24,15 @@ import numpy as np
 import tifffile
 from _common import DOCS
 
+from napari_sbd.core.noise import poisson_noise
+
 
 def run(n_frames: int, size: int, model: str, work: Path) -> tuple[float, float]:
     path = work / f"movie_{n_frames}.tif"
     rng = np.random.default_rng(0)
     with tifffile.TiffWriter(path, bigtiff=True) as tif:  # written frame by frame too
         for _ in range(n_frames):
-            tif.write(rng.poisson(0.45, (size, size)).astype(np.uint16), contiguous=True)
+            tif.write(poisson_noise(np.full((size, size), 0.45), rng=rng).astype(np.uint16), contiguous=True)
     out = work / f"out_{n_frames}.zarr"
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()

@@ -51,6 +51,7 @@ from _common import (
 
 from napari_sbd.core import baselines as B
 from napari_sbd.core.inference import load_model
+from napari_sbd.core.noise import poisson_noise
 
 CLASSES = ("white", "intermediate", "black")
 VAL_SCORES: dict[str, dict] = {}  # method key -> {grid value: validation PSNR}
@@ -77,7 +78,8 @@ def oracle_frames(frames: list[Frame], n: int = ORACLE_FRAMES) -> list[Frame]:
     out = []
     for j, f in enumerate(frames):
         rng = np.random.default_rng([4242, j])
-        mean = rng.poisson(np.broadcast_to(f.clean, (n, *f.clean.shape))).mean(axis=0, dtype=np.float64)
+        mean = poisson_noise(np.broadcast_to(f.clean, (n, *f.clean.shape)), rng=rng).mean(
+            axis=0, dtype=np.float64)
         out.append(Frame(f.name, f.clean, mean.astype(np.float32), f.info))
     return out
 

@@ -33,6 +33,7 @@ from _common import DOCS, header
 from napari_sbd.core.checkpoint import save_checkpoint
 from napari_sbd.core.inference import default_model_path
 from napari_sbd.core.models import BiasFreeUNet
+from napari_sbd.core.noise import poisson_noise
 
 
 @dataclass
@@ -77,7 +78,7 @@ def tree(folder: Path) -> str:
 def cases(tmp: Path) -> list[tuple[str, str, Callable[[], Outcome], str, Callable[[], bool]]]:
     """(area, bad input, run it, expected text, still-intact check) for every case."""
     rng = np.random.default_rng(0)
-    movie = rng.poisson(0.45, (3, 96, 96)).astype(np.uint16)
+    movie = poisson_noise(np.full((3, 96, 96), 0.45), rng=rng).astype(np.uint16)
     proj = tmp / "proj"
     (proj / "sub").mkdir(parents=True)
     tifffile.imwrite(proj / "movie.tif", movie)
@@ -139,9 +140,8 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], Outcome], str, Callabl
     from napari_sbd.core.columns import detect_columns
     from napari_sbd.core.inference import load_model
     from napari_sbd.core.likelihood import column_log_likelihood_ratios
-    from napari_sbd.core.noise import poisson_noise
 
-    y = rng.poisson(0.45, (64, 64)).astype(np.float32)
+    y = poisson_noise(np.full((64, 64), 0.45), rng=rng)
     den = np.full((64, 64), 0.45, np.float32)
     one = np.array([[32.0, 32.0]])
     return [
