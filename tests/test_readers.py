@@ -119,3 +119,18 @@ def test_a_files_electron_calibration_is_read_and_anything_else_ignored():
     for name in ("test-1.dm4", "test_STEM_image.dm3"):
         for _data, kw, _kind in read_file(FORMATS_DIR / name):
             assert "intensity_calibration" not in kw["metadata"]
+
+
+def test_opening_a_file_does_not_import_torch_and_the_api_is_whole():
+    import subprocess
+    import sys
+
+    import napari_sbd
+
+    code = ("import sys, napari_sbd.io.readers; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # napari's reader stays light
+    assert set(napari_sbd.__all__) == set(napari_sbd._LAZY)  # one list of public names
+    assert all(getattr(napari_sbd, name) is not None for name in napari_sbd.__all__)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = napari_sbd.nope
