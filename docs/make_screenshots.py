@@ -42,6 +42,13 @@ def main() -> None:
     from napari_sbd.widgets._model import DEFAULT_CHOICE, FILE_CHOICE
 
     OUT.mkdir(exist_ok=True)
+    from napari.settings import get_settings
+
+    # no pop-up toasts in the pictures (they covered the scale bar); the settings file is
+    # left as it was at the end
+    settings = get_settings().application
+    level = settings.gui_notification_level
+    settings.gui_notification_level = "error"
     viewer, docked = build_viewer(show=True)
     docks = {name: dock for name, (dock, _w) in docked.items()}
     den_w = docked["Denoise (SBD)"][1]
@@ -93,6 +100,7 @@ def main() -> None:
     viewer.reset_view()
     docks["Effective filter (SBD)"].raise_()
     viewer.window.screenshot(str(OUT / "filter.png"), canvas_only=False)
+    settings.gui_notification_level = level
     print("saved", *(p.name for p in sorted(OUT.glob("*.png"))))
 
 
