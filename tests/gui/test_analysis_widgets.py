@@ -239,3 +239,6 @@ def test_track_all_frames_links_columns_and_saves_the_movie_table(scene, qtbot, 
     assert (tmp_path / "movie.h5").exists()
     with pytest.raises(ValueError, match="exists"):
         w.save_table(tmp_path / "movie.csv")
+    # other options: the movie table no longer describes them, and is not what gets saved
+    w.threshold_spin.value = 0.5
+    assert w.movie_rows is None

@@ -146,6 +146,11 @@ class ColumnsWidget(DockWidget):
         self._stale: list[Any] = []
         self.run_button.changed.connect(self.run)
         self.track_button.changed.connect(self.track_all)
+        # a movie table made with other options is not what Save table... should write
+        for option in (self.spacing_spin, self.polarity_combo, self.threshold_spin,
+                       self.floor_spin, self.radius_spin, self.vacuum_spin, self.pixel_spin,
+                       self.reach_spin, self.memory_spin, self.denoised_combo, self.raw_combo):
+            option.changed.connect(self._forget_movie)
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self._ask_and_save)
         self.denoised_combo.changed.connect(self._user_changed)
@@ -298,6 +303,10 @@ class ColumnsWidget(DockWidget):
         self.summary.value = f"finding the columns of {n} frames..."
         self.worker.start()
 
+    def _forget_movie(self, _value: Any = None) -> None:
+        self.movie_rows = None
+        self.save_button.enabled = self.result is not None
+
     def cancel(self, _value: Any = None) -> None:
         """Stop "Track all frames" (what was found is dropped; nothing is half-shown)."""
         if self.worker is not None:
@@ -326,8 +335,6 @@ class ColumnsWidget(DockWidget):
         frames = [self._movie[i] for i in sorted(self._movie)]
         rows = track_rows([f.table() for f in frames], self.pixel_spin.value,
                           max_displacement_a=self.reach_spin.value, memory=self.memory_spin.value)
-        self.movie_rows = rows
-        self.save_button.enabled = True
         if not rows:
             self.summary.value = wrap(f"no columns found in {len(frames)} frames")
             return
@@ -357,6 +364,9 @@ class ColumnsWidget(DockWidget):
             f"{len(rows)} columns in {len(frames)} frames, linked into {n_tracks} tracks"
             + (f"; {empty} frame(s) without a lattice" if empty else "")
             + ". Save table... writes one row per column and frame (with its track).")
+        # last: adding the layers above resets the layer choices (which forgets a movie table)
+        self.movie_rows = rows
+        self.save_button.enabled = True
 
     def table(self) -> list[dict[str, Any]]:
         """Return the shown frame's columns in physical units (see :meth:`FrameAnalysis.table`)."""
