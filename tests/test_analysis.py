@@ -48,3 +48,14 @@ def test_llrs_that_cannot_be_computed_raise_or_are_left_empty_with_the_reason(fr
     res = analyse_frame(not_counts, ph.image, ph.pixel_size_pm, vacuum_level=0.45, strict=False)
     assert len(res.columns) > 0 and np.isnan(res.llr).all() and "integer" in res.llr_error
     assert np.isnan(res.map).all()
+
+
+def test_a_movie_is_analysed_frame_by_frame_and_a_bad_frame_does_not_stop_it(frame):
+    from napari_sbd.core.analysis import iter_analyse
+
+    ph, raw = frame
+    den = np.stack([ph.image, np.full_like(ph.image, np.nan), ph.image])  # frame 1: NaN
+    out = list(iter_analyse(np.stack([raw] * 3), den, ph.pixel_size_pm, vacuum_level=0.45))
+    assert [i for i, _ in out] == [0, 1, 2]
+    assert isinstance(out[1][1], ValueError) and "NaN" in str(out[1][1])
+    assert len(out[0][1].columns) == len(out[2][1].columns) > 0

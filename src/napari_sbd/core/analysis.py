@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from napari_sbd.core.likelihood import (
     llr_classes,
 )
 
-__all__ = ["FrameAnalysis", "analyse_frame", "write_columns_csv"]
+__all__ = ["FrameAnalysis", "analyse_frame", "iter_analyse", "write_columns_csv"]
 
 
 @dataclass
@@ -131,6 +132,36 @@ def analyse_frame(
         llr, error = np.full(len(cols), np.nan), str(exc)
     lmap = likelihood_map((h, w), cols, llr, radius_a=radius_a, pixel_size_pm=pixel_size_pm)
     return FrameAnalysis(int(frame), float(pixel_size_pm), cols, llr, lmap, error)
+
+
+def iter_analyse(
+    raw: Any,
+    denoised: Any,
+    pixel_size_pm: float,
+    **options: Any,
+) -> Iterator[tuple[int, FrameAnalysis | ValueError]]:
+    """Analyse every frame of a movie, one at a time: yield ``(frame, analysis or error)``.
+
+    A frame with bad data yields its ``ValueError`` and the movie goes on;
+    LLRs that cannot be computed are left NaN (``strict=False``). Stop
+    iterating to cancel.
+
+    Parameters
+    ----------
+    raw, denoised : array-like
+        (T, H, W) raw counts and their denoised frames (lazy arrays are read frame by frame).
+    pixel_size_pm : float
+        Pixel size in picometres.
+    **options
+        ``vacuum_level``, ``radius_a``, ``detect`` of :func:`analyse_frame`.
+    """
+    for i in range(denoised.shape[0]):
+        try:
+            yield i, analyse_frame(np.asarray(raw[i], dtype=np.float32),
+                                   np.asarray(denoised[i], dtype=np.float32), pixel_size_pm,
+                                   frame=i, strict=False, **options)
+        except ValueError as exc:
+            yield i, exc
 
 
 def write_columns_csv(path: str | Path, rows: list[dict[str, Any]],

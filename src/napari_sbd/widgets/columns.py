@@ -18,7 +18,12 @@ from magicgui.widgets import (
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
-from napari_sbd.core.analysis import FrameAnalysis, analyse_frame, write_columns_csv
+from napari_sbd.core.analysis import (
+    FrameAnalysis,
+    analyse_frame,
+    iter_analyse,
+    write_columns_csv,
+)
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.tracking import MAX_DISPLACEMENT_A, MEMORY_FRAMES
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
@@ -56,14 +61,10 @@ def _frame(data: Any, index: int) -> np.ndarray:
 
 def _analyse_all(raw: Any, den: Any, pixel_size_pm: float, detect: dict[str, Any],
                  vacuum_level: float | None, radius_a: float) -> Any:
-    """Worker body for "Track all frames": yield (frame, its analysis or the failure)."""
-    for i in range(den.shape[0]):
-        try:
-            yield i, analyse_frame(_frame(raw, i), _frame(den, i), pixel_size_pm, frame=i,
-                                   vacuum_level=vacuum_level, radius_a=radius_a, detect=detect,
-                                   strict=False)
-        except ValueError as exc:  # bad data in this frame: said, and the movie goes on
-            yield i, Failure(exc)
+    """Worker body for "Track all frames": core's loop, a bad frame's error as a Failure."""
+    for i, res in iter_analyse(raw, den, pixel_size_pm, detect=detect,
+                               vacuum_level=vacuum_level, radius_a=radius_a):
+        yield i, Failure(res) if isinstance(res, ValueError) else res
 
 
 class ColumnsWidget(DockWidget):
