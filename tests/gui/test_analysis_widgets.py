@@ -242,3 +242,38 @@ def test_track_all_frames_links_columns_and_saves_the_movie_table(scene, qtbot, 
     # other options: the movie table no longer describes them, and is not what gets saved
     w.threshold_spin.value = 0.5
     assert w.movie_rows is None
+
+
+def test_closing_the_viewer_mid_job_is_quiet(make_napari_viewer, qtbot, tiny_model_file, capfd):
+    """Every dock's job running when the window closes: no traceback, no late signal."""
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    viewer = make_napari_viewer(show=True)
+    ph = pt_on_ceo2_phantom((256, 256), particle_radius_a=5.0, seed=4)
+    rng = np.random.default_rng(0)
+    raw = viewer.add_image(rng.poisson(np.broadcast_to(ph.image, (40, 256, 256))).astype(
+        np.float32), name="movie", scale=(1, 0.061, 0.061))
+    viewer.add_image(np.broadcast_to(ph.image, raw.data.shape).copy(), name="movie denoised",
+                     metadata={"sbd_source_layer": "movie"}, scale=(1, 0.061, 0.061))
+    den_w, col_w, filt_w = DenoiseWidget(viewer), ColumnsWidget(viewer), FilterWidget(viewer)
+    for w in (den_w, col_w, filt_w):
+        viewer.window.add_dock_widget(w)
+    den_w.model_combo.value = FILE_CHOICE
+    den_w.model_file.value = tiny_model_file
+    filt_w.model.source.value = FILE_CHOICE
+    filt_w.model.file.value = tiny_model_file
+    den_w.layer_combo.value = raw
+    den_w.run()
+    col_w.vacuum_spin.value = 0.45
+    col_w.track_all()
+    filt_w.raw_combo.value = raw
+    filt_w.compute_at((0, 128, 128))
+    workers = [den_w.worker, col_w.worker, filt_w.worker]
+    assert all(wk is not None for wk in workers)
+    qtbot.waitUntil(lambda: den_w.output_layer.metadata["sbd_frames_done"] >= 1, timeout=30_000)
+    viewer.close()
+    qtbot.wait(3000)  # the jobs stop or finish meanwhile; their signals must find nothing dead
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "deleted" not in err, err
+    assert all(w.released for w in (den_w, col_w, filt_w))
+    assert workers[0].abort_requested and workers[1].abort_requested  # the movie jobs stop

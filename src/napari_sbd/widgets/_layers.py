@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,21 @@ def add_help_entries(viewer: Any) -> None:
         menu.addAction(title, open_page)
 
 
+def qt_alive(obj: Any) -> bool:
+    """Whether a Qt wrapper's C++ object still exists (Qt deletes a closed window's widgets)."""
+    try:
+        obj.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _stop_worker_of(dock: DockWidget, *_args: Any) -> None:
+    if dock.worker is not None:
+        dock.worker.quit()
+    dock.released = True
+
+
 class DockWidget(QWidget):
     """Base of our dock widgets: the viewer, the (at most one) running worker, and clean-up.
 
@@ -170,6 +186,9 @@ class DockWidget(QWidget):
         self._docked = False
         self.released = False
         add_help_entries(napari_viewer)
+        # Closing the window deletes the docks without taking them out first: the
+        # running job must stop then too (a plain function; self's C++ side is gone).
+        self.destroyed.connect(functools.partial(_stop_worker_of, self))
 
     def listen(self, emitter: Any, callback: Any) -> None:
         """Connect ``callback`` to a viewer event emitter until the dock closes."""
@@ -185,6 +204,31 @@ class DockWidget(QWidget):
                 self.viewer.mouse_drag_callbacks.remove(callback)
 
         self._undo.append(remove)
+
+    def connect_worker(self, worker: Any, **handlers: Any) -> None:
+        """Connect a worker's signals (``yielded=``, ``returned=``, ...) to this dock's handlers.
+
+        A job may still signal after the window has closed (a generator stops
+        only after its current frame, a function runs to its end): by then
+        Qt has deleted the dock's widgets, and the handler has nothing left to
+        update. Such a late call is dropped, instead of a traceback about a
+        deleted C++ object; while the dock's widgets live, every call runs
+        (a dock closed mid-denoise still marks its layer cancelled).
+        """
+        for signal, handler in handlers.items():
+            getattr(worker, signal).connect(self._while_alive(handler))
+
+    def _while_alive(self, handler: Any) -> Any:
+        def call(*args: Any) -> None:
+            if not qt_alive(self):
+                return
+            try:
+                handler(*args)
+            except RuntimeError as exc:  # a child widget deleted with the window
+                if "deleted" not in str(exc):
+                    raise
+
+        return call
 
     def release(self) -> None:
         """Disconnect from the viewer and stop the running worker (the dock was closed)."""

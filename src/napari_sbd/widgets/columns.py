@@ -245,9 +245,8 @@ class ColumnsWidget(DockWidget):
             self.pixel_spin.value, detect, vacuum, self.radius_spin.value,
             _progress={"desc": f"Columns, frame {index}"},
         )
-        self.worker.returned.connect(self._show)
-        self.worker.errored.connect(lambda exc: self._fail(str(exc)))
-        self.worker.finished.connect(self._done)
+        self.connect_worker(self.worker, returned=self._show,
+                            errored=lambda exc: self._fail(str(exc)), finished=self._done)
         self.run_button.enabled = False
         # another frame's columns must not sit on this frame while it is computed
         for name in (f"{den.name} columns", f"{den.name} LLR map"):
@@ -289,12 +288,14 @@ class ColumnsWidget(DockWidget):
             self.vacuum_spin.value or None, self.radius_spin.value,
             _progress={"total": n, "desc": f"Columns of {n} frames"},
         )
-        self.worker.yielded.connect(self._movie_frame)
-        self.worker.returned.connect(lambda _r: self._show_tracks())
-        self.worker.aborted.connect(lambda: self._fail(
-            f"tracking cancelled after {len(self._movie)} of {n} frames"))
-        self.worker.errored.connect(lambda exc: self._fail(str(exc)))
-        self.worker.finished.connect(self._movie_done)
+        self.connect_worker(
+            self.worker,
+            yielded=self._movie_frame,
+            returned=lambda _r: self._show_tracks(),
+            aborted=lambda: self._fail(f"tracking cancelled after {len(self._movie)} of {n} frames"),
+            errored=lambda exc: self._fail(str(exc)),
+            finished=self._movie_done,
+        )
         self.progress.setRange(0, n)
         self.progress.setValue(0)
         self.progress.setFormat(f"0 of {n} frames")

@@ -221,10 +221,8 @@ class DenoiseWidget(DockWidget):
             indices,
             _progress={"total": total, "desc": f"Denoising {layer.name}"},
         )
-        self.worker.yielded.connect(self._frame_done)
-        self.worker.errored.connect(self._failed)
-        self.worker.aborted.connect(self._aborted)
-        self.worker.finished.connect(self._finished)
+        self.connect_worker(self.worker, yielded=self._frame_done, errored=self._failed,
+                            aborted=self._aborted, finished=self._finished)
         self.progress.setRange(0, total)
         self.progress.setValue(0)
         self.progress.setFormat(f"0 of {total} frames")

@@ -98,10 +98,13 @@ class FilterWidget(DockWidget):
                                ensemble=self._ensemble_of(raw),
                                _progress={"desc": "Effective filter"})
         # a superseded click's worker may still finish: only the latest one shows
-        worker.returned.connect(
-            lambda res: self._show(res, frame_index, (row, col)) if self.worker is worker else None)
-        worker.errored.connect(lambda exc: self._fail(str(exc)))
-        worker.finished.connect(lambda: self._done(worker))
+        self.connect_worker(
+            worker,
+            returned=lambda res: (self._show(res, frame_index, (row, col))
+                                  if self.worker is worker else None),
+            errored=lambda exc: self._fail(str(exc)),
+            finished=lambda: self._done(worker),
+        )
         self.worker = worker
         worker.start()
 
