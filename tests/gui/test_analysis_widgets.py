@@ -130,6 +130,9 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     w.compute_at((0, 10, 10))
     qtbot.waitUntil(lambda: viewer.layers[FILTER_LAYER].metadata["pixel"] == (10, 10), timeout=30_000)
     assert sum(ly.name == FILTER_LAYER for ly in viewer.layers) == 1
+    assert viewer.layers[FILTER_LAYER] is layer  # the same overlays, updated in place
+    np.testing.assert_allclose(viewer.layers[PIXEL_LAYER].data, [[10, 10]])
+    assert len(viewer.layers[BOX_LAYER].data) == 1
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 0
     # two quick clicks: the later one is what stays on screen
     qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
@@ -277,3 +280,32 @@ def test_closing_the_viewer_mid_job_is_quiet(make_napari_viewer, qtbot, tiny_mod
     assert "Traceback" not in err and "deleted" not in err, err
     assert all(w.released for w in (den_w, col_w, filt_w))
     assert workers[0].abort_requested and workers[1].abort_requested  # the movie jobs stop
+
+
+def test_overlays_never_touch_a_users_layer_of_the_same_name(scene, qtbot, tiny_model_file):
+    """Only layers the plugin made (marked in their metadata) are updated or replaced."""
+    viewer, _ = scene
+    mine = {name: viewer.add_points([[1.0, 2.0]], name=name)
+            for name in (FILTER_LAYER, "movie denoised columns", "movie denoised tracks")}
+    w = FilterWidget(viewer)
+    w.model.source.value = FILE_CHOICE
+    w.model.file.value = tiny_model_file
+    w.raw_combo.value = viewer.layers["movie"]
+    w.compute_at((0, 100, 120))
+    qtbot.waitUntil(lambda: f"{FILTER_LAYER} [2]" in viewer.layers, timeout=30_000)
+    ours = viewer.layers[f"{FILTER_LAYER} [2]"]
+    ours.name = "my renamed filter"  # a renamed overlay is still the one updated
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    w.compute_at((1, 50, 60))
+    qtbot.waitUntil(lambda: ours.metadata["pixel"] == (50, 60), timeout=30_000)
+    cols = ColumnsWidget(viewer)
+    cols.vacuum_spin.value = 0.45
+    cols.run()
+    qtbot.waitUntil(lambda: cols.worker is None, timeout=60_000)
+    cols.track_all()
+    qtbot.waitUntil(lambda: cols.worker is None, timeout=60_000)
+    for name, layer in mine.items():  # untouched: same object, same single point
+        assert viewer.layers[name] is layer
+        np.testing.assert_array_equal(layer.data, [[1.0, 2.0]])
+    assert len(viewer.layers["movie denoised columns [2]"].data) > 10
+    assert "movie denoised tracks [2]" in viewer.layers

@@ -153,6 +153,41 @@ def add_help_entries(viewer: Any) -> None:
         menu.addAction(title, open_page)
 
 
+def unique_layer_name(viewer: Any, base: str) -> str:
+    """Return ``base``, or ``base [2]``, ``base [3]``...: a new result never replaces a layer."""
+    name, k = base, 2
+    while name in viewer.layers:
+        name, k = f"{base} [{k}]", k + 1
+    return name
+
+
+def own_layer(viewer: Any, role: str, source: str | None = None) -> Any | None:
+    """Return the overlay this plugin made for ``role`` (on layer ``source``), or None.
+
+    An overlay is found by the mark it was made with (metadata ``sbd_role``
+    and ``sbd_for``), not by its name: a layer the user made or loaded under
+    the same name is never updated or removed, and an overlay the user renamed
+    is still the one updated.
+    """
+    for layer in viewer.layers:
+        md = layer.metadata or {}
+        if md.get("sbd_role") == role and md.get("sbd_for") == source:
+            return layer
+    return None
+
+
+def own_mark(role: str, source: str | None = None) -> dict[str, Any]:
+    """Return the metadata that makes a new layer findable by :func:`own_layer`."""
+    return {"sbd_role": role, "sbd_for": source}
+
+
+def drop_own_layer(viewer: Any, role: str, source: str | None = None) -> None:
+    """Remove the overlay made for ``role`` on ``source``, if there is one (only ours)."""
+    layer = own_layer(viewer, role, source)
+    if layer is not None:
+        viewer.layers.remove(layer)
+
+
 def qt_alive(obj: Any) -> bool:
     """Whether a Qt wrapper's C++ object still exists (Qt deletes a closed window's widgets)."""
     try:

@@ -31,10 +31,14 @@ from napari_sbd.widgets._layers import (
     DockWidget,
     current_frame_index,
     dock_layout,
+    drop_own_layer,
     image_layers,
+    own_layer,
+    own_mark,
     pixel_size_pm,
     plane_geometry,
     show_colorbar,
+    unique_layer_name,
 )
 from napari_sbd.widgets._model import Failure, wrap
 
@@ -249,8 +253,8 @@ class ColumnsWidget(DockWidget):
                             errored=lambda exc: self._fail(str(exc)), finished=self._done)
         self.run_button.enabled = False
         # another frame's columns must not sit on this frame while it is computed
-        for name in (f"{den.name} columns", f"{den.name} LLR map"):
-            lay = next((la for la in self.viewer.layers if la.name == name), None)
+        for role in ("columns", "LLR map"):
+            lay = own_layer(self.viewer, role, den.name)
             if lay is not None and lay.metadata.get("frame") != index and lay.visible:
                 lay.visible = False
                 self._stale.append(lay)
@@ -344,16 +348,17 @@ class ColumnsWidget(DockWidget):
         llr = np.array([r["llr"] for r in rows], dtype=np.float64)
         geo = dict(scale=tuple(den.scale), translate=tuple(den.translate),
                    units=tuple(str(u) for u in den.units))
-        name = f"{den.name} tracks"
-        if name in self.viewer.layers:
-            self.viewer.layers.remove(name)
-        self.viewer.add_tracks(tracks, name=name, properties={"llr": np.nan_to_num(llr)},
+        # the previous run's overlays are replaced; a user's layer of the same name is kept
+        for role in ("tracks", "columns, all frames"):
+            drop_own_layer(self.viewer, role, den.name)
+        self.viewer.add_tracks(tracks, name=unique_layer_name(self.viewer, f"{den.name} tracks"),
+                               properties={"llr": np.nan_to_num(llr)},
+                               metadata=own_mark("tracks", den.name),
                                color_by="llr", colormap="twilight", tail_length=10, **geo)
-        pts_name = f"{den.name} columns, all frames"
-        if pts_name in self.viewer.layers:
-            self.viewer.layers.remove(pts_name)
         self.viewer.add_points(
-            tracks[:, 1:], name=pts_name, size=0.5 * 100 / self.pixel_spin.value,
+            tracks[:, 1:], name=unique_layer_name(self.viewer, f"{den.name} columns, all frames"),
+            metadata=own_mark("columns, all frames", den.name),
+            size=0.5 * 100 / self.pixel_spin.value,
             features={k: [r[k] for r in rows] for k in ("track", "llr", "intensity_counts_px",
                                                        "position_error_pm", "class")},
             face_color="llr", face_colormap="RdBu_r",
@@ -426,30 +431,31 @@ class ColumnsWidget(DockWidget):
         self._stale.clear()
         den = self.denoised_combo.value
         geo = plane_geometry(den)
-        name_pts, name_map = f"{den.name} columns", f"{den.name} LLR map"
         features = {"sigma_a": res.columns.sigma_a, "peak": res.columns.peak,
                     "contrast": res.columns.contrast, "intensity": res.columns.intensity,
                     "position_error_pm": res.columns.position_error_pm, "llr": res.llr}
-        if name_pts in self.viewer.layers:
-            pts = self.viewer.layers[name_pts]
+        pts = own_layer(self.viewer, "columns", den.name)
+        if pts is not None:
             pts.data = res.columns.centres
             pts.features = features
             pts.face_color = "llr"
             pts.refresh_colors()
         else:
             pts = self.viewer.add_points(
-                res.columns.centres, name=name_pts, features=features, face_color="llr",
+                res.columns.centres, name=unique_layer_name(self.viewer, f"{den.name} columns"),
+                metadata=own_mark("columns", den.name), features=features, face_color="llr",
                 face_colormap="RdBu_r", face_contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT),
                 border_color="black", border_width=0.05, **geo,
             )
         pts.size = 0.5 * 100 / self.pixel_spin.value  # half-Angstrom markers, in pixels
         pts.metadata["frame"] = res.frame
-        if name_map in self.viewer.layers:
-            lay = self.viewer.layers[name_map]
+        lay = own_layer(self.viewer, "LLR map", den.name)
+        if lay is not None:
             lay.data = res.map
         else:
             lay = self.viewer.add_image(
-                res.map, name=name_map, colormap="RdBu_r", blending="translucent",
+                res.map, name=unique_layer_name(self.viewer, f"{den.name} LLR map"),
+                metadata=own_mark("LLR map", den.name), colormap="RdBu_r", blending="translucent",
                 contrast_limits=(-LLR_DISPLAY_LIMIT, LLR_DISPLAY_LIMIT), opacity=0.8, **geo,
             )
             # the legend of the points and the map: LLR in nats per pixel, red real, blue spurious

@@ -32,21 +32,14 @@ from napari_sbd.widgets._layers import (
     leading_index,
     pixel_size_pm,
     stack_geometry,
+    unique_layer_name,
 )
 from napari_sbd.widgets._model import FILE_CHOICE, Failure, ModelPicker, wrap
 
-__all__ = ["FILE_CHOICE", "QUALITY", "DenoiseWidget", "unique_layer_name"]
+__all__ = ["FILE_CHOICE", "QUALITY", "DenoiseWidget"]
 
 QUALITY = {"fast": False, "best (8x slower)": True}  # label -> ensemble
 FRAME_CHOICES = {"all": "all", "the frame on screen": "current", "range": "range"}  # label -> kind
-
-
-def unique_layer_name(viewer: Any, base: str) -> str:
-    """Return ``base``, or ``base [2]``, ``base [3]``...: a new result never replaces a layer."""
-    name, k = base, 2
-    while name in viewer.layers:
-        name, k = f"{base} [{k}]", k + 1
-    return name
 
 
 class DenoiseWidget(DockWidget):
@@ -196,7 +189,9 @@ class DenoiseWidget(DockWidget):
             name=name,
             colormap="gray",
             metadata={
-                **dict(layer.metadata or {}),
+                # the source's metadata, less an overlay's mark (the result is no overlay)
+                **{k: v for k, v in (layer.metadata or {}).items()
+                   if k not in ("sbd_role", "sbd_for")},
                 "sbd_model": den.metadata,
                 "sbd_source_layer": layer.name,
                 "sbd_ensemble": ensemble,

@@ -16,8 +16,11 @@ from napari_sbd.widgets._layers import (
     diverging_overlay_colormap,
     dock_layout,
     image_layers,
+    own_layer,
+    own_mark,
     plane_geometry,
     show_colorbar,
+    unique_layer_name,
 )
 from napari_sbd.widgets._model import Failure, ModelPicker, wrap
 
@@ -136,26 +139,44 @@ class FilterWidget(DockWidget):
         # symmetric limits at a high percentile: the central peak saturates,
         # the weights the network gives to other columns stay visible
         lim = float(np.percentile(np.abs(filt), 99.5)) or peak
-        for name in (FILTER_LAYER, BOX_LAYER, PIXEL_LAYER):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-        self.viewer.add_image(
-            filt, name=FILTER_LAYER, colormap=diverging_overlay_colormap(),
-            contrast_limits=(-lim, lim), scale=geo["scale"], units=geo["units"],
-            translate=tuple(translate + np.array([r0, c0]) * scale), blending="translucent",
-            metadata={"frame": frame, "pixel": pixel, "origin": (r0, c0)},
-        )
-        show_colorbar(self.viewer.layers[FILTER_LAYER])  # the weights' scale, -lim to +lim
         h, w = filt.shape
         corners = np.array([[r0, c0], [r0 + h, c0 + w]], dtype=float) - 0.5
-        self.viewer.add_shapes(
-            [corners], shape_type="rectangle", name=BOX_LAYER, edge_color="yellow",
-            face_color="transparent", edge_width=max(h, w) / 200, **geo,
-        )
-        self.viewer.add_points(
-            [pixel], name=PIXEL_LAYER, size=max(h, w) / 40, face_color="transparent",
-            border_color="lime", border_width=0.3, **geo,
-        )
+        origin = tuple(translate + np.array([r0, c0]) * scale)
+        meta = {"frame": frame, "pixel": pixel, "origin": (r0, c0)}
+        # one set of overlays, updated in place on every click (adding layers is the slow part)
+        lay, box, dot = (own_layer(self.viewer, role) for role in (FILTER_LAYER, BOX_LAYER,
+                                                                   PIXEL_LAYER))
+        if lay is None:
+            lay = self.viewer.add_image(
+                filt, name=unique_layer_name(self.viewer, FILTER_LAYER),
+                colormap=diverging_overlay_colormap(), contrast_limits=(-lim, lim),
+                scale=geo["scale"], units=geo["units"], translate=origin, blending="translucent",
+                metadata={**own_mark(FILTER_LAYER), **meta},
+            )
+            show_colorbar(lay)  # the weights' scale, -lim to +lim
+        else:
+            lay.data = filt
+            lay.scale, lay.translate = geo["scale"], origin
+            lay.contrast_limits = (-lim, lim)
+            lay.metadata.update(meta)
+        if box is None:
+            self.viewer.add_shapes(
+                [corners], shape_type="rectangle", name=unique_layer_name(self.viewer, BOX_LAYER),
+                edge_color="yellow", face_color="transparent", edge_width=max(h, w) / 200,
+                metadata=own_mark(BOX_LAYER), **geo,
+            )
+        else:
+            box.scale, box.translate = geo["scale"], geo["translate"]
+            box.data = [corners]
+        if dot is None:
+            self.viewer.add_points(
+                [pixel], name=unique_layer_name(self.viewer, PIXEL_LAYER), size=max(h, w) / 40,
+                face_color="transparent", border_color="lime", border_width=0.3,
+                metadata=own_mark(PIXEL_LAYER), **geo,
+            )
+        else:
+            dot.scale, dot.translate = geo["scale"], geo["translate"]
+            dot.data = [pixel]
         total = float(filt.sum())
         self.status.value = wrap(
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
