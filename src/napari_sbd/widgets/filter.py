@@ -99,7 +99,7 @@ class FilterWidget(DockWidget):
         self.status.value = f"computing the filter at ({row}, {col})..."
         worker = create_worker(_filter_safely, model, frame, (row, col),
                                ensemble=self._ensemble_of(raw),
-                               _progress={"desc": "Effective filter"})
+                               )
         # a superseded click's worker may still finish: only the latest one shows
         self.connect_worker(
             worker,
@@ -156,7 +156,7 @@ class FilterWidget(DockWidget):
             show_colorbar(lay)  # the weights' scale, -lim to +lim
         else:
             lay.data = filt
-            lay.scale, lay.translate = geo["scale"], origin
+            _place(lay, geo["scale"], origin)
             lay.contrast_limits = (-lim, lim)
             lay.metadata.update(meta)
         if box is None:
@@ -166,7 +166,7 @@ class FilterWidget(DockWidget):
                 metadata=own_mark(BOX_LAYER), **geo,
             )
         else:
-            box.scale, box.translate = geo["scale"], geo["translate"]
+            _place(box, geo["scale"], geo["translate"])
             box.data = [corners]
         if dot is None:
             self.viewer.add_points(
@@ -175,7 +175,7 @@ class FilterWidget(DockWidget):
                 metadata=own_mark(PIXEL_LAYER), **geo,
             )
         else:
-            dot.scale, dot.translate = geo["scale"], geo["translate"]
+            _place(dot, geo["scale"], geo["translate"])
             dot.data = [pixel]
         total = float(filt.sum())
         self.status.value = wrap(
@@ -184,6 +184,14 @@ class FilterWidget(DockWidget):
             f"preserves the local mean), largest weight {peak:.3g}; colours from -{lim:.2g} "
             f"(blue) to +{lim:.2g} (red), the central peak saturates"
         )
+
+
+def _place(layer: Any, scale: Any, translate: Any) -> None:
+    """Set a layer's scale and translate where they changed (each set re-lays the whole scene)."""
+    if not np.allclose(layer.scale, scale):
+        layer.scale = scale
+    if not np.allclose(layer.translate, translate):
+        layer.translate = translate
 
 
 def _modifiers(event: Any) -> set[str]:
