@@ -316,7 +316,8 @@ def test_detector_units_are_calibrated_into_counts(movie, model_path, tmp_path, 
     out = tmp_path / "cal.zarr"
     args = [str(raw), "-o", str(out), "--model", str(model_path), "--quiet", "--frames", "0:2"]
     assert main(args) == 2  # in detector units they are not counts: refused
-    assert "do not look like counts" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "do not look like counts" in err and "--electrons-per-count" in err  # names the fix
     assert main([*args, "--offset", "100", "--electrons-per-count", "0.25"]) == 0
     g = zarr.open_group(str(out), mode="r")
     expected = load_model(model_path, device="cpu").denoise(stack[:2].astype(np.float32))

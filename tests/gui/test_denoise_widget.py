@@ -87,6 +87,15 @@ def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path, model_file)
     w.run()
     _wait(qtbot, w)
     assert "negative" in w.info.value and "offset denoised" not in viewer.layers
+    # detector units (a later frame): the message points at the dock's calibration fields
+    bright = np.zeros((2, 64, 64), np.float32)
+    bright[1] = 3000
+    viewer.add_image(bright, name="detector units")
+    w.layer_combo.value = viewer.layers["detector units"]
+    w.run()
+    _wait(qtbot, w)
+    info = " ".join(w.info.value.split())
+    assert "not look like counts" in info and "electrons per count" in info, info
 
 
 def test_sample_data_and_launcher(make_napari_viewer):

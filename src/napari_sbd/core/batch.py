@@ -48,6 +48,7 @@ from napari_sbd.core.analysis import analyse_frame, write_columns_csv
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
 from napari_sbd.core.inputs import (
     InputError,
+    NotCountsError,
     as_frame,
     calibrated,
     check_stack_shape,
@@ -235,6 +236,12 @@ def denoise_movie(
     # check the first frame of the range before creating anything
     try:
         as_frame(data[todo[0]], index=todo[0], model_dose=den.max_dose)
+    except NotCountsError as exc:
+        raise BatchError(
+            f"{input_path}: {exc}. Give the detector's dark level and electrons per unit of the "
+            f"file (offset= and electrons_per_count=; napari-sbd-denoise --offset "
+            f"--electrons-per-count); now offset {offset:g}, electrons per count "
+            f"{electrons_per_count:g}") from None
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
     detect, link = dict(detect or {}), dict(link or {})

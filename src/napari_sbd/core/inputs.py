@@ -25,6 +25,10 @@ class InputError(ValueError):
     """The data cannot be denoised or analysed as given."""
 
 
+class NotCountsError(InputError):
+    """The data are far brighter than counts at the model's dose: detector units, not electrons."""
+
+
 def check_stack_shape(shape: tuple[int, ...], dtype: Any) -> bool:
     """Validate the shape and dtype of an image or stack before reading it.
 
@@ -129,7 +133,7 @@ def as_frame(
     if model_dose is not None:
         mean = float(arr.mean())
         if mean > max_dose_ratio * model_dose:
-            raise InputError(
+            raise NotCountsError(
                 f"the image's mean is {mean:.4g} counts/pixel{where}, {mean / model_dose:.0f}x "
                 f"the model's training dose ({model_dose:g} counts/pixel in vacuum); these do not "
                 "look like counts at that dose: remove the detector offset and divide by the "

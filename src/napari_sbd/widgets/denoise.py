@@ -22,7 +22,13 @@ from qtpy.QtWidgets import QProgressBar
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
-from napari_sbd.core.inputs import InputError, calibrated, check_stack_shape, frame_range
+from napari_sbd.core.inputs import (
+    InputError,
+    NotCountsError,
+    calibrated,
+    check_stack_shape,
+    frame_range,
+)
 from napari_sbd.widgets._layers import (
     DockWidget,
     copy_geometry,
@@ -343,6 +349,9 @@ def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | Non
     try:
         yield from den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
                                     ensemble=ensemble, first=first, indices=indices)
+    except NotCountsError as exc:
+        yield Failure(NotCountsError(f"{exc}. Enter the detector's offset (dark level) and "
+                                     "electrons per count (1/gain) above, in the layer's units"))
     except ValueError as exc:
         yield Failure(exc)
 
