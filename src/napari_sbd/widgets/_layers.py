@@ -121,6 +121,7 @@ def diverging_overlay_colormap(name: str = "sbd diverging overlay"):
 
 GUIDES = {
     "napari-sbd: user guide": "index.md",
+    "napari-sbd: from a microscope file to a table": "walkthrough.md",
     "napari-sbd: reading columns, LLR and filters": "analysis.md",
 }
 
