@@ -34,6 +34,9 @@ COMMON = [
     "--steps-per-epoch", "60", "--val-images", "6", "--val-crop", "512", "--warmup-steps", "100",
     "--clip-grad", "1.0", "--early-stop", "25", "--lr-patience", "10", "--lr", "2.5e-4",
     "--dose-range", "0.1:5", "--pixel-size-range", "4.8:10.5",
+    # float32 throughout: the first candidates were trained before bfloat16 was used on CPUs
+    # that have it, and an equal-budget comparison needs one arithmetic for all
+    "--no-amp",
 ]
 
 # name -> architecture flags; receptive fields from the network's own receptive_field

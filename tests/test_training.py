@@ -367,3 +367,33 @@ def test_a_failure_mid_epoch_releases_the_lock_and_the_run_resumes_exactly(datas
     a = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["state_dict"]
     b = torch.load(out / "last.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_mixed_precision_only_where_the_hardware_has_it(dataset, tmp_path, monkeypatch, native):
+    """bfloat16 autocast on CPUs with native bfloat16, float32 elsewhere or with --no-amp."""
+    from napari_sbd.training import loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bfloat16", lambda: native)
+    assert loop.mixed_precision_dtype(torch.device("cuda")) is torch.float16
+    assert loop.mixed_precision_dtype(torch.device("cpu")) is (torch.bfloat16 if native else None)
+    seen = []
+    real_autocast = torch.autocast
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("dtype"))
+        return real_autocast(*args, **kwargs)
+
+    monkeypatch.setattr(loop.torch, "autocast", spy)
+    for amp in (True, False):
+        trainer = Trainer(_config(dataset, tmp_path / f"run-{amp}", amp=amp, epochs=1))
+        seen.clear()
+        summary = trainer.fit()
+        mixed = amp and native
+        assert seen == ([torch.bfloat16] * 3 if mixed else [])  # TINY: 3 steps
+        assert trainer.use_amp is mixed and not trainer.scaler.is_enabled()
+        layout = torch.channels_last if mixed else torch.contiguous_format
+        w = max((p for p in trainer.model.parameters() if p.ndim == 4), key=lambda p: p.shape[1])
+        assert w.is_contiguous(memory_format=layout) and w.dtype is torch.float32
+        assert np.isfinite(summary["best_val_psnr"])
+        load_checkpoint(tmp_path / f"run-{amp}" / "best.pt")  # its digest checks out

@@ -135,9 +135,10 @@ def weights_digest(state: Mapping[str, torch.Tensor]) -> str:
         if not isinstance(t, torch.Tensor):
             h.update(f"{name}:{t!r};".encode())
             continue
-        t = t.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # the bytes in logical (C) order whatever the memory layout (channels-last weights)
+        flat = t.detach().cpu().reshape(-1).contiguous()
+        h.update(flat.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

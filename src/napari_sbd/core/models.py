@@ -301,7 +301,12 @@ class BiasFreeUNet(SBDNetwork):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         """Denoise a batch (N, 1, H, W); H and W multiples of :attr:`size_multiple`."""
-        smooth = self._blur(y) if self.centre_kernel is not None else None
+        smooth = None
+        if self.centre_kernel is not None:
+            # the blurred frame, the bulk of the output, in the input's precision even under
+            # mixed-precision training: only the network's correction is rounded then
+            with torch.autocast(device_type=y.device.type, enabled=False):
+                smooth = self._blur(y)
         x = y - smooth if smooth is not None else y
         if self.unshuffle > 1:
             x = F.pixel_unshuffle(x, self.unshuffle)
@@ -316,7 +321,7 @@ class BiasFreeUNet(SBDNetwork):
         x = self.outc(x)
         if self.unshuffle > 1:
             x = F.pixel_shuffle(x, self.unshuffle)
-        return x + smooth if smooth is not None else x
+        return x.to(smooth.dtype) + smooth if smooth is not None else x
 
 
 class DnCNN(SBDNetwork):

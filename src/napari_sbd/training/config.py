@@ -115,7 +115,9 @@ class TrainConfig:
     max_minutes: float = opt(0.0, "stop cleanly after this many minutes of training (0: no "
                              "limit)", "optimisation", type=float)
     device: str = opt("auto", "auto (CUDA if present), cpu or cuda[:N]", "running")
-    amp: bool = opt(True, "disable mixed precision on CUDA", "running", flag="--no-amp",
+    amp: bool = opt(True, "train in float32 only: no mixed precision (by default float16 on "
+                    "CUDA, bfloat16 on CPUs that have it natively: AVX512-BF16 or AMX)",
+                    "running", flag="--no-amp",
                     action="store_false", show_default=False)
     seed: int = opt(0, "random seed", "running", type=int)
     init_from: str | None = opt(None, "start from the weights of this checkpoint ('default' or "
