@@ -75,8 +75,8 @@ def main() -> None:
          "float32. PSNR: mean over the five validation bands (dB); CPU seconds: that epoch's "
          "training and validation, all threads."),
         "",
-        "| epoch | bfloat16 mixed (dB) | float32 (dB) | difference (dB) | CPU s, bfloat16 | "
-        "CPU s, float32 |",
+        ("| epoch | bfloat16 mixed (dB) | float32 (dB) | difference (dB) | CPU s, bfloat16 | "
+         "CPU s, float32 |"),
         "|---|---|---|---|---|---|",
         *(f"| {e} | {a:.3f} | {b:.3f} | {a - b:+.3f} | {ca:.0f} | {cb:.0f} |"
           for e, a, b, ca, cb in rows),
