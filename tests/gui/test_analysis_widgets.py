@@ -309,3 +309,23 @@ def test_overlays_never_touch_a_users_layer_of_the_same_name(scene, qtbot, tiny_
         np.testing.assert_array_equal(layer.data, [[1.0, 2.0]])
     assert len(viewer.layers["movie denoised columns [2]"].data) > 10
     assert "movie denoised tracks [2]" in viewer.layers
+
+
+def test_every_control_of_every_dock_explains_itself(make_napari_viewer):
+    """A tooltip on every control (labels are text, not controls)."""
+    from magicgui.widgets import Container, Label
+
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    viewer = make_napari_viewer()
+
+    def controls(container):
+        for w in container:
+            if isinstance(w, Container):
+                yield from controls(w)
+            elif not isinstance(w, Label):
+                yield w
+
+    for dock in (DenoiseWidget(viewer), ColumnsWidget(viewer), FilterWidget(viewer)):
+        bare = [w.label or w.text for w in controls(dock.form) if not w.tooltip]
+        assert not bare, f"{type(dock).__name__}: no tooltip on {bare}"

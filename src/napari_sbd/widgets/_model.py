@@ -33,8 +33,12 @@ class ModelPicker(Container):
         self.source = ComboBox(label="model", choices=sources, value=sources[0],
                                tooltip="\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
                                + "\nor a checkpoint file trained with napari-sbd-train")
-        self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt")
-        self.device = ComboBox(label="device", choices=["auto", *available_devices()])
+        self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt",
+                             tooltip="a .pt checkpoint written by napari-sbd-train (loading it "
+                             "never runs code from the file)")
+        self.device = ComboBox(label="device", choices=["auto", *available_devices()],
+                               tooltip="auto: the first CUDA GPU when PyTorch sees one, else "
+                               "the CPU")
         self.info = Label(value="")
         super().__init__(widgets=[self.source, self.file, self.device, self.info])
         self._denoiser: Denoiser | None = None

@@ -92,7 +92,9 @@ class ColumnsWidget(DockWidget):
                                   tooltip="the raw frames in counts that were denoised: the "
                                   "likelihood test compares the columns with them")
         self.pixel_spin = FloatSpinBox(label="pixel size (pm)", min=0.1, max=1000, step=0.1,
-                                       value=PAPERS_PIXEL_SIZE_PM)
+                                       value=PAPERS_PIXEL_SIZE_PM,
+                                       tooltip="picometres per pixel: read from the layer's "
+                                       "scale when it has one; converts every length in A")
         self.spacing_spin = FloatSpinBox(
             label="column spacing (A, 0 = auto)", min=0.0, max=50, step=0.1, value=0.0,
             tooltip="distance between neighbouring columns; 0 reads it from the frame's "
@@ -109,11 +111,18 @@ class ColumnsWidget(DockWidget):
                                        step=0.5, value=4.0)
         self.floor_spin.tooltip = ("columns must also stand out by this many standard deviations of the "
                                    "denoised vacuum's texture (a network leaves a faint texture there)")
-        self.radius_spin = FloatSpinBox(label="LLR radius (A)", min=0.1, max=3, step=0.1, value=0.7)
-        self.vacuum_spin = FloatSpinBox(label="vacuum (0 = find)", min=0.0, max=1e4, step=0.01,
-                                        value=0.0)
-        self.follow_check = CheckBox(label="follow the frame slider", value=True)
-        self.run_button = PushButton(text="Detect columns")
+        self.radius_spin = FloatSpinBox(
+            label="LLR radius (A)", min=0.1, max=3, step=0.1, value=0.7,
+            tooltip="the disc around each column whose raw counts the likelihood test reads")
+        self.vacuum_spin = FloatSpinBox(
+            label="vacuum (0 = find)", min=0.0, max=1e4, step=0.01, value=0.0,
+            tooltip="the vacuum's counts per pixel per frame, the likelihood test's background; "
+            "0 finds it in each frame")
+        self.follow_check = CheckBox(label="follow the frame slider", value=True,
+                                     tooltip="detect again whenever the frame on screen changes")
+        self.run_button = PushButton(text="Detect columns",
+                                     tooltip="find the columns of the frame on screen and test "
+                                     "each against the raw counts (LLR)")
         self.track_button = PushButton(
             text="Track all frames",
             tooltip="find the columns of every frame and link each column through the movie: "
@@ -125,7 +134,9 @@ class ColumnsWidget(DockWidget):
         self.memory_spin = SpinBox(
             label="memory (frames)", min=0, max=100, value=MEMORY_FRAMES,
             tooltip="Track all frames: frames a column may be missing and keep its track")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="stop Track all frames (nothing half-done is "
+                                        "shown)")
         self.save_button = PushButton(text="Save table...", enabled=False,
                                       tooltip="the columns as CSV: frame (and track, after "
                                       "Track all frames), position (nm, px) and its error (pm), "

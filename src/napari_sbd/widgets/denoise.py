@@ -61,7 +61,10 @@ class DenoiseWidget(DockWidget):
         super().__init__(napari_viewer)
         self.output_layer: Image | None = None
 
-        self.layer_combo = ComboBox(label="image", choices=lambda _w: image_layers(self.viewer))
+        self.layer_combo = ComboBox(label="image", choices=lambda _w: image_layers(self.viewer),
+                                    tooltip="the raw frame or stack to denoise (counts, or "
+                                    "detector units with the offset and electrons per count "
+                                    "below); the layer itself is never changed")
         self.model = ModelPicker()
         # short names used by scripts and tests
         self.model_combo, self.model_file = self.model.source, self.model.file
@@ -81,10 +84,16 @@ class DenoiseWidget(DockWidget):
             label="frames", choices=list(FRAME_CHOICES), value="all",
             tooltip="a stack's frames to denoise: all, only the frame on screen (a quick look), "
             "or a range START:STOP (Python-style, STOP excluded)")
-        self.range_edit = LineEdit(label="range (START:STOP)", value="0:10")
+        self.range_edit = LineEdit(label="range (START:STOP)", value="0:10",
+                                   tooltip="frames START to STOP-1 (frames: range), e.g. 0:10; "
+                                   "an empty end runs to the last frame")
         self.dose_note = Label(value="")
-        self.run_button = PushButton(text="Denoise")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.run_button = PushButton(text="Denoise",
+                                     tooltip="denoise into a new layer (the frame on screen "
+                                     "first); an earlier result is never replaced")
+        self.cancel_button = PushButton(text="Cancel", enabled=False,
+                                        tooltip="stop after the current frame; the layer keeps "
+                                        "the frames done and says so in its name")
         self.form = Container(
             widgets=[
                 self.layer_combo,

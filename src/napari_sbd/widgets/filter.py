@@ -42,7 +42,9 @@ class FilterWidget(DockWidget):
 
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
-        self.raw_combo = ComboBox(label="raw counts", choices=lambda _w: image_layers(self.viewer))
+        self.raw_combo = ComboBox(label="raw counts", choices=lambda _w: image_layers(self.viewer),
+                                  tooltip="the raw layer that was denoised: the filter weighs "
+                                  "its counts")
         self.model = ModelPicker()
         self.active = CheckBox(label="Shift-click shows the filter", value=True,
                                tooltip="Shift-click a pixel of the raw or denoised layer to see "
