@@ -351,8 +351,9 @@ def test_data_far_from_the_models_dose_get_a_warning(tmp_path, model_path, capsy
     assert main([str(path), "-o", str(tmp_path / "o.zarr"), "--model", str(model_path),
                  "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "the input has 5.4" in err and "counts/pixel/frame on average" in err
+    assert "dose 5.44-5.45 counts/pixel per frame" in err
     assert "warning: model: the data have 5.4" in err and "trained at 0.45" in err
+    assert "frame(s) have a dose outside" not in err  # all of them: said once, above
 
 
 def test_detection_and_linking_options_are_part_of_the_job(movie, model_path, tmp_path, capsys):
@@ -368,3 +369,22 @@ def test_detection_and_linking_options_are_part_of_the_job(movie, model_path, tm
     assert main([*base, "--spacing", "3.0", "--memory", "0"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert main([*base, "--spacing", "2.4", "--memory", "0"]) == 0  # the same job: resumes
+
+
+def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_path, model_path,
+                                                                         capsys):
+    """A movie whose dose drifts: every frame's dose in the store, the outliers in a warning."""
+    clean, _ = clean_frame()
+    clean = clean[:96, 200:296]
+    rng = np.random.default_rng(3)
+    scale = np.array([1.0, 1.0, 1.0, 3.0, 3.0, 0.2])  # x3 and /5: outside the tiny model's 2x
+    stack = rng.poisson(clean[None] * scale[:, None, None]).astype(np.uint16)
+    path = tmp_path / "drift.tif"
+    tifffile.imwrite(path, stack)
+    out = tmp_path / "drift.zarr"
+    assert main([str(path), "-o", str(out), "--model", str(model_path), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    doses = zarr.open_group(str(out), mode="r")["dose"][:]
+    np.testing.assert_allclose(doses, stack.reshape(6, -1).mean(axis=1), rtol=1e-9)
+    assert "3 of 6 frame(s) have a dose outside" in err and "frames 3, 4, 5;" in err
+    assert f"dose {doses.min():.3g}-{doses.max():.3g} counts/pixel per frame" in err

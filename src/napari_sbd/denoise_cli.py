@@ -120,7 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(finished frames are kept)", file=sys.stderr)
         return 130
     bar.close()
-    if res.dose_estimate is not None:
+    if res.dose_span is not None:
+        lo, hi = res.dose_span
+        print(f"napari-sbd-denoise: dose {lo:.3g}-{hi:.3g} counts/pixel per frame (each frame's "
+              "mean; the store's 'dose' array has every frame's)", file=sys.stderr)
+    elif res.dose_estimate is not None:
         print(f"napari-sbd-denoise: the input has {res.dose_estimate:.3g} counts/pixel/frame "
               "on average (first frames)", file=sys.stderr)
     for w in res.warnings:

@@ -60,7 +60,8 @@ from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
 STORE_MARKER = "STORE"  # .sbd/STORE: written by _open_or_create, and by nothing else
-STORE_ENTRIES = frozenset({"zarr.json", "denoised", "llr_map", "columns.csv", "columns.h5", ".sbd"})
+STORE_ENTRIES = frozenset({"zarr.json", "denoised", "llr_map", "dose", "columns.csv", "columns.h5",
+                           ".sbd"})
 
 
 class BatchError(ValueError):
@@ -78,6 +79,8 @@ class BatchResult:
     complete: bool
     warnings: list[str]
     dose_estimate: float | None = None  # mean counts/pixel/frame of the first frames
+    # the lowest and highest mean counts/pixel of a single frame (the store's "dose" array)
+    dose_span: tuple[float, float] | None = None
 
 
 def open_movie(path: str | os.PathLike) -> tuple[Any, float | None, dict[str, Any]]:
@@ -258,6 +261,7 @@ def denoise_movie(
     ]
     done_now, llr_warned, no_lattice = 0, False, []
     arr = group["denoised"]
+    doses = _dose_array(group, n)  # a store made before the array existed gets it now
     lmap_arr = group["llr_map"] if likelihood else None
     # the first run's thread count, for this job only: CPU convolutions sum in a
     # thread-dependent order, and a resumed store must be bit-identical
@@ -270,6 +274,8 @@ def denoise_movie(
                                    pixel_size_pm=pixel_size, ensemble=ensemble)
         for i, result in results:
             arr[i] = result
+            # each frame's own dose: it drifts within a movie (beam current, focus, drift)
+            doses[i] = float(np.mean(np.asarray(data[i], dtype=np.float64)))
             if columns:
                 frame = as_frame(data[i], index=i, model_dose=den.max_dose)
                 px = float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM)
@@ -291,6 +297,11 @@ def denoise_movie(
     if no_lattice:
         shown = ", ".join(map(str, no_lattice[:10])) + (" ..." if len(no_lattice) > 10 else "")
         warnings.append(f"no lattice found (no columns) in {len(no_lattice)} frame(s): {shown}")
+    frame_doses = np.asarray(doses[:], dtype=np.float64)[list(todo)]
+    span, outside = _doses_outside(den, frame_doses, list(todo))
+    # every frame outside is what the movie's warning above says already
+    if outside and (len(outside) < len(todo) or den.dose_fits(dose_est)):
+        warnings.append(_dose_warning(den, outside, len(todo), span))
     complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
     if complete:
         if columns:
@@ -300,7 +311,38 @@ def denoise_movie(
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
         group.attrs["napari_sbd"] = attrs
-    return BatchResult(out, n, done_now, skipped, complete, warnings, dose_est)
+    return BatchResult(out, n, done_now, skipped, complete, warnings, dose_est, span)
+
+
+def _dose_array(group: Any, n: int) -> Any:
+    """Return the store's per-frame dose (mean counts/pixel of each raw frame; NaN until done)."""
+    if "dose" not in group:
+        arr = group.create_array("dose", shape=(n,), chunks=(n,), dtype="float64",
+                                 fill_value=np.nan)
+        arr.attrs["units"] = "mean counts per pixel of each raw frame (after calibration)"
+    return group["dose"]
+
+
+def _doses_outside(den: Denoiser, doses: np.ndarray,
+                   frames: list[int]) -> tuple[tuple[float, float] | None, list[int]]:
+    """Return the span of the frames' doses and the frames whose dose the model was not trained for."""
+    known = np.isfinite(doses)
+    if not known.any():
+        return None, []
+    span = (float(doses[known].min()), float(doses[known].max()))
+    return span, [f for f, d, k in zip(frames, doses, known) if k and not den.dose_fits(float(d))]
+
+
+def _dose_warning(den: Denoiser, outside: list[int], total: int,
+                  span: tuple[float, float] | None) -> str:
+    """One sentence naming the frames whose dose is outside the model's."""
+    shown = ", ".join(map(str, outside[:10])) + (" ..." if len(outside) > 10 else "")
+    trained = (f"{den.dose_range[0]:g}-{den.dose_range[1]:g}" if den.dose_range is not None
+               else f"about {den.card.dose:g}")
+    lo, hi = span or (float("nan"), float("nan"))
+    return (f"{len(outside)} of {total} frame(s) have a dose outside the model's ({trained} "
+            f"counts/pixel; frames span {lo:.3g}-{hi:.3g}): frames {shown}; per-frame doses "
+            "are in the store's 'dose' array")
 
 
 def replaceable_store(out: Path, protected: Sequence[Path] = ()) -> str | None:

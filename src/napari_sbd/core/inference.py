@@ -335,6 +335,21 @@ class Denoiser:
             lines.append(f"validation PSNR {card.validation_psnr:.2f} dB")
         return "\n".join(lines)
 
+    def dose_fits(self, dose: float, dose_tolerance: float = 2.0) -> bool:
+        """Whether frames of ``dose`` counts/pixel are within what the model was trained for.
+
+        Inside the card's dose range for a model trained over one; within
+        ``dose_tolerance`` times either way of the training dose for a
+        single-dose model; always for a model whose card has no dose.
+        """
+        if self.dose_range is not None:
+            lo, hi = self.dose_range
+            return lo <= dose <= hi
+        mdose = self.card.dose
+        if not mdose:
+            return True
+        return 1 / dose_tolerance <= dose / float(mdose) <= dose_tolerance
+
     def compatibility_warnings(
         self,
         dose: float | None = None,
@@ -373,24 +388,23 @@ class Denoiser:
         # a NaN or infinite estimate (bad pixels) says nothing about the dose: the frame
         # checks report those pixels themselves ("nanx" used to reach the user)
         dose = dose if dose is not None and np.isfinite(dose) else None
+        if dose is not None and self.dose_fits(dose, dose_tolerance):
+            dose = None  # nothing to say about it
         pixel_size_pm = (pixel_size_pm if pixel_size_pm is not None and np.isfinite(pixel_size_pm)
                          and pixel_size_pm > 0 else None)
         if dose is not None and self.dose_range is not None:
             lo, hi = self.dose_range
-            if not lo <= dose <= hi:
-                out.append(
-                    f"the data have {dose:.3g} counts/pixel per frame on average, outside the "
-                    f"{lo:g}-{hi:g} the model was trained over: results may be poor; use a "
-                    "model trained at this dose"
-                )
+            out.append(
+                f"the data have {dose:.3g} counts/pixel per frame on average, outside the "
+                f"{lo:g}-{hi:g} the model was trained over: results may be poor; use a "
+                "model trained at this dose"
+            )
         elif dose is not None and mdose:
-            ratio = dose / float(mdose)
-            if not (1 / dose_tolerance <= ratio <= dose_tolerance):
-                out.append(
-                    f"the data have {dose:.3g} counts/pixel per frame on average, the model was "
-                    f"trained at {float(mdose):.3g} ({ratio:.2g}x): results may be poor; use "
-                    + _wider_model_hint() + "a model trained at this dose"
-                )
+            out.append(
+                f"the data have {dose:.3g} counts/pixel per frame on average, the model was "
+                f"trained at {float(mdose):.3g} ({dose / float(mdose):.2g}x): results may be "
+                "poor; use " + _wider_model_hint() + "a model trained at this dose"
+            )
         mpix = self.card.pixel_size_pm
         if pixel_size_pm is not None and self.pixel_size_range_pm is not None:
             lo, hi = self.pixel_size_range_pm
