@@ -10,7 +10,7 @@ from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.phantom import pt_on_ceo2_phantom
 from napari_sbd.widgets._model import FILE_CHOICE
 from napari_sbd.widgets.columns import ColumnsWidget
-from napari_sbd.widgets.filter import BOX_LAYER, FILTER_LAYER, PIXEL_LAYER, FilterWidget
+from napari_sbd.widgets.filter import FILTER_LAYER, PIXEL_LAYER, FilterWidget
 
 pytestmark = pytest.mark.gui
 
@@ -124,7 +124,7 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     np.testing.assert_allclose(layer.translate, np.array([r0, c0]) * 0.061)
     lo, hi = layer.contrast_limits
     assert lo == pytest.approx(-hi)
-    assert BOX_LAYER in viewer.layers and PIXEL_LAYER in viewer.layers
+    assert layer.bounding_box.visible and PIXEL_LAYER in viewer.layers  # the crop outlined
     np.testing.assert_allclose(viewer.layers[PIXEL_LAYER].data, [[100, 120]])
     # a second click replaces the first
     w.compute_at((0, 10, 10))
@@ -132,7 +132,6 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     assert sum(ly.name == FILTER_LAYER for ly in viewer.layers) == 1
     assert viewer.layers[FILTER_LAYER] is layer  # the same overlays, updated in place
     np.testing.assert_allclose(viewer.layers[PIXEL_LAYER].data, [[10, 10]])
-    assert len(viewer.layers[BOX_LAYER].data) == 1
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 0
     # two quick clicks: the later one is what stays on screen
     qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)

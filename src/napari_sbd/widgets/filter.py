@@ -27,7 +27,6 @@ from napari_sbd.widgets._model import Failure, ModelPicker, wrap
 __all__ = ["FilterWidget"]
 
 FILTER_LAYER = "effective filter"
-BOX_LAYER = "effective filter: crop"
 PIXEL_LAYER = "effective filter: pixel"
 
 
@@ -142,12 +141,11 @@ class FilterWidget(DockWidget):
         # the weights the network gives to other columns stay visible
         lim = float(np.percentile(np.abs(filt), 99.5)) or peak
         h, w = filt.shape
-        corners = np.array([[r0, c0], [r0 + h, c0 + w]], dtype=float) - 0.5
         origin = tuple(translate + np.array([r0, c0]) * scale)
         meta = {"frame": frame, "pixel": pixel, "origin": (r0, c0)}
-        # one set of overlays, updated in place on every click (adding layers is the slow part)
-        lay, box, dot = (own_layer(self.viewer, role) for role in (FILTER_LAYER, BOX_LAYER,
-                                                                   PIXEL_LAYER))
+        # one set of overlays, updated in place on every click (adding layers is the slow
+        # part); the crop's outline is the filter layer's own bounding box (no layer to update)
+        lay, dot = (own_layer(self.viewer, role) for role in (FILTER_LAYER, PIXEL_LAYER))
         if lay is None:
             lay = self.viewer.add_image(
                 filt, name=unique_layer_name(self.viewer, FILTER_LAYER),
@@ -156,20 +154,14 @@ class FilterWidget(DockWidget):
                 metadata={**own_mark(FILTER_LAYER), **meta},
             )
             show_colorbar(lay)  # the weights' scale, -lim to +lim
+            box = lay.bounding_box
+            box.line_color, box.line_thickness, box.points = "yellow", 2, False
+            box.visible = True
         else:
             lay.data = filt
             _place(lay, geo["scale"], origin)
             lay.contrast_limits = (-lim, lim)
             lay.metadata.update(meta)
-        if box is None:
-            self.viewer.add_shapes(
-                [corners], shape_type="rectangle", name=unique_layer_name(self.viewer, BOX_LAYER),
-                edge_color="yellow", face_color="transparent", edge_width=max(h, w) / 200,
-                metadata=own_mark(BOX_LAYER), **geo,
-            )
-        else:
-            _place(box, geo["scale"], geo["translate"])
-            box.data = [corners]
         if dot is None:
             self.viewer.add_points(
                 [pixel], name=unique_layer_name(self.viewer, PIXEL_LAYER), size=max(h, w) / 40,
