@@ -269,7 +269,9 @@ def test_the_frame_on_screen_or_a_range_instead_of_the_whole_stack(widget, qtbot
     assert one.metadata["sbd_frames"] == [3] and one.metadata["sbd_complete"] is True
     np.testing.assert_allclose(one.data[3], expected[3], rtol=1e-6)
     assert not np.any(one.data[[0, 1, 2, 4]])  # the others were not computed
+    assert w.range_edit.native.isHidden()  # asked for only with "range"
     w.frames_combo.value = "range"
+    assert not w.range_edit.native.isHidden()
     w.range_edit.value = "1:3"
     w.run()
     _wait(qtbot, w)

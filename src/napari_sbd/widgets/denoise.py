@@ -120,6 +120,9 @@ class DenoiseWidget(DockWidget):
         self.layer_combo.changed.connect(self._file_calibration)
         for w in (self.layer_combo, self.offset, self.gain):
             w.changed.connect(self._show_dose)
+        # the range is asked for only when "range" is chosen
+        self.frames_combo.changed.connect(self._show_range)
+        self._show_range()
         self._file_calibration()
         self._show_dose()
 
@@ -244,6 +247,9 @@ class DenoiseWidget(DockWidget):
         self._first = True
         self._redrawn = 0.0
         self.worker.start()
+
+    def _show_range(self, _value: Any = None) -> None:
+        self.range_edit.visible = FRAME_CHOICES[self.frames_combo.value] == "range"
 
     def _frames(self, n: int, layer: Any) -> list[int]:
         """Return the frames of an n-frame stack the "frames" choice selects."""
