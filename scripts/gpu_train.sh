@@ -12,6 +12,10 @@
 #   N_STRUCTURES=96  DEFOCI=0:20:1  SIM_DIR=/tmp/sbd-sim  TRAIN_MINUTES=5
 #   WHEELS=.gpu-wheels  PYTHON=python3
 #   TRAIN_ARGS  replaces the model and optimisation options (the CPU test makes it tiny)
+#   RESUME_FROM a run folder to continue instead (e.g. model-training/leader, carried): it is
+#               copied to OUT/run and resumed with its own options (its config.json) plus
+#               RESUME_ARGS (default: its rate schedule, --lr-patience 10 --early-stop 25);
+#               the data must be the run's (the defaults above are the envelope runs' data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/gpu_train.sh OUT}
@@ -35,10 +39,17 @@ t0=$(date +%s)
 "$PY" -m napari_sbd.simulate.cli --out "$SIM_DIR" --n-structures "$N" --defocus "$DEFOCI" \
   --seed 1000 --workers "$(nproc)" 2>&1 | tail -n 2
 t1=$(date +%s)
-# shellcheck disable=SC2086  # TRAIN_ARGS is a list of options
-"$PY" -m napari_sbd.training.cli "$SIM_DIR" --out "$OUT/run" --where contrast=white --contrast white \
-  --dose-range 0.1:5 --pixel-size-range 4.8:10.5 $TRAIN_ARGS --max-minutes "$MINUTES" \
-  --device auto --quiet
+if [ -n "${RESUME_FROM:-}" ]; then
+  rm -rf "$OUT/run" && cp -r "$RESUME_FROM" "$OUT/run" && rm -f "$OUT/run/.lock"
+  # shellcheck disable=SC2086  # RESUME_ARGS is a list of options
+  "$PY" -m napari_sbd.training.cli "$SIM_DIR" --out "$OUT/run" --resume \
+    ${RESUME_ARGS:---lr-patience 10 --early-stop 25} --max-minutes "$MINUTES" --device auto --quiet
+else
+  # shellcheck disable=SC2086  # TRAIN_ARGS is a list of options
+  "$PY" -m napari_sbd.training.cli "$SIM_DIR" --out "$OUT/run" --where contrast=white --contrast white \
+    --dose-range 0.1:5 --pixel-size-range 4.8:10.5 $TRAIN_ARGS --max-minutes "$MINUTES" \
+    --device auto --quiet
+fi
 t2=$(date +%s)
 cp "$OUT/run/best.pt" "$OUT/run/log.csv" "$OUT/run/config.json" "$OUT/"
 echo ">> simulation $((t1 - t0)) s, training $((t2 - t1)) s; checkpoint $OUT/best.pt"

@@ -280,6 +280,14 @@ def test_gpu_campaign_script_runs_on_the_cpu_at_a_tiny_size(tmp_path):
     _, meta = load_checkpoint(tmp_path / "out" / "best.pt")
     assert meta["dose_range"] == [0.1, 5.0] and meta["pixel_size_range_pm"] == [4.8, 10.5]
     assert (tmp_path / "out" / "log.csv").exists() and (tmp_path / "out" / "config.json").exists()
+    # continuing a carried run folder (as model-training/leader would be) with its own options
+    env2 = {**env, "RESUME_FROM": str(tmp_path / "out" / "run"), "RESUME_ARGS": "--epochs 2"}
+    del env2["TRAIN_ARGS"]
+    proc = subprocess.run(["bash", str(repo / "scripts" / "gpu_train.sh"), str(tmp_path / "more")],
+                          capture_output=True, text=True, env=env2, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "more" / "log.csv") as fh:
+        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]
 
 
 def test_unet_options_with_a_fixed_comparison_network_are_refused(dataset, tmp_path, capsys):
@@ -397,3 +405,38 @@ def test_mixed_precision_only_where_the_hardware_has_it(dataset, tmp_path, monke
         assert w.is_contiguous(memory_format=layout) and w.dtype is torch.float32
         assert np.isfinite(summary["best_val_psnr"])
         load_checkpoint(tmp_path / f"run-{amp}" / "best.pt")  # its digest checks out
+
+
+def test_a_cpu_run_resumes_where_loss_scaling_is_on(dataset, tmp_path, monkeypatch):
+    """A run begun without a loss scaler (CPU) resumes with one (as on CUDA), and back."""
+    from napari_sbd.training import loop
+
+    out = tmp_path / "run"
+    Trainer(_config(dataset, out, epochs=1)).fit()
+    real = torch.amp.GradScaler
+
+    def scaler_on(_device, enabled=True):  # what float16 on CUDA gets, on the CPU
+        return real("cpu", enabled=True)
+
+    monkeypatch.setattr(loop.torch.amp, "GradScaler", scaler_on)
+    summary = Trainer(_config(dataset, out, epochs=2, resume=True)).fit()
+    assert summary["epochs"] == 2
+    monkeypatch.setattr(loop.torch.amp, "GradScaler", real)
+    assert Trainer(_config(dataset, out, epochs=3, resume=True)).fit()["epochs"] == 3
+
+
+def test_a_resume_needs_only_the_data_and_the_folder(dataset, tmp_path, capsys):
+    """--resume takes the run's own options from its config.json; a different one is refused."""
+    out = tmp_path / "run"
+    first = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY,
+             "--dose-range", "0.2:2", "--lr", "3e-4", "--seed", "5"]
+    assert main([*first, "--epochs", "1"]) == 0
+    assert main([str(dataset), "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    with open(out / "log.csv") as fh:
+        assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]
+    _net, meta = load_checkpoint(out / "last.pt")
+    assert meta["dose_range"] == [0.2, 2.0]  # the run's envelope, not the default single dose
+    capsys.readouterr()
+    assert main([str(dataset), "--out", str(out), "--resume", "--epochs", "3", "--patch", "64",
+                 "--quiet"]) == 2
+    assert "patch: run has 48, now 64" in capsys.readouterr().err

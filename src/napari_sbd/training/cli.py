@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from napari_sbd.training.config import TrainConfig
 
 EPILOG = """\
 examples:
   # the papers' recipe on a simulator folder, white-contrast images only
   napari-sbd-train data-sim/ --out runs/white --where contrast=white
 
-  # continue after an interruption (same command plus --resume)
-  napari-sbd-train data-sim/ --out runs/white --where contrast=white --resume
+  # continue after an interruption: the run's own options come from its config.json
+  napari-sbd-train data-sim/ --out runs/white --resume --max-minutes 60
 
   # one network over an operating envelope of dose and pixel size, started from
   # the bundled model's weights
@@ -22,9 +26,10 @@ examples:
   # two processes (or GPUs) with distributed data parallel
   torchrun --nproc_per_node 2 -m napari_sbd.training.cli data-sim/ --out runs/ddp
 
-A resumed run must keep the options that shape what is learned (data filters,
-noise, augmentation, model, optimiser); --resume refuses others and names each
-difference. These may change on resume: the data folder's path, --max-minutes,
+A resumed run keeps the options that shape what is learned (data filters,
+noise, augmentation, model, optimiser): those not written on the command line
+are taken from the run's config.json, and one written with another value is
+refused, naming each difference. These may change on resume: the data folder's path, --max-minutes,
 --epochs, --early-stop, --restart-lr, --lr-patience, --device, --no-amp, --quiet.
 
 Units: doses in counts (electrons) per pixel per frame in vacuum; pixel sizes
@@ -62,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     cfg = config_from_args(args, dose=None if args.dose_of_data else args.dose,
                            init_from=_checkpoint_path(args.init_from))
+    if args.resume:
+        cfg = _with_the_runs_options(cfg, argv)
     try:
         summary = train(cfg)
     except (TrainingDataError, ValueError) as exc:
@@ -81,6 +88,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"best validation PSNR {summary['best_val_psnr']:.2f} dB after "
               f"{summary['epochs']} epochs ({summary['stopped']}); checkpoints in {summary['out']}")
     return 0
+
+
+def _with_the_runs_options(cfg: TrainConfig, argv: Sequence[str] | None) -> TrainConfig:
+    """On --resume, take every learning option not written out from the run's config.json."""
+    import json
+    from dataclasses import fields
+    from pathlib import Path
+
+    from napari_sbd.training.config import TrainConfig, with_run_options
+    from napari_sbd.training.loop import RESUMABLE_OPTIONS
+
+    path = Path(cfg.out) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return cfg  # no record (or a damaged one: the resume itself reports it)
+    # which options the command line gave: argparse fills in a default only where the
+    # namespace has no value yet, so a marker in every slot survives where none was given
+    unset = object()
+    marked = argparse.Namespace(**{f.name: unset for f in fields(TrainConfig)}, dose_of_data=unset)
+    given = {k for k, v in vars(build_parser().parse_args(argv, namespace=marked)).items()
+             if v is not unset}
+    if "dose_of_data" in given:
+        given.add("dose")
+    return with_run_options(cfg, saved, given, RESUMABLE_OPTIONS)
 
 
 def _checkpoint_path(name: str | None) -> str | None:

@@ -9,7 +9,7 @@ once. Defaults appear in ``--help`` from the field itself.
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 from napari_sbd._cli import number
@@ -187,3 +187,24 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TrainConfig:
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values.update(overrides)
     return TrainConfig(**values)
+
+
+def with_run_options(cfg: TrainConfig, saved: dict[str, Any], given: set[str],
+                     keep: frozenset[str]) -> TrainConfig:
+    """Fill the options a resume did not give from the run's own record (its config.json).
+
+    Every option that shapes what is learned and is not in ``given`` (the
+    options written on the command line) takes the run's value, so ``--resume``
+    needs only the data and the folder. Options in ``keep`` (those a resume may
+    change: time limits, device, reporting) stay as given or defaulted. A
+    value that is given and differs from the run is left for the resume check
+    to refuse, naming it.
+    """
+    values: dict[str, Any] = {}
+    for f in fields(TrainConfig):
+        if f.name in given or f.name in keep or f.name not in saved:
+            continue
+        value = saved[f.name]
+        # JSON has no tuples: the ranges come back as lists
+        values[f.name] = tuple(value) if isinstance(value, list) and "tuple" in str(f.type) else value
+    return replace(cfg, **values)

@@ -561,7 +561,10 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
-        self.scaler.load_state_dict(st["scaler"])
+        # a run begun where no loss scaling was used (CPU: float32 or bfloat16) and resumed on
+        # CUDA (float16) starts its scaler afresh; the other way the saved scale is unused
+        if st["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(st["scaler"])
         self.epoch, self.best, self.bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
         self.global_step, self.patches_seen = st["global_step"], st["patches_seen"]
         self.cpu_before = float(st.get("cpu_seconds", math.nan))  # runs before the column: unknown
