@@ -43,6 +43,10 @@ def test_denoises_a_stack_into_a_new_layer(widget, qtbot, rng):
     np.testing.assert_allclose(out.data, expected, rtol=1e-6)
     assert out.metadata["sbd_complete"] is True
     np.testing.assert_array_equal(raw.data, stack)  # input untouched
+    # each frame's dose, and its span in the dock
+    doses = out.metadata["sbd_dose"]
+    np.testing.assert_allclose([doses[i] for i in range(3)], stack.reshape(3, -1).mean(axis=1))
+    assert "over the 3 frame(s) denoised" in " ".join(w.dose_note.value.split())
 
 
 def test_cancel_marks_the_layer_incomplete(widget, qtbot, rng):
@@ -292,3 +296,17 @@ def test_the_files_calibration_fills_offset_and_electrons_per_count(widget, rng)
     w.layer_combo.value = layer
     assert (w.offset.value, w.gain.value) == (100.0, 0.25)
     assert "electrons/pixel/frame" in w.dose_note.value  # the calibrated counts are counts
+
+
+def test_frames_whose_dose_drifts_out_of_the_models_are_named(widget, qtbot, rng, monkeypatch):
+    import napari_sbd.widgets.denoise as module
+
+    said = []
+    monkeypatch.setattr(module, "show_warning", said.append)
+    viewer, w = widget
+    stack = rng.poisson(0.45 * np.array([1, 1, 4.0])[:, None, None] * np.ones((3, 48, 40)))
+    viewer.add_image(stack.astype(np.float32), name="drift")
+    w.layer_combo.value = viewer.layers["drift"]
+    w.run()
+    _wait(qtbot, w)
+    assert any("1 of 3 frame(s) have a dose outside" in m and "frames 2" in m for m in said), said

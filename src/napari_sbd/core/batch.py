@@ -45,7 +45,14 @@ from typing import Any
 import numpy as np
 
 from napari_sbd.core.analysis import analyse_frame, write_columns_csv
-from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose, load_model
+from napari_sbd.core.inference import (
+    DEFAULT_TILE,
+    Denoiser,
+    dose_warning,
+    doses_outside,
+    estimate_dose,
+    load_model,
+)
 from napari_sbd.core.inputs import (
     InputError,
     NotCountsError,
@@ -298,10 +305,11 @@ def denoise_movie(
         shown = ", ".join(map(str, no_lattice[:10])) + (" ..." if len(no_lattice) > 10 else "")
         warnings.append(f"no lattice found (no columns) in {len(no_lattice)} frame(s): {shown}")
     frame_doses = np.asarray(doses[:], dtype=np.float64)[list(todo)]
-    span, outside = _doses_outside(den, frame_doses, list(todo))
+    span, outside = doses_outside(den, frame_doses, list(todo))
     # every frame outside is what the movie's warning above says already
     if outside and (len(outside) < len(todo) or den.dose_fits(dose_est)):
-        warnings.append(_dose_warning(den, outside, len(todo), span))
+        warnings.append(dose_warning(den, outside, len(todo), span)
+                        + "; per-frame doses are in the store's 'dose' array")
     complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
     if complete:
         if columns:
@@ -321,28 +329,6 @@ def _dose_array(group: Any, n: int) -> Any:
                                  fill_value=np.nan)
         arr.attrs["units"] = "mean counts per pixel of each raw frame (after calibration)"
     return group["dose"]
-
-
-def _doses_outside(den: Denoiser, doses: np.ndarray,
-                   frames: list[int]) -> tuple[tuple[float, float] | None, list[int]]:
-    """Return the span of the frames' doses and the frames whose dose the model was not trained for."""
-    known = np.isfinite(doses)
-    if not known.any():
-        return None, []
-    span = (float(doses[known].min()), float(doses[known].max()))
-    return span, [f for f, d, k in zip(frames, doses, known) if k and not den.dose_fits(float(d))]
-
-
-def _dose_warning(den: Denoiser, outside: list[int], total: int,
-                  span: tuple[float, float] | None) -> str:
-    """One sentence naming the frames whose dose is outside the model's."""
-    shown = ", ".join(map(str, outside[:10])) + (" ..." if len(outside) > 10 else "")
-    trained = (f"{den.dose_range[0]:g}-{den.dose_range[1]:g}" if den.dose_range is not None
-               else f"about {den.card.dose:g}")
-    lo, hi = span or (float("nan"), float("nan"))
-    return (f"{len(outside)} of {total} frame(s) have a dose outside the model's ({trained} "
-            f"counts/pixel; frames span {lo:.3g}-{hi:.3g}): frames {shown}; per-frame doses "
-            "are in the store's 'dose' array")
 
 
 def replaceable_store(out: Path, protected: Sequence[Path] = ()) -> str | None:

@@ -37,6 +37,8 @@ __all__ = [
     "available_devices",
     "bundled_model_path",
     "default_model_path",
+    "dose_warning",
+    "doses_outside",
     "estimate_dose",
     "load_model",
     "resolve_device",
@@ -722,3 +724,23 @@ def load_model(
     meta["path"] = str(path)
     return Denoiser(net, meta, device=device, fold=fold)
 
+
+def doses_outside(den: Denoiser, doses: np.ndarray,
+                  frames: list[int]) -> tuple[tuple[float, float] | None, list[int]]:
+    """Return the span of the frames' doses and the frames whose dose the model was not trained for."""
+    known = np.isfinite(doses)
+    if not known.any():
+        return None, []
+    span = (float(doses[known].min()), float(doses[known].max()))
+    return span, [f for f, d, k in zip(frames, doses, known) if k and not den.dose_fits(float(d))]
+
+
+def dose_warning(den: Denoiser, outside: list[int], total: int,
+                 span: tuple[float, float] | None) -> str:
+    """Return one sentence naming the frames whose dose is outside the model's."""
+    shown = ", ".join(map(str, outside[:10])) + (" ..." if len(outside) > 10 else "")
+    trained = (f"{den.dose_range[0]:g}-{den.dose_range[1]:g}" if den.dose_range is not None
+               else f"about {den.card.dose:g}")
+    lo, hi = span or (float("nan"), float("nan"))
+    return (f"{len(outside)} of {total} frame(s) have a dose outside the model's ({trained} "
+            f"counts/pixel; frames span {lo:.3g}-{hi:.3g}): frames {shown}")

@@ -21,7 +21,13 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QProgressBar
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import DEFAULT_TILE, Denoiser, estimate_dose
+from napari_sbd.core.inference import (
+    DEFAULT_TILE,
+    Denoiser,
+    dose_warning,
+    doses_outside,
+    estimate_dose,
+)
 from napari_sbd.core.inputs import (
     InputError,
     NotCountsError,
@@ -60,6 +66,7 @@ class DenoiseWidget(DockWidget):
     def __init__(self, napari_viewer: Any) -> None:
         super().__init__(napari_viewer)
         self.output_layer: Image | None = None
+        self._denoiser: Denoiser | None = None  # the running (or last) job's model
 
         self.layer_combo = ComboBox(label="image", choices=lambda _w: image_layers(self.viewer),
                                     tooltip="the raw frame or stack to denoise (counts, or "
@@ -182,6 +189,7 @@ class DenoiseWidget(DockWidget):
             single = check_stack_shape(tuple(source.shape), source.dtype)
             data = calibrated(source, self.offset.value, self.gain.value)
             den = self.load_denoiser()
+            self._denoiser = den
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
             self.info.value = wrap(str(exc))
@@ -265,14 +273,15 @@ class DenoiseWidget(DockWidget):
         if self.worker is not None:
             self.worker.quit()
 
-    def _frame_done(self, item: tuple[int, np.ndarray] | Failure) -> None:
+    def _frame_done(self, item: tuple[int, np.ndarray, float] | Failure) -> None:
         if isinstance(item, Failure):
             self._failed(item)
             return
-        index, frame = item
+        index, frame, dose = item
         layer = self.output_layer
         if layer is None:
             return
+        layer.metadata.setdefault("sbd_dose", {})[int(index)] = dose
         if layer.data.ndim == 2:
             layer.data[...] = frame
         else:
@@ -303,6 +312,22 @@ class DenoiseWidget(DockWidget):
         if layer is not None and layer.metadata.get("sbd_frames_done") == self._total:
             layer.metadata["sbd_complete"] = True
             show_info(f"denoised {self._total} frame(s) into '{layer.name}'")
+        self._report_doses()
+
+    def _report_doses(self) -> None:
+        """Each frame's dose: its span in the dock, the frames outside the model's in a warning."""
+        layer, den = self.output_layer, self._denoiser
+        doses = (layer.metadata.get("sbd_dose") or {}) if layer is not None else {}
+        if not doses or den is None:
+            return
+        frames = sorted(doses)
+        span, outside = doses_outside(den, np.array([doses[f] for f in frames]), frames)
+        if span is None:
+            return
+        self.dose_note.value = wrap(f"dose {span[0]:.3g}-{span[1]:.3g} electrons/pixel per frame "
+                                    f"over the {len(frames)} frame(s) denoised")
+        if outside:
+            show_warning(dose_warning(den, outside, len(frames), span))
 
     def _aborted(self) -> None:
         layer = self.output_layer
@@ -362,8 +387,11 @@ def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | Non
     the widget can report it as a notification instead of a crash.
     """
     try:
-        yield from den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
-                                    ensemble=ensemble, first=first, indices=indices)
+        for i, result in den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
+                                          ensemble=ensemble, first=first, indices=indices):
+            # the frame's own dose (it drifts within a movie), read here, off the GUI thread
+            raw = data if data.ndim == 2 else data[i]
+            yield i, result, float(np.mean(np.asarray(raw, dtype=np.float64)))
     except NotCountsError as exc:
         yield Failure(NotCountsError(f"{exc}. Enter the detector's offset (dark level) and "
                                      "electrons per count (1/gain) above, in the layer's units"))
