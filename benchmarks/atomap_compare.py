@@ -19,7 +19,7 @@ halo, on a background). Each is given to
 Scores: precision, recall and F1 of one-to-one matches within a third of the
 spacing (at most 0.5 A), the median position error of the matched columns in
 pm, and the time per image. Columns within 2 A of the edge are left out of
-both (our detector's default border). The numbers go to docs/column-finding.md.
+both (found or true). The numbers go to docs/column-finding.md.
 """
 
 from __future__ import annotations

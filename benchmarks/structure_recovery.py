@@ -30,13 +30,14 @@ from napari_sbd.simulate.imaging import ImagingParams, exit_wave, images_at_defo
 from napari_sbd.simulate.structures import StructureParams, build_structure
 
 PX = 6.1
+EDGE_A = 2.0  # the band along the frame's edge left out of the scores, found and true
 MATCH_A = 0.5
 NEAR_A = 3.0  # detections further than this from every clean column are phantoms, not the particle
 
 
 def particle_columns(img: np.ndarray, support_row: int):
     """Columns detected in the whole frame, kept above the support (the particle's)."""
-    cols = detect_columns(img, PX)
+    cols = detect_columns(img, PX, exclude_border_a=EDGE_A)
     return cols.subset(cols.centres[:, 0] < support_row - 8)
 
 
@@ -56,7 +57,7 @@ def true_columns(atoms, info: dict, shape: tuple[int, int]) -> np.ndarray:
     xy = np.array([pt[label == g].mean(axis=0) for g in np.unique(label)])
     ly = info["cell_a"][1]
     rc = np.stack([(ly - xy[:, 1]) / (PX / 100), xy[:, 0] / (PX / 100)], axis=1)
-    edge = 2.0 / (PX / 100)
+    edge = EDGE_A / (PX / 100)
     inside = (rc.min(axis=1) >= edge) & (rc[:, 0] <= shape[0] - 1 - edge) & (rc[:, 1] <= shape[1] - 1 - edge)
     return rc[inside]
 

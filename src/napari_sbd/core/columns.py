@@ -228,7 +228,7 @@ def detect_columns(
     min_contrast: float | None = None,
     vacuum_floor: float | None = 4.0,
     vacuum: np.ndarray | None = None,
-    exclude_border_a: float = 2.0,
+    exclude_border_a: float | None = None,
 ) -> Columns:
     """Find atomic columns, with every scale and threshold read from the frame itself.
 
@@ -271,8 +271,11 @@ def detect_columns(
     vacuum : numpy.ndarray, optional
         (H, W) bool vacuum mask; by default found with
         :func:`napari_sbd.core.vacuum.vacuum_mask`.
-    exclude_border_a : float
-        Ignore columns this close to the frame edge, Angstrom.
+    exclude_border_a : float, optional
+        Ignore columns this close to the frame edge, Angstrom. By default half
+        the column spacing: a column whose fit disc (0.35 d) lies inside the
+        frame is kept, so the last row of a support at the frame's edge is
+        marked.
 
     Returns
     -------
@@ -330,7 +333,7 @@ def detect_columns(
     noise_floor = 3 * noise / (2 * np.sqrt(np.pi) * smooth_px)
     texture = _vacuum_texture(img, smooth, pixel_size_pm, vacuum) if vacuum_floor else None
     h, w = img.shape
-    border = int(np.ceil(exclude_border_a / px_a))
+    border = int(np.ceil(spacing / 2 if exclude_border_a is None else exclude_border_a / px_a))
     params: dict = dict(spacing_a=spacing * px_a, lattice_strength=strength, polarity=polarity,
                         threshold=threshold, min_contrast=min_contrast, vacuum_floor=vacuum_floor,
                         vacuum_texture=texture, noise=noise)
