@@ -328,3 +328,14 @@ def test_every_control_of_every_dock_explains_itself(make_napari_viewer):
     for dock in (DenoiseWidget(viewer), ColumnsWidget(viewer), FilterWidget(viewer)):
         bare = [w.label or w.text for w in controls(dock.form) if not w.tooltip]
         assert not bare, f"{type(dock).__name__}: no tooltip on {bare}"
+
+
+def test_layer_choices_follow_a_rename(scene):
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    viewer, _ = scene
+    docks = [DenoiseWidget(viewer), ColumnsWidget(viewer), FilterWidget(viewer)]
+    viewer.layers["movie"].name = "movie, session 2"
+    for combo in (docks[0].layer_combo, docks[1].raw_combo, docks[2].raw_combo):
+        names = [combo.native.itemText(i) for i in range(combo.native.count())]
+        assert "movie, session 2" in names and "movie" not in names

@@ -231,6 +231,13 @@ class DockWidget(QWidget):
         emitter.connect(callback)
         self._undo.append(lambda: emitter.disconnect(callback))
 
+    def follow_layers(self, callback: Any) -> None:
+        """Call ``callback`` when a layer is added, removed or renamed (combos list names)."""
+        events = self.viewer.layers.events
+        for name in ("inserted", "removed", "renamed"):
+            if hasattr(events, name):  # "renamed" is napari's own re-emission of a name change
+                self.listen(getattr(events, name), callback)
+
     def on_mouse_drag(self, callback: Any) -> None:
         """Add a viewer mouse-drag callback until the dock closes."""
         self.viewer.mouse_drag_callbacks.append(callback)

@@ -170,8 +170,7 @@ class ColumnsWidget(DockWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.save_button.changed.connect(self._ask_and_save)
         self.denoised_combo.changed.connect(self._user_changed)
-        self.listen(self.viewer.layers.events.inserted, self._reset)
-        self.listen(self.viewer.layers.events.removed, self._reset)
+        self.follow_layers(self._reset)
         self.listen(self.viewer.dims.events.current_step, self._frame_changed)
         self._auto_pick()
 

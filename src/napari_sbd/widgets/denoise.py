@@ -122,8 +122,7 @@ class DenoiseWidget(DockWidget):
 
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
-        self.listen(self.viewer.layers.events.inserted, self._reset_layers)
-        self.listen(self.viewer.layers.events.removed, self._reset_layers)
+        self.follow_layers(self._reset_layers)
         self.layer_combo.changed.connect(self._file_calibration)
         for w in (self.layer_combo, self.offset, self.gain):
             w.changed.connect(self._show_dose)

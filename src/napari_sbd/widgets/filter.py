@@ -51,8 +51,7 @@ class FilterWidget(DockWidget):
         self.status = Label(value="Shift-click a pixel of the raw or denoised layer")
         self.form = Container(widgets=[self.raw_combo, self.model, self.active, self.status])
         dock_layout(self, self.form)
-        self.listen(self.viewer.layers.events.inserted, self._reset_layers)
-        self.listen(self.viewer.layers.events.removed, self._reset_layers)
+        self.follow_layers(self._reset_layers)
         self.on_mouse_drag(self._on_click)
         self._guess_raw()
 
