@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -388,3 +389,16 @@ def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_pat
     np.testing.assert_allclose(doses, stack.reshape(6, -1).mean(axis=1), rtol=1e-9)
     assert "3 of 6 frame(s) have a dose outside" in err and "frames 3, 4, 5;" in err
     assert f"dose {doses.min():.3g}-{doses.max():.3g} counts/pixel per frame" in err
+
+
+def test_auto_model_follows_the_movies_dose(tmp_path, capsys):
+    """The command's default model is chosen from the movie: the envelope one at 3x the dose."""
+    clean, _ = clean_frame()
+    stack = np.random.default_rng(5).poisson(3 * clean[None, :64, 200:264] * np.ones((2, 1, 1)))
+    path = tmp_path / "bright.tif"
+    tifffile.imwrite(path, stack.astype(np.uint16))
+    out = tmp_path / "auto.zarr"
+    assert main([str(path), "-o", str(out), "--quiet"]) == 0
+    assert "auto chose the bundled 'envelope' model" in capsys.readouterr().err
+    model = zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["model"]
+    assert Path(model["path"]).name == "envelope.pt"

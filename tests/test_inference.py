@@ -314,3 +314,13 @@ def test_bundled_models_outputs_are_unchanged():
     for name in ("default", "envelope"):
         out = load_model(name, device="cpu").denoise(ref["input"])
         np.testing.assert_allclose(out, ref[name], rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def test_auto_picks_the_default_only_where_it_beats_the_envelope_model():
+    from napari_sbd.core.inference import choose_bundled_model
+
+    assert choose_bundled_model(0.45, 6.1)[0] == "default"
+    assert choose_bundled_model(None, None)[0] == "default"  # unknown: the default's own
+    for dose, px in [(0.9, 6.1), (0.2, 6.1), (0.45, 8.0), (0.45, 4.88), (2.0, None)]:
+        name, why = choose_bundled_model(dose, px)
+        assert name == "envelope" and "outside" in why, (dose, px)

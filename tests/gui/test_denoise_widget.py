@@ -310,3 +310,25 @@ def test_frames_whose_dose_drifts_out_of_the_models_are_named(widget, qtbot, rng
     w.run()
     _wait(qtbot, w)
     assert any("1 of 3 frame(s) have a dose outside" in m and "frames 2" in m for m in said), said
+
+
+def test_auto_model_is_chosen_from_the_layer_and_the_filter_follows_it(make_napari_viewer, qtbot,
+                                                                         rng):
+    from pathlib import Path
+
+    from napari_sbd.widgets._model import AUTO_CHOICE
+    from napari_sbd.widgets.filter import FilterWidget
+
+    viewer = make_napari_viewer()
+    w = DenoiseWidget(viewer)
+    assert w.model_combo.value == AUTO_CHOICE  # the dock's first choice
+    raw = viewer.add_image(rng.poisson(1.5, (2, 64, 64)).astype(np.float32), name="bright",
+                           scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"))
+    w.layer_combo.value = raw
+    w.run()
+    assert "auto: the bundled 'envelope' model" in " ".join(w.info.value.split())
+    _wait(qtbot, w)
+    out = viewer.layers["bright denoised"]
+    assert Path(out.metadata["sbd_model"]["path"]).name == "envelope.pt"
+    filt = FilterWidget(viewer)  # on auto, the filter is the one of the network that denoised
+    assert Path(filt._model_for(raw).metadata["path"]).name == "envelope.pt"

@@ -48,6 +48,7 @@ from napari_sbd.core.analysis import analyse_frame, write_columns_csv
 from napari_sbd.core.inference import (
     DEFAULT_TILE,
     Denoiser,
+    choose_bundled_model,
     dose_warning,
     doses_outside,
     estimate_dose,
@@ -88,6 +89,7 @@ class BatchResult:
     dose_estimate: float | None = None  # mean counts/pixel/frame of the first frames
     # the lowest and highest mean counts/pixel of a single frame (the store's "dose" array)
     dose_span: tuple[float, float] | None = None
+    model_choice: str | None = None  # what model="auto" chose, and why
 
 
 def open_movie(path: str | os.PathLike) -> tuple[Any, float | None, dict[str, Any]]:
@@ -151,7 +153,7 @@ def denoise_movie(
     input_path: str | os.PathLike,
     output: str | os.PathLike,
     *,
-    model: str | os.PathLike | Denoiser = "default",
+    model: str | os.PathLike | Denoiser = "auto",
     device: str = "auto",
     frames: str | slice | None = None,
     columns: bool = False,
@@ -176,7 +178,9 @@ def denoise_movie(
     output : path-like
         The zarr store to create (conventionally ``*.zarr``).
     model : str, path-like or Denoiser
-        "default", a checkpoint path, or a loaded model.
+        "auto" (the bundled model for the movie's dose and pixel size:
+        :func:`~napari_sbd.core.inference.choose_bundled_model`), "default",
+        "envelope", a checkpoint path, or a loaded model.
     device : str
         "auto", "cpu" or "cuda[:N]".
     frames : str or slice, optional
@@ -236,6 +240,10 @@ def denoise_movie(
     n, h, w = (int(v) for v in data.shape)
     if out.resolve() == input_path.resolve():
         raise BatchError(f"the output {out} is the input itself: choose a new file name")
+    model_choice = None
+    if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
+        model, why = choose_bundled_model(estimate_dose(data), pixel_size)
+        model_choice = f"auto chose the bundled '{model}' model: {why}"
     try:
         den = model if isinstance(model, Denoiser) else load_model(model, device=device)
     except ValueError as exc:
@@ -319,7 +327,7 @@ def denoise_movie(
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
         group.attrs["napari_sbd"] = attrs
-    return BatchResult(out, n, done_now, skipped, complete, warnings, dose_est, span)
+    return BatchResult(out, n, done_now, skipped, complete, warnings, dose_est, span, model_choice)
 
 
 def _dose_array(group: Any, n: int) -> Any:

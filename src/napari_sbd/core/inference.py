@@ -36,6 +36,7 @@ __all__ = [
     "DenoisingCancelled",
     "available_devices",
     "bundled_model_path",
+    "choose_bundled_model",
     "default_model_path",
     "dose_warning",
     "doses_outside",
@@ -106,6 +107,48 @@ BUNDLED = {
     "default": "the best model at 0.45 counts/pixel and 6.1 pm/pixel (white contrast)",
     "envelope": "one model for 0.1-5 counts/pixel and 4.8-10.5 pm/pixel (white contrast)",
 }
+
+
+# Where the single-point default beats the envelope model, from docs/envelope.md (reference
+# images; epoch-63 envelope model): the two cross between the measured settings, at about
+# 0.41 and 0.51 counts/pixel (0.3: envelope +3.7 dB; 0.45: default +1.0; 0.6: envelope
+# +1.2) and about 5.7 and 6.9 pm (4.88: envelope +2.1; 6.1: default +1.0; 8: envelope +1.2).
+AUTO_DEFAULT_DOSE = (0.41, 0.51)
+AUTO_DEFAULT_PIXEL_PM = (5.7, 6.9)
+
+
+def choose_bundled_model(dose: float | None, pixel_size_pm: float | None) -> tuple[str, str]:
+    """Pick the bundled model that denoises data of this dose and pixel size best.
+
+    The single-point default where it wins (doses :data:`AUTO_DEFAULT_DOSE`,
+    pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`), the envelope model everywhere
+    else (when installed). An unknown dose or pixel size counts as the
+    default's own.
+
+    Parameters
+    ----------
+    dose : float, optional
+        The data's mean counts per pixel per frame (:func:`estimate_dose`).
+    pixel_size_pm : float, optional
+        The data's pixel size, picometres.
+
+    Returns
+    -------
+    tuple of str
+        The bundled name ("default" or "envelope") and the reason, in words.
+    """
+    lo, hi = AUTO_DEFAULT_DOSE
+    plo, phi = AUTO_DEFAULT_PIXEL_PM
+    dose_ok = dose is None or not np.isfinite(dose) or lo <= dose <= hi
+    pixel_ok = pixel_size_pm is None or plo <= pixel_size_pm <= phi
+    seen = ", ".join(
+        ([f"{dose:.3g} counts/pixel"] if dose is not None and np.isfinite(dose) else [])
+        + ([f"{pixel_size_pm:.3g} pm/pixel"] if pixel_size_pm is not None else [])
+    ) or "dose and pixel size unknown"
+    window = f"{lo:g}-{hi:g} counts/pixel and {plo:g}-{phi:g} pm"
+    if (dose_ok and pixel_ok) or not bundled_model_path("envelope").exists():
+        return "default", f"the data have {seen}; the default is best at {window}"
+    return "envelope", f"the data have {seen}, outside {window} where the default is best"
 
 
 def _wider_model_hint() -> str:

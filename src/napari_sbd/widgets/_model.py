@@ -1,4 +1,4 @@
-"""A model chooser shared by the widgets: bundled default or a checkpoint file."""
+"""A model chooser shared by the widgets: auto, a bundled model, or a checkpoint file."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from napari_sbd.core.inference import (
     Denoiser,
     available_devices,
     bundled_model_path,
+    choose_bundled_model,
     load_model,
 )
 
+AUTO_CHOICE = "auto (by the data's dose and pixel size)"
 DEFAULT_CHOICE = "bundled default"
 ENVELOPE_CHOICE = "bundled envelope (wide dose and pixel range)"
 FILE_CHOICE = "checkpoint file..."
@@ -28,11 +30,16 @@ class ModelPicker(Container):
     """Source (default / file), file, device, and a description of the loaded model."""
 
     def __init__(self) -> None:
-        sources = [label for label, name in BUNDLED_CHOICES.items()
-                   if bundled_model_path(name).exists()] + [FILE_CHOICE]
-        self.source = ComboBox(label="model", choices=sources, value=sources[0],
-                               tooltip="\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
-                               + "\nor a checkpoint file trained with napari-sbd-train")
+        bundled = [label for label, name in BUNDLED_CHOICES.items()
+                   if bundled_model_path(name).exists()]
+        # auto needs both bundled models to choose between
+        sources = ([AUTO_CHOICE] if len(bundled) > 1 else []) + bundled + [FILE_CHOICE]
+        self.source = ComboBox(
+            label="model", choices=sources, value=sources[0],
+            tooltip="auto: the bundled default for data near 0.45 counts/pixel and 6.1 pm, "
+            "the envelope model elsewhere (chosen from the layer when it runs)\n"
+            + "\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
+            + "\nor a checkpoint file trained with napari-sbd-train")
         self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt",
                              tooltip="a .pt checkpoint written by napari-sbd-train (loading it "
                              "never runs code from the file)")
@@ -48,19 +55,31 @@ class ModelPicker(Container):
         self.device.changed.connect(self._changed)
         self._changed()
 
-    def _path(self) -> str | Path:
+    def _path(self, dose: float | None = None, pixel_size_pm: float | None = None) -> str | Path:
+        if self.source.value == AUTO_CHOICE:
+            return choose_bundled_model(dose, pixel_size_pm)[0]
         value = self.file.value  # one path: the edit is in EXISTING_FILE mode
         return BUNDLED_CHOICES.get(self.source.value) or Path(str(value or ""))
 
-    def load(self) -> Denoiser:
+    @property
+    def is_auto(self) -> bool:
+        """Whether the model is chosen from the data (:func:`choose_bundled_model`)."""
+        return self.source.value == AUTO_CHOICE
+
+    def load(self, dose: float | None = None, pixel_size_pm: float | None = None) -> Denoiser:
         """Return the selected model on the selected device (cached).
+
+        Parameters
+        ----------
+        dose, pixel_size_pm : float, optional
+            The data's, for the auto choice (unknown: the default's own).
 
         Raises
         ------
         CheckpointError
             Nothing usable is selected.
         """
-        path = self._path()
+        path = self._path(dose, pixel_size_pm)
         key = (str(path), self.device.value)
         if self._denoiser is None or self._key != key:
             if path not in BUNDLED and (str(path) in ("", ".") or Path(path).is_dir()):
@@ -78,7 +97,10 @@ class ModelPicker(Container):
             unset = self.source.value == FILE_CHOICE and str(self.file.value) in ("", ".")
             self.info.value = "choose a checkpoint file" if unset else wrap(str(exc))
             return
-        self.info.value = wrap(den.describe())
+        self.info.value = wrap(
+            "auto: the bundled default for data near 0.45 counts/pixel and 6.1 pm/pixel, the "
+            "envelope model (0.1-5 counts/pixel, 4.8-10.5 pm) elsewhere; chosen from the layer "
+            "when it runs" if self.is_auto else den.describe())
 
 
 def wrap(text: str, width: int = 44) -> str:

@@ -24,6 +24,7 @@ from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import (
     DEFAULT_TILE,
     Denoiser,
+    choose_bundled_model,
     dose_warning,
     doses_outside,
     estimate_dose,
@@ -137,9 +138,10 @@ class DenoiseWidget(DockWidget):
         """The message line under the model (metadata, or the last problem)."""
         return self.model.info
 
-    def load_denoiser(self) -> Denoiser:
-        """Return the selected model (see :meth:`ModelPicker.load`)."""
-        return self.model.load()
+    def load_denoiser(self, dose: float | None = None,
+                      pixel_size_pm: float | None = None) -> Denoiser:
+        """Return the selected model (see :meth:`ModelPicker.load`; auto: for these data)."""
+        return self.model.load(dose, pixel_size_pm)
 
     def _reset_layers(self, _event: Any = None) -> None:
         self.layer_combo.reset_choices()
@@ -187,12 +189,15 @@ class DenoiseWidget(DockWidget):
             source = layer.data[lead] if lead else layer.data
             single = check_stack_shape(tuple(source.shape), source.dtype)
             data = calibrated(source, self.offset.value, self.gain.value)
-            den = self.load_denoiser()
+            den = self.load_denoiser(estimate_dose(data), pixel_size_pm(layer))
             self._denoiser = den
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
             self.info.value = wrap(str(exc))
             return
+        if self.model.is_auto:
+            name, why = choose_bundled_model(estimate_dose(data), pixel_size_pm(layer))
+            self.info.value = wrap(f"auto: the bundled '{name}' model ({why})")
         for msg in den.compatibility_warnings(estimate_dose(data), pixel_size_pm(layer)):
             show_warning(msg)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -10,6 +11,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 
 from napari_sbd.core.checkpoint import CheckpointError
+from napari_sbd.core.inference import Denoiser, estimate_dose, load_model
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.widgets._layers import (
     DockWidget,
@@ -18,6 +20,7 @@ from napari_sbd.widgets._layers import (
     image_layers,
     own_layer,
     own_mark,
+    pixel_size_pm,
     plane_geometry,
     show_colorbar,
     unique_layer_name,
@@ -45,6 +48,7 @@ class FilterWidget(DockWidget):
                                   tooltip="the raw layer that was denoised: the filter weighs "
                                   "its counts")
         self.model = ModelPicker()
+        self._recorded: dict[str, Denoiser] = {}  # models named by denoised layers (auto)
         self.active = CheckBox(label="Shift-click shows the filter", value=True,
                                tooltip="Shift-click a pixel of the raw or denoised layer to see "
                                "the weights the network gives the raw counts around it")
@@ -89,7 +93,7 @@ class FilterWidget(DockWidget):
         frame_index = pos[0] if raw.data.ndim == 3 else 0
         frame = np.asarray(raw.data[frame_index] if raw.data.ndim == 3 else raw.data)
         try:
-            model = self.model.load()
+            model = self._model_for(raw)
         except (CheckpointError, ValueError) as exc:
             self._fail(str(exc))
             return
@@ -110,6 +114,23 @@ class FilterWidget(DockWidget):
         )
         self.worker = worker
         worker.start()
+
+    def _model_for(self, raw: Any) -> Denoiser:
+        """Return the picked model; on auto, the one that denoised ``raw`` (or would).
+
+        The filter must be the one of the network that made the denoised layer:
+        with "auto" that is the model recorded in the layer the Denoise dock
+        made from ``raw``, or, before any, the one auto picks for ``raw``.
+        """
+        if self.model.is_auto:
+            for ly in self.viewer.layers:
+                md = ly.metadata or {}
+                path = str((md.get("sbd_model") or {}).get("path") or "")
+                if md.get("sbd_source_layer") == raw.name and Path(path).is_file():
+                    if path not in self._recorded:
+                        self._recorded[path] = load_model(path, device=self.model.device.value)
+                    return self._recorded[path]
+        return self.model.load(estimate_dose(raw.data), pixel_size_pm(raw))
 
     def _ensemble_of(self, raw: Any) -> bool:
         """Whether the plugin denoised ``raw`` at best quality (the filter must match it)."""
