@@ -429,7 +429,7 @@ def test_a_resume_needs_only_the_data_and_the_folder(dataset, tmp_path, capsys):
     """--resume takes the run's own options from its config.json; a different one is refused."""
     out = tmp_path / "run"
     first = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY,
-             "--dose-range", "0.2:2", "--lr", "3e-4", "--seed", "5"]
+             "--dose-range", "0.2:2", "--lr", "3e-4", "--seed", "5", "--where", "contrast=white"]
     assert main([*first, "--epochs", "1"]) == 0
     assert main([str(dataset), "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
     with open(out / "log.csv") as fh:
@@ -440,3 +440,5 @@ def test_a_resume_needs_only_the_data_and_the_folder(dataset, tmp_path, capsys):
     assert main([str(dataset), "--out", str(out), "--resume", "--epochs", "3", "--patch", "64",
                  "--quiet"]) == 2
     assert "patch: run has 48, now 64" in capsys.readouterr().err
+    # the run's whole command again (list options included) resumes as before
+    assert main([*first, "--epochs", "3", "--resume"]) == 0

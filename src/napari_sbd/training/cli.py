@@ -104,14 +104,15 @@ def _with_the_runs_options(cfg: TrainConfig, argv: Sequence[str] | None) -> Trai
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return cfg  # no record (or a damaged one: the resume itself reports it)
-    # which options the command line gave: argparse fills in a default only where the
-    # namespace has no value yet, so a marker in every slot survives where none was given
-    unset = object()
-    marked = argparse.Namespace(**{f.name: unset for f in fields(TrainConfig)}, dose_of_data=unset)
-    given = {k for k, v in vars(build_parser().parse_args(argv, namespace=marked)).items()
-             if v is not unset}
-    if "dose_of_data" in given:
-        given.add("dose")
+    # which options the command line gave, by their flags (as add_options spells them)
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    flags = {"dose": ["--dose", "--dose-of-data"]}
+    for f in fields(TrainConfig):
+        if "group" in f.metadata and not f.metadata.get("positional"):
+            flags.setdefault(f.name, []).append(
+                f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
+    given = {name for name, opts in flags.items()
+             if any(t == o or t.startswith(o + "=") for t in tokens for o in opts)}
     return with_run_options(cfg, saved, given, RESUMABLE_OPTIONS)
 
 
