@@ -33,11 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="default", help="bundled name or checkpoint path")
-    parser.add_argument("--clicks", type=int, default=7, help="timed clicks of each kind")
+    parser.add_argument("--clicks", type=int, default=7, help="timed clicks of each kind per round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (each gives a ratio)")
     args = parser.parse_args()
     t_start = time.monotonic()
 
     import napari
+    from qtpy.QtCore import QEventLoop
     from qtpy.QtWidgets import QApplication
 
     from napari_sbd.core.jacobian import effective_filter
@@ -77,10 +79,11 @@ def main() -> None:
     def gui_click(pixel: tuple[int, int]) -> float:
         t0 = time.perf_counter()
         dock.compute_at(pixel)
+        # wait as napari's event loop does, idle until an event comes (a polling loop here
+        # would hold the GIL against the worker's thread)
         while not (dock.worker is None and FILTER_LAYER in viewer.layers
                    and viewer.layers[FILTER_LAYER].metadata["pixel"] == pixel):
-            app.processEvents()
-            time.sleep(0.001)
+            app.processEvents(QEventLoop.ProcessEventsFlag.WaitForMoreEvents)
         app.processEvents()  # the redraw the new overlays asked for
         return time.perf_counter() - t0
 
@@ -90,16 +93,19 @@ def main() -> None:
         return time.perf_counter() - t0
 
     rng = np.random.default_rng(0)
-    pixels = [tuple(int(v) for v in rng.integers(200, SIDE - 200, 2))
-              for _ in range(2 * args.clicks + 2)]
+    n = args.rounds * args.clicks
+    pixels = [tuple(int(v) for v in rng.integers(200, SIDE - 200, 2)) for _ in range(2 * n + 2)]
     lib, gui = [], []
-    for i in range(args.clicks + 1):
+    for i in range(n + 1):
         t_lib = library_call(pixels[2 * i])
         t_gui = gui_click(pixels[2 * i + 1])
         if i:  # the first pair warms up caches, threads and the overlays
             lib.append(t_lib)
             gui.append(t_gui)
     viewer.close()
+    # the ratio round by round: how much it moves on this shared machine
+    per_round = [float(np.median(gui[k:k + args.clicks]) / np.median(lib[k:k + args.clicks]))
+                 for k in range(0, n, args.clicks)]
     worker = float(np.median(parts["worker"][2:]))
     overlays = float(np.median(parts["overlays"][2:]))
     med_lib, med_gui = float(np.median(lib)), float(np.median(gui))
@@ -108,12 +114,14 @@ def main() -> None:
     argv = [f"--model {args.model}"] if args.model != "default" else []
     lines = [
         *header("Effective filter: the dock against the library call",
-                [*argv, f"--clicks {args.clicks}"], time.monotonic() - t_start),
+                [*argv, f"--clicks {args.clicks}", f"--rounds {args.rounds}"],
+                time.monotonic() - t_start),
         ("Without a display, as here: under `xvfb-run -a -s \"-screen 0 1366x768x24\"` (napari "
          "in a real window at a laptop's size)."),
         "",
         (f"Model: {model_label(model)}; device {model.device}. Frame {SIDE}x{SIDE} at 0.45 "
-         f"counts/pixel; {args.clicks} clicks of each kind at new pixels, in turns (load "
+         f"counts/pixel; {args.rounds} rounds of {args.clicks} clicks of each kind at new "
+         "pixels, in turns (load "
          f"average at the end {load:.1f} on {os.cpu_count()} cores: compare the two columns, "
          "which saw the same load, more than either alone)."),
         "",
@@ -128,8 +136,9 @@ def main() -> None:
          "window's repaints (under Xvfb, software OpenGL on the same two cores as the "
          "computation)."),
         "",
-        (f"The dock costs {ratio:.2f}x the library call (goal: at most {GOAL_RATIO}x): "
-         + ("met." if ratio <= GOAL_RATIO else "NOT met.")),
+        (f"The dock costs {ratio:.3f}x the library call over all clicks (goal: at most "
+         f"{GOAL_RATIO}x): " + ("met." if ratio <= GOAL_RATIO else "NOT met.")
+         + " Round by round: " + ", ".join(f"{r:.3f}x" for r in per_round) + "."),
         "",
         ("The library call alone, on a quiet machine and beside the convolution ceiling: "
          "[speed.md](speed.md)."),

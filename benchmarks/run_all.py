@@ -39,7 +39,7 @@ STEPS = [
      "surface and bulk column recovery, and the LLR of real and spurious columns"),
     ("speed", "speed.py", [], ["--repeats", "2"], "speed.md",
      "frames/s, peak memory, effective-filter latency, CPU efficiency"),
-    ("filter", "filter_latency.py", [], ["--clicks", "4"], "filter-latency.md",
+    ("filter", "filter_latency.py", [], ["--clicks", "4", "--rounds", "1"], "filter-latency.md",
      "a Shift-click in the Effective-filter dock against the library call (napari under Xvfb)"),
     ("train-step", "train_step.py", [], ["--repeats", "3"], "train-step.md",
      "a training step of each study network in float32 and in the trainer's mixed precision"),

@@ -339,3 +339,26 @@ def test_layer_choices_follow_a_rename(scene):
     for combo in (docks[0].layer_combo, docks[1].raw_combo, docks[2].raw_combo):
         names = [combo.native.itemText(i) for i in range(combo.native.count())]
         assert "movie, session 2" in names and "movie" not in names
+
+
+def test_a_slow_filter_says_it_is_computing(scene, qtbot, tiny_model_file, monkeypatch):
+    """A click still running after COMPUTING_NOTE_MS says so; a quick one only shows its result."""
+    import time
+
+    import napari_sbd.widgets.filter as module
+
+    viewer, _ = scene
+    w = FilterWidget(viewer)
+    w.model.source.value = FILE_CHOICE
+    w.model.file.value = tiny_model_file
+    real = module._filter_safely
+
+    def slow(*args, **kwargs):
+        time.sleep(module.COMPUTING_NOTE_MS / 1000 + 0.6)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_filter_safely", slow)
+    w.compute_at((0, 60, 70))
+    qtbot.waitUntil(lambda: "computing the filter at (60, 70)" in w.status.value, timeout=5_000)
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
+    assert " ".join(w.status.value.split()).startswith("filter at (60, 70)")

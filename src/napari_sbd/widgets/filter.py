@@ -9,6 +9,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import Denoiser, estimate_dose, load_model
@@ -22,6 +23,7 @@ from napari_sbd.widgets._layers import (
     own_mark,
     pixel_size_pm,
     plane_geometry,
+    qt_alive,
     show_colorbar,
     unique_layer_name,
 )
@@ -30,6 +32,7 @@ from napari_sbd.widgets._model import Failure, ModelPicker, wrap
 __all__ = ["FilterWidget"]
 
 FILTER_LAYER = "effective filter"
+COMPUTING_NOTE_MS = 400  # a click still running after this long says so in the dock
 PIXEL_LAYER = "effective filter: pixel"
 
 
@@ -100,10 +103,11 @@ class FilterWidget(DockWidget):
         if self.worker is not None:
             self.worker.quit()
         row, col = pos[-2:]
-        self.status.value = f"computing the filter at ({row}, {col})..."
         worker = create_worker(_filter_safely, model, frame, (row, col),
-                               ensemble=self._ensemble_of(raw),
-                               )
+                               ensemble=self._ensemble_of(raw))
+        # "computing" only for a click that takes a while (best quality, a slow machine): on
+        # a fast one, redrawing the dock twice per click cost more than the label was worth
+        QTimer.singleShot(COMPUTING_NOTE_MS, lambda: self._computing(worker, row, col))
         # a superseded click's worker may still finish: only the latest one shows
         self.connect_worker(
             worker,
@@ -114,6 +118,10 @@ class FilterWidget(DockWidget):
         )
         self.worker = worker
         worker.start()
+
+    def _computing(self, worker: Any, row: int, col: int) -> None:
+        if self.worker is worker and qt_alive(self):  # still running, still shown
+            self.status.value = f"computing the filter at ({row}, {col})..."
 
     def _model_for(self, raw: Any) -> Denoiser:
         """Return the picked model; on auto, the one that denoised ``raw`` (or would).
