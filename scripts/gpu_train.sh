@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run for a lent GPU machine (one CUDA GPU, about 16 cores, no network):
-# simulate a training set with every core, then train the large candidate of the
-# architecture study (5 scales, 64 channels, unshuffle 4: a 2043 px receptive field;
-# AMP and channels_last on CUDA) over the dose and pixel-size envelope for a fixed
-# time, writing the checkpoint, its log and config into OUT.
+# simulate a training set with every core, then train the architecture study's leader
+# (4 scales, 64 channels, unshuffle 4: a 1019 px receptive field; AMP and channels_last
+# on CUDA) over the dose and pixel-size envelope for a fixed time, writing the
+# checkpoint, its log and config into OUT.
 #
 #   scripts/gpu_wheels.sh                       # here, once: the simulator's wheels
 #   scripts/gpu_train.sh OUT                    # there (carry .gpu-wheels)
@@ -24,7 +24,7 @@ N=${N_STRUCTURES:-96}
 DEFOCI=${DEFOCI:-0:20:1}
 SIM_DIR=${SIM_DIR:-/tmp/sbd-sim}
 MINUTES=${TRAIN_MINUTES:-5}
-TRAIN_ARGS=${TRAIN_ARGS:---scales 5 --base 64 --unshuffle 4 --centre-sigma 6 --activation leaky_relu \
+TRAIN_ARGS=${TRAIN_ARGS:---scales 4 --base 64 --unshuffle 4 --centre-sigma 6 --activation leaky_relu \
 --norm none --patch 256 --batch 32 --steps-per-epoch 100 --val-images 6 --val-crop 512 --lr 5e-4 \
 --warmup-steps 100 --clip-grad 1.0 --lr-patience 4 --early-stop 20}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
