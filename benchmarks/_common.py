@@ -170,6 +170,13 @@ def header(title: str, argv: Sequence[str], elapsed_s: float | None = None) -> l
     ]
 
 
+def write_page(page: str, lines: Sequence[str]) -> None:
+    """Print a benchmark's markdown lines and write them to docs/PAGE."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    (DOCS / page).write_text(text)
+
+
 def model_label(model) -> str:
     """Short description of a loaded Denoiser for tables."""
     m = model.metadata

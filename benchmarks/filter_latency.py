@@ -21,7 +21,7 @@ import os
 import time
 
 import numpy as np
-from _common import DOCS, header, model_label
+from _common import header, model_label, write_page
 
 from napari_sbd.core.noise import poisson_noise
 
@@ -146,9 +146,7 @@ def main() -> None:
         ("The library call alone, on a quiet machine and beside the convolution ceiling: "
          "[speed.md](speed.md)."),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (DOCS / "filter-latency.md").write_text(text)
+    write_page("filter-latency.md", lines)
 
 
 if __name__ == "__main__":

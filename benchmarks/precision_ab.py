@@ -23,7 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _common import DOCS, REPO, header
+from _common import REPO, header, write_page
 from architecture_study import CANDIDATES, COMMON
 
 ARMS = {"mixed": [], "float32": ["--no-amp"]}
@@ -86,9 +86,7 @@ def main() -> None:
         (f"An epoch cost {mean[3] / mean[2]:.2f}x the CPU time in float32 for a mean difference "
          f"of {mean[0] - mean[1]:+.3f} dB."),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (DOCS / "precision-ab.md").write_text(text)
+    write_page("precision-ab.md", lines)
 
 
 if __name__ == "__main__":

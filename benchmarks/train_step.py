@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 import torch
-from _common import DOCS, header
+from _common import header, write_page
 
 from napari_sbd.core.models import build_model
 from napari_sbd.training.loop import cpu_has_native_bfloat16, mixed_precision_dtype
@@ -94,9 +94,7 @@ def main() -> None:
          "own error. Training keeps the weights, Adam's state, the loss and validation in "
          "float32; checkpoints are float32, and inference runs in float32."),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    (DOCS / "train-step.md").write_text(text)
+    write_page("train-step.md", lines)
 
 
 if __name__ == "__main__":

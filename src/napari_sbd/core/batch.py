@@ -240,9 +240,10 @@ def denoise_movie(
     n, h, w = (int(v) for v in data.shape)
     if out.resolve() == input_path.resolve():
         raise BatchError(f"the output {out} is the input itself: choose a new file name")
+    dose_est = estimate_dose(data)  # mean counts/pixel of the first frames
     model_choice = None
     if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
-        model, why = choose_bundled_model(estimate_dose(data), pixel_size)
+        model, why = choose_bundled_model(dose_est, pixel_size)
         model_choice = f"auto chose the bundled '{model}' model: {why}"
     try:
         den = model if isinstance(model, Denoiser) else load_model(model, device=device)
@@ -270,7 +271,6 @@ def denoise_movie(
     state = out / ".sbd"
     done_dir = state / "done"
     cols_dir = state / "columns"
-    dose_est = estimate_dose(data)
     warnings: list[str] = [
         f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)
     ]

@@ -189,16 +189,18 @@ class DenoiseWidget(DockWidget):
             source = layer.data[lead] if lead else layer.data
             single = check_stack_shape(tuple(source.shape), source.dtype)
             data = calibrated(source, self.offset.value, self.gain.value)
-            den = self.load_denoiser(estimate_dose(data), pixel_size_pm(layer))
+            # read once: the model choice, the message and the warnings all use them
+            dose, pixel = estimate_dose(data), pixel_size_pm(layer)
+            den = self.load_denoiser(dose, pixel)
             self._denoiser = den
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
             self.info.value = wrap(str(exc))
             return
         if self.model.is_auto:
-            name, why = choose_bundled_model(estimate_dose(data), pixel_size_pm(layer))
+            name, why = choose_bundled_model(dose, pixel)
             self.info.value = wrap(f"auto: the bundled '{name}' model ({why})")
-        for msg in den.compatibility_warnings(estimate_dose(data), pixel_size_pm(layer)):
+        for msg in den.compatibility_warnings(dose, pixel):
             show_warning(msg)
         try:
             indices = None if single else self._frames(int(data.shape[0]), layer)
@@ -240,7 +242,7 @@ class DenoiseWidget(DockWidget):
             den,
             data,
             tile,
-            pixel_size_pm(layer),
+            pixel,
             ensemble,
             current_frame_index(self.viewer, layer) if not lead else None,
             indices,
