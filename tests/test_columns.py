@@ -231,3 +231,72 @@ def test_nothing_above_the_threshold_is_an_empty_result_not_an_error():
     flat = 0.45 + 1e-3 * rng.standard_normal((128, 128))
     cols = detect_columns(flat, spacing_a=2.4, min_contrast=1.0)  # given spacing: no lattice test
     assert len(cols) == 0 and not cols.params["contrast_threshold"] < 1.0  # (NaN: no candidate)
+
+
+def _hexagonal(d: float, n: int = 8) -> np.ndarray:
+    """Points of an n x n close-packed (hexagonal) lattice of spacing d."""
+    return np.array([(r * d * np.sqrt(3) / 2, c * d + (r % 2) * d / 2)
+                     for r in range(n) for c in range(n)]) + 2 * d
+
+
+def test_hysteresis_keeps_weak_columns_inside_the_lattice_and_nothing_else():
+    from napari_sbd.core.columns import _hysteresis
+
+    d = 10.0
+    lattice = _hexagonal(d)
+    inner = np.flatnonzero(np.all((lattice > 3 * d) & (lattice < 7 * d), axis=1))[:3]
+    beyond = lattice[lattice[:, 0].argmin()] - [d * np.sqrt(3) / 2, d / 2]  # next row up: a site
+    points = np.vstack([lattice, beyond, lattice[0] + [0, d / 2],  # between two columns
+                        [200.0, 200.0], lattice[inner[0]] + [0.3, 0]])  # far away; a weak twin
+    score = np.full(len(points), 10.0)
+    score[inner[:2]] = 3.0      # weak columns inside: kept
+    score[len(lattice):] = 3.0  # the weak site beyond the edge, the gap, the loner, the twin
+    score[-1] = 2.5             # the twin of a weak column: the stronger of the two
+    score[inner[2]] = 1.0       # under the weak floor: dropped whatever its place
+    keep = _hysteresis(points, score, strong=5.0, weak=2.0, spacing=d)
+    assert keep[inner[:2]].all() and not keep[inner[2]]
+    assert keep[:len(lattice)].sum() == len(lattice) - 1
+    assert not keep[len(lattice):].any()
+    assert not _hysteresis(points, np.full(len(points), 3.0), 5.0, 2.0, d).any()  # no seed
+
+
+def test_pixel_noise_is_the_noise_even_on_a_finely_sampled_lattice():
+    from napari_sbd.core.columns import pixel_noise
+
+    rng = np.random.default_rng(1)
+    truth = _hexagonal(4.0, n=40)  # columns 4 px apart, 0.6 px wide: as fine as the noise
+    lattice = gaussian_columns((180, 180), truth, 0.6, 1.0, 0.0).astype(np.float64)
+    noise = rng.standard_normal(lattice.shape)
+    assert pixel_noise(noise) == pytest.approx(1.0, rel=0.02)
+    assert pixel_noise(3 * noise + 100) == pytest.approx(3 * pixel_noise(noise))
+    assert pixel_noise(lattice + noise) == pytest.approx(1.0, rel=0.02)
+
+
+def test_dark_columns_in_raw_low_counts_are_dark():
+    # Poisson noise at a few counts is skewed towards bright: on the raw counts it used to
+    # outvote dark columns (HRTEM at 20 pm, 10 counts per pixel)
+    rng = np.random.default_rng(3)
+    truth = _hexagonal(7.5)
+    dark = gaussian_columns((90, 90), truth, 1.1, -6.0, 10.0)
+    halo = gaussian_columns((90, 90), truth, 2.2, 1.3, 0.0)
+    counts = rng.poisson(np.clip(dark + halo, 0, None)).astype(np.float64)
+    cols = detect_columns(counts, pixel_size_pm=20.0, spacing_a=1.5)
+    assert cols.params["polarity"] == "dark"
+    assert detect_columns(counts + 0.5, pixel_size_pm=20.0, spacing_a=1.5).params["polarity"] in (
+        "dark", "bright")  # not counts: the plain test, whatever it says
+
+
+def test_raw_counts_with_a_vacuum_find_the_columns_and_nothing_in_the_vacuum():
+    # a raw frame's vacuum holds only pixel noise: its floor keeps the vacuum empty, and is
+    # relaxed (hysteresis) only where the lattice has a column
+    rng = np.random.default_rng(5)
+    truth = _hexagonal(12.0, n=10)[:, ::-1] + [0, 140]  # the lattice on the right, vacuum left
+    clean = gaussian_columns((150, 280), truth, 1.5, 8.0, 4.0)
+    counts = rng.poisson(clean).astype(np.float64)
+    vacuum = np.zeros(counts.shape, bool)
+    vacuum[:, :110] = True
+    cols = detect_columns(counts, pixel_size_pm=20.0, vacuum=vacuum)
+    assert cols.params["weak_contrast_threshold"] < 0.75 * cols.params["contrast_threshold"]
+    assert not np.any(cols.centres[:, 1] < 120)  # the vacuum: 0-120 px
+    inside = truth[(truth.min(axis=1) > 12) & (truth[:, 0] < 138) & (truth[:, 1] < 268)]
+    assert recovery_metrics(inside, cols.centres, match_distance_a=0.5, pixel_size_pm=20.0).recall >= 0.95

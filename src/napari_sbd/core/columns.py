@@ -121,6 +121,52 @@ def _vacuum_texture(img: np.ndarray, detail: np.ndarray, pixel_size_pm: float,
     return float(1.4826 * np.median(np.abs(d - np.median(d))))
 
 
+def pixel_noise(image: np.ndarray) -> float:
+    """Robust standard deviation of a frame's pixel noise, in the frame's units.
+
+    From the diagonal detail of 2x2 blocks, ``(a - b - c + d) / 2``: white
+    noise of standard deviation s gives exactly s there (no calibration
+    factor to get wrong), and smooth structure cancels to second order. The
+    median absolute deviation keeps a particle's edges and columns out.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    h, w = (img.shape[0] // 2) * 2, (img.shape[1] // 2) * 2
+    q = img[:h, :w]
+    hh = (q[0::2, 0::2] - q[0::2, 1::2] - q[1::2, 0::2] + q[1::2, 1::2]) / 2
+    return 1.4826 * float(np.median(np.abs(hh - np.median(hh))))
+
+
+def _hysteresis(points: np.ndarray, score: np.ndarray, strong: float, weak: float,
+                spacing: float, neighbours: int = 3) -> np.ndarray:
+    """Keep points scoring ``strong`` or more, and those scoring ``weak`` or more with
+    at least ``neighbours`` kept points one lattice step away (0.75-1.25 ``spacing``)
+    and none closer, grown from the strong ones until nothing changes.
+
+    Hysteresis, as in Canny's edge detector: a candidate a little above the
+    noise is a column when it sits where the lattice has a column, inside it
+    (a lattice site beyond a straight edge has at most two neighbours), and
+    noise when it stands alone, between columns or beyond the lattice's edge.
+    """
+    from scipy.spatial import cKDTree
+
+    keep = score >= strong
+    maybe = np.flatnonzero((score >= weak) & ~keep)
+    while len(maybe) and keep.any():
+        tree = cKDTree(points[keep])
+        inner = np.array([len(g) for g in tree.query_ball_point(points[maybe], 0.75 * spacing)])
+        outer = np.array([len(g) for g in tree.query_ball_point(points[maybe], 1.25 * spacing)])
+        ok = (inner == 0) & (outer - inner >= neighbours)
+        if not ok.any():
+            break
+        chosen: list[int] = []  # two weak candidates close together: the stronger one
+        for i in maybe[ok][np.argsort(-score[maybe[ok]], kind="stable")]:
+            if all(np.hypot(*(points[i] - points[j])) >= 0.75 * spacing for j in chosen):
+                chosen.append(int(i))
+        keep[chosen] = True
+        maybe = maybe[(inner == 0) & ~keep[maybe]]
+    return keep
+
+
 def _windows(img: np.ndarray, centres: np.ndarray, radius: int):
     """Square windows (N, 2r+1, 2r+1) around rounded centres, edge-replicated, and their origins."""
     pad = np.pad(img, radius, mode="edge")
@@ -238,7 +284,8 @@ def detect_columns(
        slow variations removed above ``d``, smoothing ``d/8``, candidates
        at least ``d/2`` apart, fit discs of ``0.35 d``.
     2. **Polarity**: bright or dark columns from the skew of the frame's
-       detail (``polarity="auto"``), or as given.
+       detail (``polarity="auto"``; on raw counts after the Anscombe
+       transform, since Poisson noise is itself skewed), or as given.
     3. **Threshold, relative**: a candidate is a column when its contrast
        (smoothed peak minus the mean of its ``d``-wide neighbourhood) reaches
        ``threshold`` times the typical contrast of the frame's strongest
@@ -247,7 +294,11 @@ def detect_columns(
        ``vacuum_floor`` standard deviations of the vacuum's texture (a
        network leaves a faint texture there). So counts, normalised and
        detector-unit frames behave alike; ``min_contrast`` adds an absolute
-       floor in the image's units.
+       floor in the image's units. Hysteresis: a candidate above the
+       relative threshold but under the noise-driven floors (down to 2
+       standard deviations of the pixel noise; a vacuum's texture beyond the
+       pixel noise is never relaxed) is a column where the lattice has one:
+       with at least three kept columns one spacing away and none closer.
     4. **Sub-pixel refinement**: a 2-D Gaussian fit of every column
        (:func:`fit_gaussians`), with the standard error of its position.
 
@@ -324,13 +375,20 @@ def detect_columns(
     smooth_px = max(0.7, spacing / 8)
     smooth = gaussian_filter(detail, smooth_px, mode="nearest")
     if polarity == "auto":  # on the smoothed detail: pixel noise has a skew of its own
-        polarity = column_polarity(smooth)
+        basis = smooth
+        if img.min() >= 0 and np.array_equal(img, np.round(img)):
+            # raw counts: Poisson noise is skewed towards bright (by 1/sqrt(counts)), enough
+            # to outvote dark columns at a few counts per pixel; the Anscombe transform
+            # makes it symmetric
+            vst = high_pass(2 * np.sqrt(img + 0.375), spacing)
+            basis = gaussian_filter(vst, smooth_px, mode="nearest")
+        polarity = column_polarity(basis)
     if polarity == "dark":
         smooth = -smooth
     # pixel noise: robust std of the finest scale, carried through the smoothing
-    fine = img - gaussian_filter(img, 1.0, mode="nearest")
-    noise = 1.4826 * float(np.median(np.abs(fine - np.median(fine)))) / 0.92
-    noise_floor = 3 * noise / (2 * np.sqrt(np.pi) * smooth_px)
+    noise = pixel_noise(img)
+    smooth_noise = noise / (2 * np.sqrt(np.pi) * smooth_px)
+    noise_floor = 3 * smooth_noise
     texture = _vacuum_texture(img, smooth, pixel_size_pm, vacuum) if vacuum_floor else None
     h, w = img.shape
     border = int(np.ceil(spacing / 2 if exclude_border_a is None else exclude_border_a / px_a))
@@ -347,13 +405,20 @@ def detect_columns(
     contrast = smooth[peaks[:, 0], peaks[:, 1]] - ring[peaks[:, 0], peaks[:, 1]]
     top = np.sort(contrast)[::-1][: max(5, len(contrast) // 10)]
     floors = [threshold * float(np.median(top)), noise_floor]
+    weak = [floors[0], 2 * smooth_noise]
     if texture is not None and vacuum_floor:
         floors.append(vacuum_floor * texture)
+        # texture beyond the pixel noise (what a network leaves in the vacuum) is never
+        # relaxed; the part that is pixel noise (all of it in a raw frame) is, like the
+        # noise floor, for candidates where the lattice has a column
+        weak.append(vacuum_floor * float(np.sqrt(max(texture**2 - smooth_noise**2, 0.0))))
     if min_contrast is not None:
         floors.append(float(min_contrast))
+        weak.append(float(min_contrast))
     cut = max(floors)
     params["contrast_threshold"] = cut
-    keep = contrast >= cut
+    params["weak_contrast_threshold"] = max(weak)
+    keep = _hysteresis(peaks, contrast, cut, max(weak), spacing)
     peaks, contrast = peaks[keep], contrast[keep]
     radius = max(2, round(0.35 * spacing))
     # the fit sees the image itself (a high-pass would bend the columns at a lattice's edge)
