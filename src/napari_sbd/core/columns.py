@@ -138,9 +138,12 @@ def pixel_noise(image: np.ndarray) -> float:
 
 def _hysteresis(points: np.ndarray, score: np.ndarray, strong: float, weak: float,
                 spacing: float, neighbours: int = 3) -> np.ndarray:
-    """Keep points scoring ``strong`` or more, and those scoring ``weak`` or more with
-    at least ``neighbours`` kept points one lattice step away (0.75-1.25 ``spacing``)
-    and none closer, grown from the strong ones until nothing changes.
+    """Keep strong points, and weak ones where the lattice has a column.
+
+    Strong: scoring ``strong`` or more. Weak: scoring ``weak`` or more, with at
+    least ``neighbours`` kept points one lattice step away (0.75-1.25
+    ``spacing``) and none closer; grown from the strong ones until nothing
+    changes.
 
     Hysteresis, as in Canny's edge detector: a candidate a little above the
     noise is a column when it sits where the lattice has a column, inside it
