@@ -402,3 +402,20 @@ def test_auto_model_follows_the_movies_dose(tmp_path, capsys):
     assert "auto chose the bundled 'envelope' model" in capsys.readouterr().err
     model = zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["model"]
     assert Path(model["path"]).name == "envelope.pt"
+
+
+def test_auto_model_follows_the_movies_contrast(tmp_path, capsys):
+    """Dark columns at the default's dose and pixel size: the black-contrast model."""
+    from napari_sbd.core.phantom import gaussian_columns
+
+    centres = np.mgrid[20:256:38, 20:256:38].reshape(2, -1).T.astype(float)
+    clean = gaussian_columns((256, 256), centres, 6.0, -0.25, 0.5)  # mean about 0.45
+    stack = np.random.default_rng(6).poisson(np.clip(clean, 0, None), size=(2, 256, 256))
+    path = tmp_path / "dark.tif"
+    tifffile.imwrite(path, stack.astype(np.uint16))  # pixel size unknown: the default's own
+    out = tmp_path / "auto.zarr"
+    assert main([str(path), "-o", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "auto chose the bundled 'black' model" in err and "black contrast" in err
+    model = zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["model"]
+    assert Path(model["path"]).name == "black.pt"

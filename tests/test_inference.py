@@ -285,7 +285,7 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
     from napari_sbd.core.checkpoint import CheckpointError
     from napari_sbd.core.inference import BUNDLED, load_model
 
-    assert set(BUNDLED) == {"default", "envelope"}
+    assert set(BUNDLED) == {"default", "envelope", "black"}
     env = load_model("envelope", device="cpu")
     lo, hi = env.dose_range
     assert lo <= 0.15 and hi >= 4.0
@@ -295,6 +295,8 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
     default = load_model("default", device="cpu")
     (msg,) = default.compatibility_warnings(2.0, None)
     assert "model='envelope'" in msg
+    black = load_model("black", device="cpu")  # the default's point, dark columns
+    assert (black.card.contrast, black.card.dose, black.card.pixel_size_pm) == ("black", 0.45, 6.1)
     with pytest.raises(CheckpointError, match="bundled: default, envelope"):
         from napari_sbd.core.inference import bundled_model_path
 
@@ -324,3 +326,48 @@ def test_auto_picks_the_default_only_where_it_beats_the_envelope_model():
     for dose, px in [(0.9, 6.1), (0.2, 6.1), (0.45, 8.0), (0.45, 4.88), (2.0, None)]:
         name, why = choose_bundled_model(dose, px)
         assert name == "envelope" and "outside" in why, (dose, px)
+
+
+@pytest.mark.parametrize("amplitude, expected", [(0.25, "white"), (-0.25, "black")])
+def test_contrast_is_read_from_one_raw_frame_at_the_papers_dose(amplitude, expected):
+    from napari_sbd.core.inference import estimate_contrast
+    from napari_sbd.core.phantom import gaussian_columns
+
+    # columns 2.3 A apart at 6.1 pm, 0.45 counts/pixel: mostly zeros and ones per pixel
+    rng = np.random.default_rng(2)
+    centres = np.mgrid[20:500:38, 20:500:38].reshape(2, -1).T.astype(float)
+    clean = gaussian_columns((512, 512), centres, 6.0, amplitude, 0.45)
+    frames = rng.poisson(np.clip(clean, 0, None), size=(3, 512, 512)).astype(np.float32)
+    assert estimate_contrast(frames[0], 6.1) == expected
+    assert estimate_contrast(frames, 6.1) == expected  # a stack: its first frames summed
+    assert estimate_contrast(frames[0, :100, :100], 6.1) is None  # too small to tell
+
+
+def test_contrast_of_the_sample_movie_is_white():
+    from napari_sbd.core.inference import estimate_contrast
+    from napari_sbd.sample_data import clean_frame
+
+    clean, info = clean_frame()
+    noisy = np.random.default_rng(0).poisson(clean).astype(np.float32)
+    assert estimate_contrast(noisy, info["pixel_size_pm"]) == "white"
+
+
+def test_auto_picks_the_black_contrast_model_for_black_data_at_its_point(monkeypatch, tmp_path):
+    from napari_sbd.core import inference
+
+    real = inference.bundled_model_path
+    # without a bundled black-contrast model, black data get the white-contrast choice
+    monkeypatch.setattr(inference, "bundled_model_path",
+                        lambda name="default": tmp_path / "none.pt" if name == "black" else real(name))
+    name, why = inference.choose_bundled_model(0.45, 6.1, "black")
+    assert name == "default" and "black contrast" in why
+    # with one: black data at its training point get it, white data and other points do not
+    (tmp_path / "black.pt").write_bytes(b"")
+    monkeypatch.setattr(inference, "bundled_model_path",
+                        lambda name="default": tmp_path / "black.pt" if name == "black" else real(name))
+    assert inference.choose_bundled_model(0.45, 6.1, "black")[0] == "black"
+    assert inference.choose_bundled_model(None, None, "black")[0] == "black"
+    assert inference.choose_bundled_model(0.45, 6.1, "white")[0] == "default"
+    assert inference.choose_bundled_model(0.45, 6.1)[0] == "default"
+    name, why = inference.choose_bundled_model(2.0, 6.1, "black")
+    assert name == "envelope" and "trained at" in why

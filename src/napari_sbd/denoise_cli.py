@@ -35,10 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="TIFF stack (memory-mapped), MRC, DM3/DM4, EMD or SER, in counts")
     p.add_argument("-o", "--output", required=True, help="new zarr store to write (e.g. out.zarr)")
     p.add_argument("--model", default="auto",
-                   help="'auto' (the bundled model for the movie's dose and pixel size: 'default' "
-                   "near 0.45 counts/pixel and 6.1 pm, 'envelope' elsewhere), 'default' (bundled; "
-                   "best at 0.45 counts/pixel, 6.1 pm), 'envelope' (bundled; 0.1-5 counts/pixel, "
-                   "4.8-10.5 pm) or a checkpoint path")
+                   help="'auto' (the bundled model for the movie's dose, pixel size and contrast: "
+                   "'default' near 0.45 counts/pixel and 6.1 pm, 'black' there for dark columns, "
+                   "'envelope' elsewhere), 'default' (bundled; best at 0.45 counts/pixel, 6.1 pm, "
+                   "white contrast), 'black' (bundled; the same point, black contrast), 'envelope' "
+                   "(bundled; 0.1-5 counts/pixel, 4.8-10.5 pm) or a checkpoint path")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--frames", help="START:STOP range of frames for this process (default: all)")
     p.add_argument("--columns", action="store_true",

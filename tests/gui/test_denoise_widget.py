@@ -332,3 +332,24 @@ def test_auto_model_is_chosen_from_the_layer_and_the_filter_follows_it(make_napa
     assert Path(out.metadata["sbd_model"]["path"]).name == "envelope.pt"
     filt = FilterWidget(viewer)  # on auto, the filter is the one of the network that denoised
     assert Path(filt._model_for(raw).metadata["path"]).name == "envelope.pt"
+
+
+def test_auto_model_reads_dark_columns_and_picks_the_black_contrast_model(make_napari_viewer,
+                                                                          qtbot):
+    from pathlib import Path
+
+    from napari_sbd.core.phantom import gaussian_columns
+
+    viewer = make_napari_viewer()
+    w = DenoiseWidget(viewer)
+    centres = np.mgrid[20:256:38, 20:256:38].reshape(2, -1).T.astype(float)
+    clean = gaussian_columns((256, 256), centres, 6.0, -0.25, 0.5)  # dark columns, 0.45 mean
+    frames = np.random.default_rng(7).poisson(np.clip(clean, 0, None), (2, 256, 256))
+    raw = viewer.add_image(frames.astype(np.float32), name="dark", scale=(1, 0.061, 0.061),
+                           units=("pixel", "angstrom", "angstrom"))
+    w.layer_combo.value = raw
+    w.run()
+    said = " ".join(w.info.value.split())
+    assert "auto: the bundled 'black' model" in said and "black contrast" in said
+    _wait(qtbot, w)
+    assert Path(viewer.layers["dark denoised"].metadata["sbd_model"]["path"]).name == "black.pt"

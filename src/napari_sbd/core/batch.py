@@ -51,6 +51,7 @@ from napari_sbd.core.inference import (
     choose_bundled_model,
     dose_warning,
     doses_outside,
+    estimate_contrast,
     estimate_dose,
     load_model,
 )
@@ -243,7 +244,7 @@ def denoise_movie(
     dose_est = estimate_dose(data)  # mean counts/pixel of the first frames
     model_choice = None
     if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
-        model, why = choose_bundled_model(dose_est, pixel_size)
+        model, why = choose_bundled_model(dose_est, pixel_size, estimate_contrast(data, pixel_size))
         model_choice = f"auto chose the bundled '{model}' model: {why}"
     try:
         den = model if isinstance(model, Denoiser) else load_model(model, device=device)

@@ -28,6 +28,7 @@ import torch
 from napari_sbd.core.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from napari_sbd.core.inputs import as_frame, check_stack_shape
 from napari_sbd.core.models import SBDNetwork, fold_batchnorm
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 __all__ = [
     "BUNDLED",
@@ -40,6 +41,7 @@ __all__ = [
     "default_model_path",
     "dose_warning",
     "doses_outside",
+    "estimate_contrast",
     "estimate_dose",
     "load_model",
     "resolve_device",
@@ -106,6 +108,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 BUNDLED = {
     "default": "the best model at 0.45 counts/pixel and 6.1 pm/pixel (white contrast)",
     "envelope": "one model for 0.1-5 counts/pixel and 4.8-10.5 pm/pixel (white contrast)",
+    "black": "the best model at 0.45 counts/pixel and 6.1 pm/pixel for black contrast",
 }
 
 
@@ -117,13 +120,15 @@ AUTO_DEFAULT_DOSE = (0.41, 0.51)
 AUTO_DEFAULT_PIXEL_PM = (5.7, 6.9)
 
 
-def choose_bundled_model(dose: float | None, pixel_size_pm: float | None) -> tuple[str, str]:
-    """Pick the bundled model that denoises data of this dose and pixel size best.
+def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
+                         contrast: str | None = None) -> tuple[str, str]:
+    """Pick the bundled model that denoises data of this dose, pixel size and contrast best.
 
-    The single-point default where it wins (doses :data:`AUTO_DEFAULT_DOSE`,
-    pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`), the envelope model everywhere
-    else (when installed). An unknown dose or pixel size counts as the
-    default's own.
+    White contrast (or unknown): the single-point default where it wins
+    (doses :data:`AUTO_DEFAULT_DOSE`, pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`),
+    the envelope model everywhere else (when installed). Black contrast: the
+    black-contrast model at the same point (when installed), the white-contrast
+    choice elsewhere. An unknown dose or pixel size counts as the default's own.
 
     Parameters
     ----------
@@ -131,11 +136,13 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None) -> tup
         The data's mean counts per pixel per frame (:func:`estimate_dose`).
     pixel_size_pm : float, optional
         The data's pixel size, picometres.
+    contrast : {"white", "black"}, optional
+        Whether the columns are bright or dark (:func:`estimate_contrast`).
 
     Returns
     -------
     tuple of str
-        The bundled name ("default" or "envelope") and the reason, in words.
+        The bundled name ("default", "envelope" or "black") and the reason, in words.
     """
     lo, hi = AUTO_DEFAULT_DOSE
     plo, phi = AUTO_DEFAULT_PIXEL_PM
@@ -144,11 +151,71 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None) -> tup
     seen = ", ".join(
         ([f"{dose:.3g} counts/pixel"] if dose is not None and np.isfinite(dose) else [])
         + ([f"{pixel_size_pm:.3g} pm/pixel"] if pixel_size_pm is not None else [])
+        + ([f"{contrast} contrast"] if contrast else [])
     ) or "dose and pixel size unknown"
     window = f"{lo:g}-{hi:g} counts/pixel and {plo:g}-{phi:g} pm"
+    if contrast == "black" and bundled_model_path("black").exists():
+        if dose_ok and pixel_ok:
+            return "black", f"the data have {seen}; the black-contrast model is best at {window}"
+        seen += f" (the black-contrast model is trained at {window} only)"
     if (dose_ok and pixel_ok) or not bundled_model_path("envelope").exists():
         return "default", f"the data have {seen}; the default is best at {window}"
     return "envelope", f"the data have {seen}, outside {window} where the default is best"
+
+
+# Pt columns in [110] are 1.4-2.8 A apart at most pixel sizes a user records: the
+# contrast is read at that scale, on frames binned to about this pixel size
+CONTRAST_BIN_PM = 24.0
+CONTRAST_SCALE_A = 2.0
+
+
+def estimate_contrast(frames: Any, pixel_size_pm: float | None = None,
+                      max_frames: int = 4) -> str | None:
+    """Whether the atomic columns of raw counts are bright ("white") or dark ("black").
+
+    One frame at 0.45 counts/pixel is mostly zeros, but the sign of its
+    columns' contrast is a whole-frame statistic: the first frames are
+    binned to about :data:`CONTRAST_BIN_PM` (sums, exact for Poisson
+    counts), summed, put through the Anscombe transform (Poisson noise is
+    itself skewed towards bright), high-passed at :data:`CONTRAST_SCALE_A`,
+    smoothed to a column's width, and the skew of the textured half of the
+    frame decides (:func:`~napari_sbd.core.lattice.column_polarity`).
+
+    Parameters
+    ----------
+    frames : array-like
+        (H, W) or (T, H, W) counts.
+    pixel_size_pm : float, optional
+        Pixel size, picometres (unknown: the papers' 6.1 pm).
+    max_frames : int
+        Frames to sum at most (keeps lazy stacks lazy).
+
+    Returns
+    -------
+    str or None
+        "white" or "black"; None when the frame is too small to tell (under
+        about 32 binned pixels a side).
+    """
+    from scipy.ndimage import gaussian_filter
+
+    from napari_sbd.core.lattice import column_polarity, high_pass
+
+    shape = tuple(getattr(frames, "shape", np.shape(frames)))
+    if len(shape) == 2:
+        total = np.asarray(frames, dtype=np.float64)
+    else:
+        total = np.asarray(frames[0], dtype=np.float64).copy()
+        for i in range(1, min(max_frames, shape[0])):
+            total += np.asarray(frames[i], dtype=np.float64)
+    px = float(pixel_size_pm) if pixel_size_pm else PAPERS_PIXEL_SIZE_PM
+    b = max(1, round(CONTRAST_BIN_PM / px))
+    h, w = (total.shape[0] // b) * b, (total.shape[1] // b) * b
+    if min(h, w) // b < 32:
+        return None
+    binned = total[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3))
+    scale = CONTRAST_SCALE_A * 100 / (px * b)  # pixels of the binned frame
+    detail = high_pass(2 * np.sqrt(np.clip(binned, 0, None) + 0.375), scale)
+    return "white" if column_polarity(gaussian_filter(detail, scale / 6)) == "bright" else "black"
 
 
 def _wider_model_hint() -> str:

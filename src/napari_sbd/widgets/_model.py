@@ -18,12 +18,13 @@ from napari_sbd.core.inference import (
     load_model,
 )
 
-AUTO_CHOICE = "auto (by the data's dose and pixel size)"
+AUTO_CHOICE = "auto (by the data's dose, pixel size and contrast)"
 DEFAULT_CHOICE = "bundled default"
 ENVELOPE_CHOICE = "bundled envelope (wide dose and pixel range)"
+BLACK_CHOICE = "bundled black contrast (dark columns, underfocus)"
 FILE_CHOICE = "checkpoint file..."
 # picker label -> bundled model name
-BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope"}
+BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope", BLACK_CHOICE: "black"}
 
 
 class ModelPicker(Container):
@@ -37,7 +38,8 @@ class ModelPicker(Container):
         self.source = ComboBox(
             label="model", choices=sources, value=sources[0],
             tooltip="auto: the bundled default for data near 0.45 counts/pixel and 6.1 pm, "
-            "the envelope model elsewhere (chosen from the layer when it runs)\n"
+            "the envelope model elsewhere, the black-contrast model for dark columns near "
+            "0.45 counts/pixel and 6.1 pm (chosen from the layer when it runs)\n"
             + "\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
             + "\nor a checkpoint file trained with napari-sbd-train")
         self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt",
@@ -55,9 +57,10 @@ class ModelPicker(Container):
         self.device.changed.connect(self._changed)
         self._changed()
 
-    def _path(self, dose: float | None = None, pixel_size_pm: float | None = None) -> str | Path:
+    def _path(self, dose: float | None = None, pixel_size_pm: float | None = None,
+              contrast: str | None = None) -> str | Path:
         if self.source.value == AUTO_CHOICE:
-            return choose_bundled_model(dose, pixel_size_pm)[0]
+            return choose_bundled_model(dose, pixel_size_pm, contrast)[0]
         value = self.file.value  # one path: the edit is in EXISTING_FILE mode
         return BUNDLED_CHOICES.get(self.source.value) or Path(str(value or ""))
 
@@ -66,20 +69,24 @@ class ModelPicker(Container):
         """Whether the model is chosen from the data (:func:`choose_bundled_model`)."""
         return self.source.value == AUTO_CHOICE
 
-    def load(self, dose: float | None = None, pixel_size_pm: float | None = None) -> Denoiser:
+    def load(self, dose: float | None = None, pixel_size_pm: float | None = None,
+             contrast: str | None = None) -> Denoiser:
         """Return the selected model on the selected device (cached).
 
         Parameters
         ----------
         dose, pixel_size_pm : float, optional
             The data's, for the auto choice (unknown: the default's own).
+        contrast : {"white", "black"}, optional
+            The data's (:func:`~napari_sbd.core.inference.estimate_contrast`), for the
+            auto choice (unknown: white).
 
         Raises
         ------
         CheckpointError
             Nothing usable is selected.
         """
-        path = self._path(dose, pixel_size_pm)
+        path = self._path(dose, pixel_size_pm, contrast)
         key = (str(path), self.device.value)
         if self._denoiser is None or self._key != key:
             if path not in BUNDLED and (str(path) in ("", ".") or Path(path).is_dir()):

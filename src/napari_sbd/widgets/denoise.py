@@ -27,6 +27,7 @@ from napari_sbd.core.inference import (
     choose_bundled_model,
     dose_warning,
     doses_outside,
+    estimate_contrast,
     estimate_dose,
 )
 from napari_sbd.core.inputs import (
@@ -138,10 +139,10 @@ class DenoiseWidget(DockWidget):
         """The message line under the model (metadata, or the last problem)."""
         return self.model.info
 
-    def load_denoiser(self, dose: float | None = None,
-                      pixel_size_pm: float | None = None) -> Denoiser:
+    def load_denoiser(self, dose: float | None = None, pixel_size_pm: float | None = None,
+                      contrast: str | None = None) -> Denoiser:
         """Return the selected model (see :meth:`ModelPicker.load`; auto: for these data)."""
-        return self.model.load(dose, pixel_size_pm)
+        return self.model.load(dose, pixel_size_pm, contrast)
 
     def _reset_layers(self, _event: Any = None) -> None:
         self.layer_combo.reset_choices()
@@ -191,14 +192,15 @@ class DenoiseWidget(DockWidget):
             data = calibrated(source, self.offset.value, self.gain.value)
             # read once: the model choice, the message and the warnings all use them
             dose, pixel = estimate_dose(data), pixel_size_pm(layer)
-            den = self.load_denoiser(dose, pixel)
+            contrast = estimate_contrast(data, pixel) if self.model.is_auto else None
+            den = self.load_denoiser(dose, pixel, contrast)
             self._denoiser = den
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
             self.info.value = wrap(str(exc))
             return
         if self.model.is_auto:
-            name, why = choose_bundled_model(dose, pixel)
+            name, why = choose_bundled_model(dose, pixel, contrast)
             self.info.value = wrap(f"auto: the bundled '{name}' model ({why})")
         for msg in den.compatibility_warnings(dose, pixel):
             show_warning(msg)

@@ -12,7 +12,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import Denoiser, estimate_dose, load_model
+from napari_sbd.core.inference import Denoiser, estimate_contrast, estimate_dose, load_model
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.widgets._layers import (
     DockWidget,
@@ -138,7 +138,8 @@ class FilterWidget(DockWidget):
                     if path not in self._recorded:
                         self._recorded[path] = load_model(path, device=self.model.device.value)
                     return self._recorded[path]
-        return self.model.load(estimate_dose(raw.data), pixel_size_pm(raw))
+        pixel = pixel_size_pm(raw)
+        return self.model.load(estimate_dose(raw.data), pixel, estimate_contrast(raw.data, pixel))
 
     def _ensemble_of(self, raw: Any) -> bool:
         """Whether the plugin denoised ``raw`` at best quality (the filter must match it)."""
