@@ -17,7 +17,13 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
-from napari_sbd.core.lattice import LatticeNotFound, column_polarity, column_spacing, high_pass
+from napari_sbd.core.lattice import (
+    LatticeNotFound,
+    column_polarity,
+    column_spacing,
+    counts_polarity,
+    high_pass,
+)
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.core.vacuum import VacuumNotFound, vacuum_mask
 
@@ -378,14 +384,10 @@ def detect_columns(
     smooth_px = max(0.7, spacing / 8)
     smooth = gaussian_filter(detail, smooth_px, mode="nearest")
     if polarity == "auto":  # on the smoothed detail: pixel noise has a skew of its own
-        basis = smooth
-        if img.min() >= 0 and np.array_equal(img, np.round(img)):
-            # raw counts: Poisson noise is skewed towards bright (by 1/sqrt(counts)), enough
-            # to outvote dark columns at a few counts per pixel; the Anscombe transform
-            # makes it symmetric
-            vst = high_pass(2 * np.sqrt(img + 0.375), spacing)
-            basis = gaussian_filter(vst, smooth_px, mode="nearest")
-        polarity = column_polarity(basis)
+        if img.min() >= 0 and np.array_equal(img, np.round(img)):  # raw counts
+            polarity = counts_polarity(img, spacing, smooth_px)
+        else:
+            polarity = column_polarity(smooth)
     if polarity == "dark":
         smooth = -smooth
     # pixel noise: robust std of the finest scale, carried through the smoothing

@@ -196,9 +196,7 @@ def estimate_contrast(frames: Any, pixel_size_pm: float | None = None,
         "white" or "black"; None when the frame is too small to tell (under
         about 32 binned pixels a side).
     """
-    from scipy.ndimage import gaussian_filter
-
-    from napari_sbd.core.lattice import column_polarity, high_pass
+    from napari_sbd.core.lattice import counts_polarity
 
     shape = tuple(getattr(frames, "shape", np.shape(frames)))
     if len(shape) == 2:
@@ -209,13 +207,11 @@ def estimate_contrast(frames: Any, pixel_size_pm: float | None = None,
             total += np.asarray(frames[i], dtype=np.float64)
     px = float(pixel_size_pm) if pixel_size_pm else PAPERS_PIXEL_SIZE_PM
     b = max(1, round(CONTRAST_BIN_PM / px))
-    h, w = (total.shape[0] // b) * b, (total.shape[1] // b) * b
-    if min(h, w) // b < 32:
+    if min(total.shape) // b < 32:
         return None
-    binned = total[:h, :w].reshape(h // b, b, w // b, b).sum(axis=(1, 3))
     scale = CONTRAST_SCALE_A * 100 / (px * b)  # pixels of the binned frame
-    detail = high_pass(2 * np.sqrt(np.clip(binned, 0, None) + 0.375), scale)
-    return "white" if column_polarity(gaussian_filter(detail, scale / 6)) == "bright" else "black"
+    polarity = counts_polarity(bin_counts(total, b), scale, scale / 6)
+    return "white" if polarity == "bright" else "black"
 
 
 def _wider_model_hint() -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-__all__ = ["LatticeNotFound", "column_polarity", "column_spacing", "high_pass"]
+__all__ = ["LatticeNotFound", "column_polarity", "column_spacing", "counts_polarity", "high_pass"]
 
 # An autocorrelation peak this strong (relative to the zero-lag value) is a lattice;
 # a frame of pure noise gives about 1/sqrt(pixels), a few percent at most.
@@ -143,3 +143,17 @@ def column_polarity(detail: np.ndarray) -> str:
     centred = textured - np.median(textured)
     skew = float(np.mean(centred**3)) / max(float(np.mean(centred**2)) ** 1.5, 1e-300)
     return "bright" if skew >= 0 else "dark"
+
+
+def counts_polarity(counts: np.ndarray, spacing_px: float, smooth_px: float) -> str:
+    """Return "bright" or "dark" for raw counts: :func:`column_polarity` after the Anscombe transform.
+
+    Poisson noise is itself skewed towards bright (by 1/sqrt(counts)), enough
+    to outvote dark columns at a few counts per pixel; the Anscombe transform
+    makes it symmetric. The detail is the transformed frame high-passed at
+    ``spacing_px`` and smoothed by ``smooth_px``.
+    """
+    from napari_sbd.core.baselines import anscombe
+
+    detail = high_pass(anscombe(np.clip(counts, 0, None)), spacing_px)
+    return column_polarity(gaussian_filter(detail, smooth_px, mode="nearest"))

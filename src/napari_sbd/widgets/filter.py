@@ -138,6 +138,8 @@ class FilterWidget(DockWidget):
                     if path not in self._recorded:
                         self._recorded[path] = load_model(path, device=self.model.device.value)
                     return self._recorded[path]
+        if not self.model.is_auto:  # the estimates only steer auto: not on every click
+            return self.model.load()
         pixel = pixel_size_pm(raw)
         return self.model.load(estimate_dose(raw.data), pixel, estimate_contrast(raw.data, pixel))
 
