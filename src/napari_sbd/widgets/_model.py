@@ -18,7 +18,7 @@ from napari_sbd.core.inference import (
     load_model,
 )
 
-AUTO_CHOICE = "auto (by the data's dose, pixel size and contrast)"
+AUTO_CHOICE = "auto (chosen from the data)"
 DEFAULT_CHOICE = "bundled default"
 ENVELOPE_CHOICE = "bundled envelope (wide dose and pixel range)"
 BLACK_CHOICE = "bundled black contrast (dark columns, underfocus)"
