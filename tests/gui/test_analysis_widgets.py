@@ -281,6 +281,57 @@ def test_closing_the_viewer_mid_job_is_quiet(make_napari_viewer, qtbot, tiny_mod
     assert workers[0].abort_requested and workers[1].abort_requested  # the movie jobs stop
 
 
+_SCRIPT_ENDING_MID_FRAME = """
+import sys, time
+import numpy as np
+from qtpy.QtWidgets import QApplication
+import napari
+import napari_sbd.widgets.denoise as dn
+
+real = dn._denoise_frames
+def slow(*args, **kwargs):  # each frame takes a second: the script ends inside one
+    for item in real(*args, **kwargs):
+        time.sleep(1.0)
+        yield item
+dn._denoise_frames = slow
+
+viewer = napari.Viewer(show=True)
+raw = viewer.add_image(np.random.default_rng(0).poisson(0.45, (8, 64, 64)).astype(np.float32),
+                       name="movie")
+w = dn.DenoiseWidget(viewer)
+viewer.window.add_dock_widget(w)
+w.model_combo.value = dn.FILE_CHOICE
+w.model_file.value = sys.argv[1]
+w.layer_combo.value = raw
+w.run()
+app, t0 = QApplication.instance(), time.monotonic()
+while w.output_layer.metadata["sbd_frames_done"] < 1 and time.monotonic() - t0 < 60:
+    app.processEvents()
+    time.sleep(0.01)
+viewer.close()
+print("frames done at close:", w.output_layer.metadata["sbd_frames_done"], flush=True)
+"""
+
+
+def test_a_script_ending_mid_job_waits_for_the_frame_quietly(tmp_path, tiny_model_file):
+    """Python exiting while a job is inside a frame: the job is stopped and waited for.
+
+    Without napari's event loop nothing else waits for workers, and a frame
+    finished after the interpreter began tearing down signalled into deleted
+    Qt objects ("RuntimeError in aborted thread: ... has been deleted").
+    """
+    import subprocess
+    import sys
+
+    script = tmp_path / "ends_mid_job.py"
+    script.write_text(_SCRIPT_ENDING_MID_FRAME)
+    run = subprocess.run([sys.executable, str(script), str(tiny_model_file)], capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "frames done at close: 1" in run.stdout
+    assert "aborted thread" not in run.stderr and "deleted" not in run.stderr, run.stderr
+
+
 def test_overlays_never_touch_a_users_layer_of_the_same_name(scene, qtbot, tiny_model_file):
     """Only layers the plugin made (marked in their metadata) are updated or replaced."""
     viewer, _ = scene

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
+import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +201,38 @@ def qt_alive(obj: Any) -> bool:
     return True
 
 
+# Our running jobs, stopped and waited for when Python exits: a job still inside a frame
+# when a script ends (or a window closes without napari's event loop, whose aboutToQuit
+# waits for workers) would otherwise signal into Qt objects already torn down.
+_LIVE_WORKERS: weakref.WeakSet[Any] = weakref.WeakSet()
+EXIT_WAIT_S = 60.0
+
+
+def stop_live_workers(timeout_s: float = EXIT_WAIT_S) -> None:
+    """Ask every running job of our docks to stop and wait for each to end its frame.
+
+    Parameters
+    ----------
+    timeout_s : float
+        Give up waiting after this many seconds in all.
+    """
+    workers = list(_LIVE_WORKERS)
+    for worker in workers:
+        worker.quit()
+    deadline = time.monotonic() + timeout_s
+    for worker in workers:
+        while worker.is_running and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+
+def _track_worker(worker: Any) -> None:
+    _LIVE_WORKERS.add(worker)
+    # atexit runs last-registered first: re-registering puts the wait ahead of the
+    # clean-up registered before it (a result's temporary store the job may still write)
+    atexit.unregister(stop_live_workers)
+    atexit.register(stop_live_workers)
+
+
 def _stop_worker_of(dock: DockWidget, *_args: Any) -> None:
     if dock.worker is not None:
         dock.worker.quit()
@@ -260,6 +295,7 @@ class DockWidget(QWidget):
         """
         for signal, handler in handlers.items():
             getattr(worker, signal).connect(self._while_alive(handler))
+        _track_worker(worker)
 
     def _while_alive(self, handler: Any) -> Any:
         def call(*args: Any) -> None:
