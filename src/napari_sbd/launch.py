@@ -37,12 +37,21 @@ def build_viewer(files: Sequence[str] = (), *, show: bool = True):
     else:
         viewer.open_sample("napari-sbd", "pt_ceo2_movie")
     # physical units in view: a scale bar, and named axes for a movie
-    viewer.scale_bar.visible = True
+    scale_bar_of(viewer).visible = True
     if viewer.dims.ndim == 3:
         viewer.dims.axis_labels = ("frame", "y", "x")
     docks = {name: viewer.window.add_plugin_dock_widget("napari-sbd", name) for name in WIDGETS}
     compact_layout(viewer, [dock for dock, _w in docks.values()])
     return viewer, docks
+
+
+def scale_bar_of(viewer):
+    """Return the viewer's scale-bar overlay (napari 0.9 moved it to ``viewer.canvas.overlays``)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    if overlays is not None and "scale_bar" in overlays:
+        return overlays["scale_bar"]
+    return viewer.scale_bar  # napari < 0.9
 
 
 def compact_layout(viewer, qt_docks) -> None:

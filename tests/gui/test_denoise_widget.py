@@ -190,10 +190,19 @@ def test_a_long_stack_is_denoised_into_a_disk_backed_layer(widget, qtbot, rng):
 
 
 def test_the_launcher_window_fits_a_laptop_screen(qtbot):
+    import warnings
+
     from napari_sbd.launch import build_viewer
 
-    viewer, docks = build_viewer(show=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        viewer, docks = build_viewer(show=True)
+    # no deprecated napari API called by ours (napari names the caller's line in them)
+    ours = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)
+            and "site-packages" not in w.filename]
     try:
+        assert not ours, ours
+        assert viewer.dims.axis_labels == ("frame", "y", "x")
         window = viewer.window._qt_window
         hint = window.minimumSizeHint()
         # everything docked needs less than a 1366x768 laptop screen offers
