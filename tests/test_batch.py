@@ -372,6 +372,41 @@ def test_detection_and_linking_options_are_part_of_the_job(movie, model_path, tm
     assert main([*base, "--spacing", "2.4", "--memory", "0"]) == 0  # the same job: resumes
 
 
+def test_a_movie_without_a_pixel_size_is_named_and_takes_a_given_one(movie, tiny_unet, tmp_path,
+                                                                    capsys):
+    """A plain TIFF records no pixel size: say what is assumed; --pixel-size sets it."""
+    from napari_sbd.core.checkpoint import save_checkpoint
+
+    path, stack = movie
+    model_path = save_checkpoint(  # a model for 5-10 pm: finer frames are binned into it
+        tmp_path / "env.pt", tiny_unet, architecture="bf_unet", params={"scales": 2, "base": 4},
+        dose=0.45, pixel_size_pm=6.1, contrast="white",
+        extra={"pixel_size_range_pm": [5.0, 10.0]})
+    base = [str(path), "--model", str(model_path), "--quiet", "--columns", "--vacuum-level", "0.45"]
+    assert main([*base, "-o", str(tmp_path / "a.zarr")]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "movie.tif records no pixel size" in err and "column positions (nm)" in err
+    assert "--pixel-size PM" in err
+    out = tmp_path / "b.zarr"
+    assert main([*base, "-o", str(out), "--pixel-size", "3.05"]) == 0
+    assert "no pixel size" not in capsys.readouterr().err
+    g = zarr.open_group(str(out), mode="r")
+    meta = g.attrs["napari_sbd"]
+    assert meta["pixel_size_pm"] == 3.05 and meta["job"]["pixel_size_pm"] == 3.05
+    # half the model's 6.1 pm: frames are binned 2x2 into its range, as the API does
+    den = load_model(model_path, device="cpu")
+    np.testing.assert_array_equal(g["denoised"][:], den.denoise(stack, pixel_size_pm=3.05))
+    assert not np.array_equal(g["denoised"][:], den.denoise(stack))
+    with open(out / "columns.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows
+    for r in rows:
+        assert float(r["y_nm"]) == pytest.approx(float(r["row_px"]) * 0.00305, abs=1e-4)
+    # another pixel size is another job: the store is not resumed into
+    assert main([*base, "-o", str(out), "--pixel-size", "6.1"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
 def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_path, model_path,
                                                                          capsys):
     """A movie whose dose drifts: every frame's dose in the store, the outliers in a warning."""

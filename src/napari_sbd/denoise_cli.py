@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the LLR map stack (llr_map); implies --columns")
     p.add_argument("--vacuum-level", type=number(float, above=0, unit="counts/pixel"),
                    help="vacuum counts/pixel/frame for the LLRs (default: found in each frame)")
+    p.add_argument("--pixel-size", type=number(float, above=0, unit="pm"),
+                   help="the movie's pixel size in pm, instead of the file's (needed where the "
+                   "file records none: a plain TIFF, an MRC with a bad header)")
     p.add_argument("--tile", type=number(int, at_least=64, unit="pixels"), default=1024,
                    help="inference tile side in pixels (1024)")
     p.add_argument("--offset", type=float,
@@ -103,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             columns=args.columns, likelihood=args.likelihood, vacuum_level=args.vacuum_level,
             tile_size=args.tile, overwrite=args.overwrite, command=command, progress=progress,
             ensemble=args.quality == "best", offset=args.offset,
-            electrons_per_count=args.electrons_per_count,
+            electrons_per_count=args.electrons_per_count, pixel_size_pm=args.pixel_size,
             **_analysis_options(args),
         )
     except (BatchError, ValueError) as exc:

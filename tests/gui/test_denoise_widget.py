@@ -148,6 +148,15 @@ def test_warns_before_running_when_dose_or_pixel_size_differ(widget, qtbot, rng)
     _wait(qtbot, w)
     messages = " ".join(str(n.message) for n in notification_manager.records)
     assert "trained at 0.45" in messages and "pm/pixel" in messages
+    assert "no pixel size" not in messages
+    # a layer in plain pixels: what is assumed is said
+    plain = viewer.add_image(rng.poisson(0.45, (48, 48)).astype(np.float32), name="plain")
+    w.layer_combo.value = plain
+    notification_manager.records.clear()
+    w.run()
+    _wait(qtbot, w)
+    messages = " ".join(str(n.message) for n in notification_manager.records)
+    assert "layer 'plain' has no pixel size" in messages and "6.1 pm is assumed" in messages
 
 
 def test_rerun_keeps_the_earlier_result_and_best_quality_is_the_ensemble(widget, qtbot, rng):

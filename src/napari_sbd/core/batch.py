@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +122,8 @@ def _file_sha256(path: Path) -> str:
 def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns: bool,
               likelihood: bool, tile: int | None, ensemble: bool = False,
               calibration: tuple[float, float] = (0.0, 1.0),
-              analysis: dict[str, Any] | None = None) -> dict[str, Any]:
+              analysis: dict[str, Any] | None = None,
+              pixel_size_pm: float | None = None) -> dict[str, Any]:
     st = input_path.stat()
     # options added later are recorded only when set: older stores stay resumable
     later: dict[str, Any] = {"ensemble": True} if ensemble else {}
@@ -129,6 +131,8 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
         later["calibration"] = [float(v) for v in calibration]
     if analysis:  # column detection and linking options (columns of a resumed job agree)
         later["analysis"] = {k: analysis[k] for k in sorted(analysis)}
+    if pixel_size_pm is not None:  # given instead of the file's: binning and positions follow it
+        later["pixel_size_pm"] = float(pixel_size_pm)
     model_path = Path(model.metadata.get("path", ""))
     return {
         "input": str(input_path.resolve()),
@@ -169,6 +173,7 @@ def denoise_movie(
     electrons_per_count: float | None = None,
     detect: dict[str, Any] | None = None,
     link: dict[str, Any] | None = None,
+    pixel_size_pm: float | None = None,
 ) -> BatchResult:
     """Denoise a movie frame by frame into a zarr store, resuming where a previous run stopped.
 
@@ -214,6 +219,11 @@ def denoise_movie(
     link : dict, optional
         Options of :func:`~napari_sbd.core.tracking.link_columns`
         (``max_displacement_a``, ``memory``).
+    pixel_size_pm : float, optional
+        The movie's pixel size in pm, instead of the file's. A file that
+        records none (a plain TIFF, an MRC with a bad header) and no value
+        here: the model's pixel size is assumed for the model choice, the
+        binning into its range and the column positions, and a warning says so.
 
     Returns
     -------
@@ -222,7 +232,13 @@ def denoise_movie(
     """
     input_path = Path(input_path)
     out = Path(output)
-    data, pixel_size, file_meta = open_movie(input_path)
+    with warnings.catch_warnings(record=True) as read_notes:  # the reader's: to our warnings
+        warnings.simplefilter("always")
+        data, pixel_size, file_meta = open_movie(input_path)
+    if pixel_size_pm is not None:
+        if not (np.isfinite(pixel_size_pm) and pixel_size_pm > 0):
+            raise BatchError(f"the pixel size must be a positive number of pm, got {pixel_size_pm}")
+        pixel_size = float(pixel_size_pm)
     file_cal = file_meta.get("intensity_calibration") or {}
     if offset is None:
         offset = float(file_cal.get("offset", 0.0))
@@ -266,15 +282,20 @@ def denoise_movie(
         raise BatchError(f"{input_path}: {exc}") from None
     detect, link = dict(detect or {}), dict(link or {})
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble,
-                      (offset, electrons_per_count), {**detect, **link})
+                      (offset, electrons_per_count), {**detect, **link}, pixel_size_pm)
     group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w),
                             protected)
     state = out / ".sbd"
     done_dir = state / "done"
     cols_dir = state / "columns"
-    warnings: list[str] = [
-        f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)
-    ]
+    notes: list[str] = [str(w.message) for w in read_notes if issubclass(w.category, UserWarning)]
+    if pixel_size is None:  # a silent guess would put every column's nm position wrong
+        assumed = float(den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM)
+        uses = ("the model choice and the column positions (nm) assume" if columns
+                else "the model choice assumes")
+        notes.append(f"{input_path.name} records no pixel size: {uses} the model's, "
+                     f"{assumed:g} pm; give the real one (napari-sbd-denoise --pixel-size PM)")
+    notes += [f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)]
     done_now, llr_warned, no_lattice = 0, False, []
     arr = group["denoised"]
     doses = _dose_array(group, n)  # a store made before the array existed gets it now
@@ -298,7 +319,7 @@ def denoise_movie(
                 found = analyse_frame(frame, result, px, frame=i, vacuum_level=vacuum_level,
                                       detect=detect, strict=False)
                 if found.llr_error and not llr_warned:  # once: every frame has the same cause
-                    warnings.append(f"frame {i}: LLRs left empty: {found.llr_error}")
+                    notes.append(f"frame {i}: LLRs left empty: {found.llr_error}")
                     llr_warned = True
                 if found.no_lattice:
                     no_lattice.append(i)
@@ -312,12 +333,12 @@ def denoise_movie(
                 progress(skipped + done_now, len(todo))
     if no_lattice:
         shown = ", ".join(map(str, no_lattice[:10])) + (" ..." if len(no_lattice) > 10 else "")
-        warnings.append(f"no lattice found (no columns) in {len(no_lattice)} frame(s): {shown}")
+        notes.append(f"no lattice found (no columns) in {len(no_lattice)} frame(s): {shown}")
     frame_doses = np.asarray(doses[:], dtype=np.float64)[list(todo)]
     span, outside = doses_outside(den, frame_doses, list(todo))
     # every frame outside is what the movie's warning above says already
     if outside and (len(outside) < len(todo) or den.dose_fits(dose_est)):
-        warnings.append(dose_warning(den, outside, len(todo), span)
+        notes.append(dose_warning(den, outside, len(todo), span)
                         + "; per-frame doses are in the store's 'dose' array")
     complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
     if complete:
@@ -328,7 +349,7 @@ def denoise_movie(
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
         group.attrs["napari_sbd"] = attrs
-    return BatchResult(out, n, done_now, skipped, complete, warnings, dose_est, span, model_choice)
+    return BatchResult(out, n, done_now, skipped, complete, notes, dose_est, span, model_choice)
 
 
 def _dose_array(group: Any, n: int) -> Any:

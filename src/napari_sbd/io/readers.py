@@ -174,7 +174,8 @@ def read_mrc(path: str) -> list[LayerData]:
 
         warnings.warn(
             f"{path}: the MRC header gives a voxel size of {vx:g} A, which is not a size; the "
-            "pixel size is left unknown: set it in the Columns dock (pm) or fix the header",
+            "pixel size is left unknown: give it (the Columns dock's pixel size in napari, "
+            "napari-sbd-denoise --pixel-size) or fix the header",
             stacklevel=2,
         )
     return [_layer(mrc.data, Path(path).stem, px, path, {"format": "MRC"})]

@@ -37,6 +37,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
+from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.widgets._layers import (
     DockWidget,
     copy_geometry,
@@ -202,6 +203,12 @@ class DenoiseWidget(DockWidget):
         if self.model.is_auto:
             name, why = choose_bundled_model(dose, pixel, contrast)
             self.info.value = wrap(f"auto: the bundled '{name}' model ({why})")
+        if pixel is None:  # said, not guessed in silence: binning and auto depend on it
+            assumed = den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM
+            show_warning(f"layer '{layer.name}' has no pixel size (its scale is in pixels): the "
+                         f"model's {float(assumed):g} pm is assumed; open the file with "
+                         "napari-sbd's reader, or set the layer's scale in nm (napari console: "
+                         f"viewer.layers['{layer.name}'].scale)")
         for msg in den.compatibility_warnings(dose, pixel):
             show_warning(msg)
         try:
