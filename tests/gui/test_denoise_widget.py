@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_sbd.widgets._layers import pixel_size_pm
 from napari_sbd.widgets.denoise import FILE_CHOICE, DenoiseWidget
 
 pytestmark = pytest.mark.gui
@@ -157,6 +158,16 @@ def test_warns_before_running_when_dose_or_pixel_size_differ(widget, qtbot, rng)
     _wait(qtbot, w)
     messages = " ".join(str(n.message) for n in notification_manager.records)
     assert "layer 'plain' has no pixel size" in messages and "6.1 pm is assumed" in messages
+    assert w.pixel.value == 0  # unknown, and shown as such
+    # entered by hand: no warning, and the result carries it (the Columns dock reads it)
+    w.pixel.value = 6.1
+    notification_manager.records.clear()
+    w.run()
+    _wait(qtbot, w)
+    assert "no pixel size" not in " ".join(str(n.message) for n in notification_manager.records)
+    assert pixel_size_pm(w.output_layer) == 6.1
+    w.layer_combo.value = raw
+    assert w.pixel.value == pytest.approx(12.2)  # each layer's own, read when chosen
 
 
 def test_rerun_keeps_the_earlier_result_and_best_quality_is_the_ensemble(widget, qtbot, rng):

@@ -90,6 +90,11 @@ class DenoiseWidget(DockWidget):
         self.gain = FloatSpinBox(label="electrons per count", min=1e-6, max=1e6, step=0.0001,
                                  value=1.0, tooltip="electrons per unit of the file (1 / gain); "
                                  "1 for counted data")
+        self.pixel = FloatSpinBox(
+            label="pixel size (pm)", min=0.0, max=1000.0, step=0.1, value=0.0,
+            tooltip="the layer's pixel size, read from its scale or the file; 0: unknown (the "
+            "model's is assumed, with a warning). It picks the model on auto and bins finer "
+            "frames into the model's range; the result keeps it for the Columns dock")
         self.frames_combo = ComboBox(
             label="frames", choices=list(FRAME_CHOICES), value="all",
             tooltip="a stack's frames to denoise: all, only the frame on screen (a quick look), "
@@ -114,6 +119,7 @@ class DenoiseWidget(DockWidget):
                 self.range_edit,
                 self.offset,
                 self.gain,
+                self.pixel,
                 self.dose_note,
                 self.run_button,
                 self.cancel_button,
@@ -153,8 +159,12 @@ class DenoiseWidget(DockWidget):
         return calibrated(layer.data, self.offset.value, self.gain.value)
 
     def _file_calibration(self, _value: Any = None) -> None:
-        """Fill offset and electrons per count from the file's own calibration, when it has one."""
+        """Fill offset and electrons per count from the file's own calibration, when it has one.
+
+        The pixel size too: the layer's own, or 0 (unknown) where it has none.
+        """
         layer = self.layer_combo.value
+        self.pixel.value = (pixel_size_pm(layer) or 0.0) if layer is not None else 0.0
         cal = ((getattr(layer, "metadata", None) or {}).get("intensity_calibration")
                if layer is not None else None)
         if cal:
@@ -192,7 +202,7 @@ class DenoiseWidget(DockWidget):
             single = check_stack_shape(tuple(source.shape), source.dtype)
             data = calibrated(source, self.offset.value, self.gain.value)
             # read once: the model choice, the message and the warnings all use them
-            dose, pixel = estimate_dose(data), pixel_size_pm(layer)
+            dose, pixel = estimate_dose(data), (float(self.pixel.value) or None)
             contrast = estimate_contrast(data, pixel) if self.model.is_auto else None
             den = self.load_denoiser(dose, pixel, contrast)
             self._denoiser = den
@@ -206,9 +216,8 @@ class DenoiseWidget(DockWidget):
         if pixel is None:  # said, not guessed in silence: binning and auto depend on it
             assumed = den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM
             show_warning(f"layer '{layer.name}' has no pixel size (its scale is in pixels): the "
-                         f"model's {float(assumed):g} pm is assumed; open the file with "
-                         "napari-sbd's reader, or set the layer's scale in nm (napari console: "
-                         f"viewer.layers['{layer.name}'].scale)")
+                         f"model's {float(assumed):g} pm is assumed; enter the real one in "
+                         "'pixel size (pm)'")
         for msg in den.compatibility_warnings(dose, pixel):
             show_warning(msg)
         try:
@@ -233,6 +242,8 @@ class DenoiseWidget(DockWidget):
                 # the source's metadata, less an overlay's mark (the result is no overlay)
                 **{k: v for k, v in (layer.metadata or {}).items()
                    if k not in ("sbd_role", "sbd_for")},
+                # what the denoising assumed; the Columns dock reads it for a layer in pixels
+                **({"pixel_size_pm": pixel} if pixel else {}),
                 "sbd_model": den.metadata,
                 "sbd_source_layer": layer.name,
                 "sbd_ensemble": ensemble,
