@@ -93,7 +93,7 @@ def as_frame(
     index : int, optional
         Frame number, for the message.
     model_dose : float, optional
-        The model's training dose (counts/pixel in vacuum). Data whose mean is
+        The highest dose the model was trained at (counts/pixel in vacuum). Data whose mean is
         more than ``max_dose_ratio`` times it are rejected: they are not counts
         at a dose the model can handle (a detector offset, unnormalised gain,
         or a summed stack).
@@ -135,7 +135,8 @@ def as_frame(
         if mean > max_dose_ratio * model_dose:
             raise NotCountsError(
                 f"the image's mean is {mean:.4g} counts/pixel{where}, {mean / model_dose:.0f}x "
-                f"the model's training dose ({model_dose:g} counts/pixel in vacuum); these do not "
+                f"the highest dose the model was trained at ({model_dose:g} counts/pixel in "
+                "vacuum); these do not "
                 "look like counts at that dose: remove the detector offset and divide by the "
                 "gain (counts per electron), or use a model trained at this dose"
             )
