@@ -214,8 +214,9 @@ def main() -> None:
         + ", ".join(f"{c} {gain(('contrast', c)):+.2f} dB" for c in ("white", "intermediate", "black")
                     if ("contrast", c) in groups)
         + " (ICLR Fig. 13: the network trained on black contrast alone did not "
-        "generalize either). A model for black-contrast data needs black-contrast training images "
-        "(`napari-sbd-simulate` produces them at underfocus, e.g. `--defocus -10:-2:1`).",
+        "generalize either). Black-contrast data need black-contrast training images: the bundled "
+        "`black` model is this network fine-tuned on them, and model auto picks it for dark "
+        "columns (docs/denoising-quality.md).",
         "",
     ]
     text = "\n".join(lines)
