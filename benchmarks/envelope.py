@@ -15,6 +15,12 @@ Usage::
 
     python benchmarks/envelope.py [--model default --model envelope --model RUN/best.pt] [--quick]
 
+With the bundled default and the bundled envelope model both in the run, it
+also scores those two on the validation frames and prints where the default
+wins: the windows model "auto" uses (``AUTO_DEFAULT_DOSE``,
+``AUTO_DEFAULT_PIXEL_PM`` in napari_sbd.core.inference), derived on
+validation frames, never on the test images.
+
 Writes docs/envelope.md and docs/images/envelope.png.
 """
 
@@ -43,7 +49,7 @@ from _common import (
 )
 
 from napari_sbd.core.baselines import binned_vst_bm3d
-from napari_sbd.core.inference import BUNDLED, load_model
+from napari_sbd.core.inference import AUTO_DEFAULT_DOSE, AUTO_DEFAULT_PIXEL_PM, BUNDLED, load_model
 from napari_sbd.core.metrics import psnr
 from napari_sbd.core.noise import poisson_noise
 
@@ -53,6 +59,7 @@ DOSES = [0.1, 0.15, 0.3, 0.45, 0.6, 0.9, 1.35, 2.0, 4.0]
 PIXELS = [4.0, 4.88, 6.1, 8.0, 10.0, 12.0]
 BINS_AT_6PM = [4, 6, 8, 10, 12, 16, 20]  # bin factors at 6.1 pm, scaled with the pixel size
 SIGMAS = [0.8, 1.0, 1.2]
+AUTO_PAIR = ("bundled default", "bundled envelope")  # auto's windows: where the first wins
 
 
 def settings(quick: bool) -> list[tuple[str, float, float]]:
@@ -131,9 +138,14 @@ def main() -> None:
     results = []  # one dict per setting
     for axis, dose, pixel in settings(args.quick):
         t0 = time.perf_counter()
-        b, s = tuned_bm3d(frames_at(val_set, dose, pixel, seed=2), dose, pixel)
+        val = frames_at(val_set, dose, pixel, seed=2)
+        b, s = tuned_bm3d(val, dose, pixel)
         test = frames_at(test_set, dose, pixel, seed=1)
         row = {"axis": axis, "dose": dose, "pixel": pixel, "bm3d_params": (b, s)}
+        for name, (_, model) in zip(names, models):
+            if name in AUTO_PAIR:  # validation scores: what auto's windows are derived from
+                row[f"{name}_val"] = float(np.mean(
+                    [scored(c, model.denoise(n, pixel_size_pm=pixel), dose) for _, c, n in val]))
         for key, sel in (("ref", lambda n: n.startswith("ref")), ("sim", lambda n: n.startswith("sim"))):
             fr = [f for f in test if sel(f[0])]
             if not fr:
@@ -197,12 +209,59 @@ def write_page(args, names, models, results, test_set, val_set, elapsed) -> None
             + (f"; behind at {', '.join(behind)}" if behind else "")
             + f"; PSNR {'rises' if rising else 'does NOT rise'} with the dose at every step.")
     lines.append("")
+    if all(n in names for n in AUTO_PAIR):
+        lines += auto_windows(results) + [""]
     plot(results, names)
     lines += ["![PSNR against dose and pixel size](images/envelope.png)", ""]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
+
+
+def crossing_window(xs: list[float], diff: list[float], x0: float) -> tuple[float, float] | None:
+    """The interval around ``x0`` where ``diff`` > 0, its ends interpolated in log x.
+
+    ``xs`` ascending; ``diff`` measured at them (``x0`` among them). None when
+    ``diff`` is not positive at ``x0``; an end with no sign change beyond the
+    last measured setting is that setting.
+    """
+    i0 = xs.index(x0)
+    if diff[i0] <= 0:
+        return None
+    ends = []
+    for step in (-1, 1):
+        i = i0
+        while 0 <= i + step < len(xs) and diff[i + step] > 0:
+            i += step
+        j = i + step
+        if not 0 <= j < len(xs):
+            ends.append(xs[i])
+            continue
+        t = diff[i] / (diff[i] - diff[j])  # linear in log x between the two settings
+        ends.append(float(np.exp(np.log(xs[i]) + t * (np.log(xs[j]) - np.log(xs[i])))))
+    return ends[0], ends[1]
+
+
+def auto_windows(results: list[dict]) -> list[str]:
+    """Where the bundled default beats the envelope model on the validation frames."""
+    a, b = AUTO_PAIR
+    out = ["## Where model auto takes the default (validation frames)", ""]
+    cells = []
+    for axis, x0, unit, now in (("dose", NOMINAL_DOSE, "counts/pixel", AUTO_DEFAULT_DOSE),
+                                ("pixel", NOMINAL_PIXEL, "pm", AUTO_DEFAULT_PIXEL_PM)):
+        rows = [r for r in results if r["axis"] == axis]
+        xs = [r[axis] for r in rows]
+        diff = [r[f"{a}_val"] - r[f"{b}_val"] for r in rows]
+        out.append(f"- {axis}: default minus envelope on the validation frames: " + ", ".join(
+            f"{x:g} {d:+.2f} dB" for x, d in zip(xs, diff)))
+        win = crossing_window(xs, diff, x0)
+        cells.append(f"{axis}: " + ("the envelope model is as good everywhere" if win is None
+                                    else f"{win[0]:.2f}-{win[1]:.2f} {unit}")
+                     + f" (in the code now: {now[0]:g}-{now[1]:g})")
+    out += ["", "Derived windows (log-linear crossings between the measured settings): "
+            + "; ".join(cells) + "."]
+    return out
 
 
 def label(r: dict) -> str:
