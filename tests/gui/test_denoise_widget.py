@@ -354,6 +354,11 @@ def test_auto_model_is_chosen_from_the_layer_and_the_filter_follows_it(make_napa
     raw = viewer.add_image(rng.poisson(1.5, (2, 64, 64)).astype(np.float32), name="bright",
                            scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"))
     w.layer_combo.value = raw
+    # said on choosing the layer, before anything runs
+    assert "auto will take the bundled 'envelope' model" in " ".join(w.dose_note.value.split())
+    w.model_combo.value = w.model_combo.choices[1]  # a bundled model: nothing to announce
+    assert "auto will take" not in w.dose_note.value
+    w.model_combo.value = AUTO_CHOICE
     w.run()
     assert "auto: the bundled 'envelope' model" in " ".join(w.info.value.split())
     _wait(qtbot, w)
@@ -377,6 +382,7 @@ def test_auto_model_reads_dark_columns_and_picks_the_black_contrast_model(make_n
     raw = viewer.add_image(frames.astype(np.float32), name="dark", scale=(1, 0.061, 0.061),
                            units=("pixel", "angstrom", "angstrom"))
     w.layer_combo.value = raw
+    assert "auto will take the bundled 'black' model" in " ".join(w.dose_note.value.split())
     w.run()
     said = " ".join(w.info.value.split())
     assert "auto: the bundled 'black' model" in said and "black contrast" in said

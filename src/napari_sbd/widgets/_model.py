@@ -105,9 +105,10 @@ class ModelPicker(Container):
             self.info.value = "choose a checkpoint file" if unset else wrap(str(exc))
             return
         self.info.value = wrap(
-            "auto: the bundled default for data near 0.45 counts/pixel and 6.1 pm/pixel, the "
-            "envelope model (0.1-5 counts/pixel, 4.8-10.5 pm) elsewhere; chosen from the layer "
-            "when it runs" if self.is_auto else den.describe())
+            "auto: the bundled default for data near 0.45 counts/pixel and 6.1 pm/pixel (its "
+            "black-contrast sibling for dark columns), the envelope model (0.1-5 counts/pixel, "
+            "4.8-10.5 pm) elsewhere; chosen from the layer"
+            if self.is_auto else den.describe())
 
 
 def wrap(text: str, width: int = 44) -> str:

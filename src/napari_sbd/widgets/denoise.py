@@ -133,7 +133,7 @@ class DenoiseWidget(DockWidget):
         self.cancel_button.changed.connect(self.cancel)
         self.follow_layers(self._reset_layers)
         self.layer_combo.changed.connect(self._file_calibration)
-        for w in (self.layer_combo, self.offset, self.gain):
+        for w in (self.layer_combo, self.offset, self.gain, self.pixel, self.model.source):
             w.changed.connect(self._show_dose)
         # the range is asked for only when "range" is chosen
         self.frames_combo.changed.connect(self._show_range)
@@ -184,7 +184,13 @@ class DenoiseWidget(DockWidget):
         except (InputError, ValueError) as exc:
             self.dose_note.value = wrap(str(exc))
             return
-        self.dose_note.value = wrap(f"{dose:.3g} electrons/pixel/frame on average (first frames)")
+        note = f"{dose:.3g} electrons/pixel/frame on average (first frames)"
+        if self.model.is_auto:  # which model auto will take, before anything runs
+            pixel = float(self.pixel.value) or None
+            name, _why = choose_bundled_model(
+                dose, pixel, estimate_contrast(self.counts(layer), pixel))
+            note += f"; auto will take the bundled '{name}' model"
+        self.dose_note.value = wrap(note)
 
     # -- running --------------------------------------------------------------
     def run(self, _value: Any = None) -> None:
