@@ -258,7 +258,7 @@ def auto_windows(results: list[dict]) -> list[str]:
         win = crossing_window(xs, diff, x0)
         cells.append(f"{axis}: " + ("the envelope model is as good everywhere" if win is None
                                     else f"{win[0]:.2f}-{win[1]:.2f} {unit}")
-                     + f" (in the code now: {now[0]:g}-{now[1]:g})")
+                     + f" (in the code at this run: {now[0]:g}-{now[1]:g})")
     out += ["", "Derived windows (log-linear crossings between the measured settings): "
             + "; ".join(cells) + "."]
     return out

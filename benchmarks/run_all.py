@@ -29,7 +29,7 @@ from _common import DOCS, DOCS_ENV, REPO
 
 # name, script, arguments (full run), arguments (--quick), page, what it answers
 STEPS = [
-    ("bar", "bar.py", [], [], "bar.md",
+    ("bar", "bar.py", ["--model", "default", "--model", "envelope", "--ensemble"], [], "bar.md",
      "issue 8's bar: the bundled model against the best classical methods on the papers' images"),
     ("quality", "denoising_quality.py", [], ["--quick"], "denoising-quality.md",
      "the papers' Table 1 on the reference images and a held-out simulated set, by contrast class"),

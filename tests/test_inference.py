@@ -312,6 +312,7 @@ def test_bundled_models_outputs_are_unchanged():
     # tests/data/bundled_outputs.npz: each bundled model's output on one fixed noisy
     # frame, written before the network interface became SBDNetwork (issue 17). A
     # refactor must keep them: anything beyond float rounding is a changed model.
+    # (envelope: rewritten when the envelope run's epoch-119 model replaced epoch 63)
     ref = np.load(Path(__file__).parent / "data" / "bundled_outputs.npz")
     for name in ("default", "envelope", "black"):  # black: written when it was bundled
         out = load_model(name, device="cpu").denoise(ref["input"])

@@ -112,12 +112,14 @@ BUNDLED = {
 }
 
 
-# Where the single-point default beats the envelope model, from docs/envelope.md (reference
-# images; epoch-63 envelope model): the two cross between the measured settings, at about
-# 0.41 and 0.51 counts/pixel (0.3: envelope +3.7 dB; 0.45: default +1.0; 0.6: envelope
-# +1.2) and about 5.7 and 6.9 pm (4.88: envelope +2.1; 6.1: default +1.0; 8: envelope +1.2).
-AUTO_DEFAULT_DOSE = (0.41, 0.51)
-AUTO_DEFAULT_PIXEL_PM = (5.7, 6.9)
+# Where the single-point default beats the envelope model, derived on validation frames
+# (never the test images) by benchmarks/envelope.py (docs/envelope.md, "Where model auto
+# takes the default"; envelope model of epoch 119): log-linear crossings between the
+# measured settings at 0.41 and 0.49 counts/pixel (0.3: envelope +4.2 dB; 0.45: default
+# +1.1; 0.6: envelope +2.5) and 5.49 and 7.20 pm (4.88: envelope +1.2; 6.1: default +1.1;
+# 8: envelope +0.7). Re-derive whenever a bundled model changes.
+AUTO_DEFAULT_DOSE = (0.41, 0.49)
+AUTO_DEFAULT_PIXEL_PM = (5.5, 7.2)
 
 
 def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
