@@ -2,7 +2,7 @@
 
     python benchmarks/speed.py [--model default] [--repeats 3]
 
-Measures, in one run: frames/s and peak RSS for 1024^2 and 2048^2 frames
+Measures, in one run: frames/s and peak RSS for 1024^2, 2048^2 and 4096^2 frames
 (each size in a fresh process, so the peaks are separate), the effective
 filter's latency per click, and CPU efficiency: the network's achieved
 GFLOP/s (convolution FLOPs counted layer by layer) against the GFLOP/s of a
@@ -97,11 +97,11 @@ def main() -> None:
     if args.child:
         print(json.dumps(one_size(args.model, args.child, args.repeats)))
         return
-    from napari_sbd.core.inference import load_model
+    from napari_sbd.core.inference import DEFAULT_TILE, load_model
     from napari_sbd.core.jacobian import effective_filter
 
     sizes = []
-    for side in (1024, 2048):
+    for side in (1024, 2048, 4096):  # 4096: the frames of 4k direct-electron cameras
         out = subprocess.run([sys.executable, __file__, "--model", args.model, "--repeats",
                               str(args.repeats), "--child", str(side)], capture_output=True,
                              text=True, check=True)
@@ -142,7 +142,8 @@ def main() -> None:
           f"{overhead[r['side']]:.2f} |" for r in sizes],
         "",
         ("Pixels run per frame pixel: every frame is mirror-padded (32 px and up to the pooling "
-        "grid); frames larger than one tile (1024 output pixels a side, the default) are cut "
+        f"grid); frames larger than one tile ({DEFAULT_TILE} output pixels a side, the default) "
+        "are cut "
         "into tiles, each reading the network's receptive radius around what it keeps, so "
         "that the result equals a whole-frame pass while memory stays bounded. This VM's "
         "speed drifts between runs (the conv2d ceiling below measured 190-243 GFLOP/s within "

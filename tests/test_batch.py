@@ -454,3 +454,10 @@ def test_auto_model_follows_the_movies_contrast(tmp_path, capsys):
     assert "auto chose the bundled 'black' model" in err and "black contrast" in err
     model = zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["model"]
     assert Path(model["path"]).name == "black.pt"
+
+
+def test_the_commands_tile_is_the_librarys():
+    from napari_sbd.core.inference import DEFAULT_TILE
+    from napari_sbd.denoise_cli import build_parser
+
+    assert build_parser().get_default("tile") == DEFAULT_TILE

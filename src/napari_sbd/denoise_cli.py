@@ -68,8 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size", type=number(float, above=0, unit="pm"),
                    help="the movie's pixel size in pm, instead of the file's (needed where the "
                    "file records none: a plain TIFF, an MRC with a bad header)")
-    p.add_argument("--tile", type=number(int, at_least=64, unit="pixels"), default=1024,
-                   help="inference tile side in pixels (1024)")
+    # core.inference.DEFAULT_TILE, not imported: --help must not wait for torch
+    p.add_argument("--tile", type=number(int, at_least=64, unit="pixels"), default=2048,
+                   help="inference tile side in pixels (2048; smaller uses less memory and more "
+                   "time, the result is the same)")
     p.add_argument("--offset", type=float,
                    help="detector offset (dark level) in the file's units, subtracted first "
                    "(default: the file's electron calibration where it has one, else 0)")
