@@ -461,3 +461,23 @@ def test_the_commands_tile_is_the_librarys():
     from napari_sbd.denoise_cli import build_parser
 
     assert build_parser().get_default("tile") == DEFAULT_TILE
+
+
+def test_no_memory_for_any_tile_is_one_line_and_the_run_resumes(movie, model_path, tmp_path,
+                                                                capsys, monkeypatch):
+    from napari_sbd.core.inference import Denoiser
+
+    path, stack = movie
+    out = tmp_path / "o.zarr"
+    args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet"]
+    real = Denoiser._run
+    monkeypatch.setattr(Denoiser, "_run", lambda self, x: (_ for _ in ()).throw(
+        RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")))
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "not enough CPU memory" in err and "run the same command again" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(Denoiser, "_run", real)
+    assert main(args) == 0  # the store it began is resumed, not refused
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["denoised"][:],
+                                  load_model(model_path, device="cpu").denoise(stack))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +67,47 @@ def test_tiled_inference_equals_whole_frame(net, rng):
     # the tiles really were used: the frame is larger than one tile plus margins
     assert 32 + 2 * den.margin() < 203 or 32 + 2 * den.margin() < 261
     np.testing.assert_allclose(tiled, whole, atol=1e-4 * np.abs(whole).max())
+
+
+def test_out_of_memory_halves_the_tiles_and_gives_the_same_result(denoiser, rng, monkeypatch):
+    """A pass too large for the device's memory is run again in smaller tiles (exact tiling)."""
+    frame = rng.poisson(0.45, (1100, 1100)).astype(np.float32)
+    whole = denoiser.denoise(frame, tile_size=None)
+    run, sides = denoiser._run, []
+
+    def scarce(x):  # this device fits no pass wider than 700 pixels
+        sides.append(int(x.shape[-1]))
+        if x.shape[-1] > 700:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return run(x)
+
+    monkeypatch.setattr(denoiser, "_run", scarce)
+    with pytest.warns(RuntimeWarning, match="out of CPU memory in tiles of 1164 pixels: "
+                      "continuing in tiles of 582"):
+        tiled = denoiser.denoise(frame, tile_size=None)
+    np.testing.assert_allclose(tiled, whole, atol=1e-4 * np.abs(whole).max())
+    assert denoiser.tile_cap == 582 and max(sides[1:]) <= 700
+    sides.clear()  # the next frame starts at the size that fitted: no failed pass, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        denoiser.denoise(frame, tile_size=None)
+    assert max(sides) <= 700
+
+
+def test_out_of_memory_even_in_small_tiles_is_one_clear_error(denoiser, rng, monkeypatch):
+    def none_fits(x):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 8589934592 bytes")
+
+    monkeypatch.setattr(denoiser, "_run", none_fits)
+    frame = rng.poisson(0.45, (600, 600)).astype(np.float32)
+    with pytest.raises(MemoryError, match="not enough CPU memory to denoise") as err, \
+            pytest.warns(RuntimeWarning, match="continuing in tiles of"):
+        denoiser.denoise(frame, tile_size=None)
+    assert "tiles of 332 pixels" in str(err.value)
+    monkeypatch.setattr(denoiser, "_run", lambda x: (_ for _ in ()).throw(RuntimeError("bad")))
+    with pytest.raises(RuntimeError, match="bad"):  # other errors are not memory: raised as is
+        denoiser.denoise(frame)
 
 
 @pytest.mark.parametrize("n", [32, 96, 1088, 2112, 4160, 4192])

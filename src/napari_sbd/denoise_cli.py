@@ -115,6 +115,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         bar.close()
         print(f"napari-sbd-denoise: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError as exc:  # even the smallest tiles did not fit (see Denoiser._run_tiles)
+        bar.close()
+        print(f"napari-sbd-denoise: error: {exc}; then run the same command again: finished "
+              "frames are kept (a smaller --tile is tried by itself)", file=sys.stderr)
+        return 1
     except OSError as exc:
         bar.close()
         from napari_sbd._cli import os_error_message

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
 # (4 scales x 32 channels, CPU, 2 threads; session 11). Frames up to 2048 run in one pass.
 DEFAULT_TILE = 2048
 EDGE_PAD = 32  # mirrored pixels around every frame (see pad_frame)
+MIN_TILE = 256  # smaller tiles would mostly run the margins: out of memory even then is an error
 
 
 class DenoisingCancelled(RuntimeError):
@@ -216,6 +218,14 @@ def estimate_contrast(frames: Any, pixel_size_pm: float | None = None,
     scale = CONTRAST_SCALE_A * 100 / (px * b)  # pixels of the binned frame
     polarity = counts_polarity(bin_counts(total, b), scale, scale / 6)
     return "white" if polarity == "bright" else "black"
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception from a network pass is an allocation failure (GPU or CPU)."""
+    if isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def _wider_model_hint() -> str:
@@ -384,6 +394,8 @@ class Denoiser:
         for p in net.parameters():
             p.requires_grad_(False)
         self.network = net
+        # the largest tile that fitted in memory, once one did not (later frames start there)
+        self.tile_cap: int | None = None
 
     # -- properties -----------------------------------------------------------
     @property
@@ -550,6 +562,46 @@ class Denoiser:
         return out
 
     # -- core -----------------------------------------------------------------
+    def _run_tiles(self, x: torch.Tensor, tile_size: int | None) -> torch.Tensor:
+        """Run the network on a padded (1, 1, H, W) frame, tile by tile.
+
+        Out of (GPU or CPU) memory, the tiles are halved and the frame run again
+        (tiling is exact, so the result is the same), down to :data:`MIN_TILE`;
+        the size that fitted caps the tiles of later frames, and a warning says so.
+        """
+        side = max(x.shape[-2:])
+        size = side if tile_size is None else int(tile_size)
+        if self.tile_cap is not None:
+            size = min(size, self.tile_cap)
+        while True:
+            try:
+                tiles = self.tiles((x.shape[-2], x.shape[-1]), size)
+                if len(tiles) == 1:
+                    return self._run(x)
+                out = torch.empty_like(x)
+                for (r0, r1, a0, a1), (c0, c1, b0, b1) in tiles:
+                    y = self._run(x[..., a0:a1, b0:b1])
+                    out[..., r0:r1, c0:c1] = y[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
+                return out
+            except (MemoryError, RuntimeError) as exc:
+                if not _out_of_memory(exc):
+                    raise
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                smaller = min(size, side) // 2
+                where = "GPU" if self.device.type == "cuda" else "CPU"
+                if smaller < MIN_TILE:
+                    raise MemoryError(
+                        f"not enough {where} memory to denoise a {x.shape[-2]}x{x.shape[-1]} "
+                        f"(padded) frame, even in tiles of {min(size, side)} pixels: free memory "
+                        "(other jobs, other programs)"
+                        + (", or denoise on the CPU (device='cpu', --device cpu)"
+                           if where == "GPU" else "")) from None
+                warnings.warn(f"out of {where} memory in tiles of {min(size, side)} pixels: "
+                              f"continuing in tiles of {smaller} (slower; the same result)",
+                              RuntimeWarning, stacklevel=2)
+                self.tile_cap = size = smaller
+
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -633,14 +685,7 @@ class Denoiser:
         h, w = frame.shape
         e = EDGE_PAD
         x = torch.from_numpy(pad_frame(frame, self.size_multiple, e)).to(self.device)[None, None]
-        tiles = self.tiles((x.shape[-2], x.shape[-1]), tile_size)
-        if len(tiles) == 1:
-            out = self._run(x)
-        else:
-            out = torch.empty_like(x)
-            for (r0, r1, a0, a1), (c0, c1, b0, b1) in tiles:
-                y = self._run(x[..., a0:a1, b0:b1])
-                out[..., r0:r1, c0:c1] = y[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
+        out = self._run_tiles(x, tile_size)
         result = out[0, 0, e : e + h, e : e + w].float().cpu().numpy().copy()
         if not np.isfinite(result).all():  # never hand on NaN as if it were a result
             raise ValueError(
