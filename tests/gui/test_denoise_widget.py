@@ -83,15 +83,26 @@ def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path, model_file)
     w.layer_combo.value = viewer.layers["frame"]
     w.run()
     assert "frame denoised" not in viewer.layers
-    # a frame that is not counts, found by the worker: reported, and no layer is left
+    # a frame that is not counts, found by the worker: reported; the frames done before it
+    # are kept in a layer that says so, an empty result is not left behind
     w.model_file.value = model_file
-    bad_stack = np.zeros((2, 64, 64), np.float32)
-    bad_stack[1] = -1
+    bad_stack = np.zeros((3, 64, 64), np.float32)
+    bad_stack[2] = -1
     viewer.add_image(bad_stack, name="offset")
     w.layer_combo.value = viewer.layers["offset"]
     w.run()
     _wait(qtbot, w)
-    assert "negative" in w.info.value and "offset denoised" not in viewer.layers
+    assert "negative" in w.info.value and "2 finished frames kept" in w.info.value
+    kept = viewer.layers["offset denoised (failed: 2 of 3 frames)"]
+    np.testing.assert_allclose(kept.data[:2], w.load_denoiser().denoise(bad_stack[:2]), rtol=1e-6)
+    first_bad = np.zeros((2, 64, 64), np.float32)
+    first_bad[0] = -1
+    viewer.add_image(first_bad, name="offset0")
+    w.layer_combo.value = viewer.layers["offset0"]
+    w.run()
+    _wait(qtbot, w)
+    assert "negative" in w.info.value
+    assert not [ly.name for ly in viewer.layers if ly.name.startswith("offset0 denoised")]
     # detector units (a later frame): the message points at the dock's calibration fields
     bright = np.zeros((2, 64, 64), np.float32)
     bright[1] = 3000

@@ -369,11 +369,18 @@ class DenoiseWidget(DockWidget):
             show_info(f"denoising cancelled after {done} of {self._total} frames")
 
     def _failed(self, exc: BaseException | Failure) -> None:
-        if self.output_layer is not None and self.output_layer in self.viewer.layers:
-            self.viewer.layers.remove(self.output_layer)
+        layer = self.output_layer
+        done = layer.metadata.get("sbd_frames_done", 0) if layer is not None else 0
+        if layer is not None and layer in self.viewer.layers:
+            if done:  # frames finished before the failure are kept (hours, on a long movie)
+                layer.name = f"{layer.name} (failed: {done} of {self._total} frames)"
+                layer.refresh()
+            else:
+                self.viewer.layers.remove(layer)
         self.output_layer = None
-        show_error(f"denoising failed: {exc}")
-        self.info.value = wrap(f"denoising failed: {exc}")
+        kept = f" ({done} finished frames kept)" if done else ""
+        show_error(f"denoising failed{kept}: {exc}")
+        self.info.value = wrap(f"denoising failed{kept}: {exc}")
 
 
 def progress_text(done: int, total: int, elapsed_s: float) -> str:
