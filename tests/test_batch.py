@@ -402,9 +402,11 @@ def test_a_movie_without_a_pixel_size_is_named_and_takes_a_given_one(movie, tiny
     assert rows
     for r in rows:
         assert float(r["y_nm"]) == pytest.approx(float(r["row_px"]) * 0.00305, abs=1e-4)
-    # another pixel size is another job: the store is not resumed into
-    assert main([*base, "-o", str(out), "--pixel-size", "6.1"]) == 2
-    assert "already exists" in capsys.readouterr().err
+    # another pixel size is another job: the store is not resumed into, and what differs is said
+    assert main([*base, "-o", str(out), "--pixel-size", "6.1", "--quality", "best"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "already exists" in err and "--pixel-size 3.05, now 6.1" in err
+    assert "--quality fast, now best" in err and "the same options resume it" in err
 
 
 def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_path, model_path,

@@ -409,8 +409,9 @@ def _open_or_create(out: Path, ident: dict, den: Denoiser, pixel_size: float | N
         if group is not None:
             return group
         if not overwrite:
-            what = ("a different napari-sbd job" if _job_of(out)
-                    else "something that is not a napari-sbd output")
+            previous = _job_of(out)
+            what = ("a different napari-sbd job" + _job_difference(previous.get("job"), ident)
+                    if previous else "something that is not a napari-sbd output")
             raise BatchError(
                 f"the output {out} already exists and holds {what}; choose another name, or pass "
                 "--overwrite to replace it"
@@ -474,6 +475,45 @@ def _job_of(out: Path) -> dict | None:
         return dict(job) if isinstance(job, dict) and job else None
     except Exception:  # noqa: BLE001 - not a zarr store at all
         return None
+
+
+# How a job's recorded options read in words, and the option that sets each
+_JOB_OPTIONS = {
+    "input": "input file", "input_bytes": "input file's size", "input_mtime_ns":
+    "input file's modification time", "shape": "input's shape", "model_sha256": "model (--model)",
+    "columns": "--columns", "likelihood": "--likelihood", "tile": "--tile",
+    "ensemble": "--quality", "calibration": "--offset/--electrons-per-count",
+    "analysis": "column options", "pixel_size_pm": "--pixel-size",
+}
+
+
+def _job_difference(old: Any, new: dict) -> str:
+    """' (made with --tile 1024, now 2048)': what differs from the stored job, for a resume."""
+    if not isinstance(old, dict):
+        return ""
+    keys = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if not keys:
+        return ""
+    shown = []
+    for k in keys[:3]:
+        name = _JOB_OPTIONS.get(k, k)
+        if k in ("input_bytes", "input_mtime_ns", "model_sha256"):  # values say nothing to a user
+            shown.append(f"another {name}")
+        else:
+            shown.append(f"{name} {_option_text(k, old.get(k))}, now "
+                         f"{_option_text(k, new.get(k))}")
+    return (" (made with " + "; ".join(shown) + (" ..." if len(keys) > 3 else "")
+            + ": the same options resume it)")
+
+
+def _option_text(key: str, value: Any) -> str:
+    if key == "ensemble":
+        return "best" if value else "fast"
+    if isinstance(value, bool) or (value is None and key in ("columns", "likelihood")):
+        return "on" if value else "off"
+    if value is None:
+        return "unset"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def _resumable(out: Path, ident: dict):
