@@ -71,6 +71,23 @@ def test_tiny_run_logs_checkpoints_and_resumes(dataset, tmp_path):
     assert torch.load(out / "state.pt", weights_only=True)["cpu_seconds"] == pytest.approx(cpu[2], abs=1)
 
 
+def test_out_of_memory_is_one_line_that_names_the_options(dataset, tmp_path, capsys, monkeypatch):
+    import napari_sbd.training.loop as loop
+
+    def no_room(cfg):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 1.50 GiB (GPU 0; 3.81 GiB total)")
+
+    monkeypatch.setattr(loop, "train", no_room)
+    args = [str(dataset), "--out", str(tmp_path / "run"), *TINY]
+    assert main(args) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "out of GPU memory with batches of" in err and "--batch" in err and "--resume" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(loop, "train", lambda cfg: (_ for _ in ()).throw(RuntimeError("bug")))
+    with pytest.raises(RuntimeError, match="bug"):  # anything else is not hidden
+        main(args)
+
+
 def test_resume_reproduces_an_uninterrupted_run(dataset, tmp_path):
     base = [str(dataset), "--val-fraction", "0.25", *TINY]
     assert main([*base, "--out", str(tmp_path / "a"), "--epochs", "2"]) == 0

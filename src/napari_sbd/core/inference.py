@@ -220,7 +220,7 @@ def estimate_contrast(frames: Any, pixel_size_pm: float | None = None,
     return "white" if polarity == "bright" else "black"
 
 
-def _out_of_memory(exc: BaseException) -> bool:
+def is_out_of_memory(exc: BaseException) -> bool:
     """Whether an exception from a network pass is an allocation failure (GPU or CPU)."""
     if isinstance(exc, MemoryError) or exc.__class__.__name__ == "OutOfMemoryError":
         return True
@@ -584,7 +584,7 @@ class Denoiser:
                     out[..., r0:r1, c0:c1] = y[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
                 return out
             except (MemoryError, RuntimeError) as exc:
-                if not _out_of_memory(exc):
+                if not is_out_of_memory(exc):
                     raise
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()

@@ -84,6 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("napari-sbd-train: interrupted; continue with the same command plus --resume",
               file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as exc:
+        from napari_sbd.core.inference import is_out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"napari-sbd-train: error: out of {'GPU' if 'CUDA' in str(exc) else 'CPU'} memory "
+              f"with batches of {cfg.batch} patches of {cfg.patch}x{cfg.patch} (validation "
+              f"crops {cfg.val_crop}x{cfg.val_crop}): free the device, or start a new run "
+              "(another --out) with a smaller --batch, --patch or --val-crop; the epochs "
+              "finished here are kept (--resume continues them)", file=sys.stderr)
+        return 1
     if summary.get("epochs") is not None:
         print(f"best validation PSNR {summary['best_val_psnr']:.2f} dB after "
               f"{summary['epochs']} epochs ({summary['stopped']}); checkpoints in {summary['out']}")
