@@ -83,6 +83,33 @@ def test_ensemble_filter_identity_and_symmetry(model, frame):
                                den[::-1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("pixel_pm, ensemble", [(3.0, False), (2.0, False), (3.0, True)],
+                         ids=["binned-2x2", "binned-3x3", "binned-ensemble"])
+def test_filter_of_a_frame_binned_into_the_models_range(model, frame, pixel_pm, ensemble):
+    """Finer than the model's range: the filter of bin -> network -> interpolation back."""
+    env = Denoiser(model.network, {"dose": 0.45, "pixel_size_range_pm": [5.0, 10.0]})
+    assert env.binning_for(pixel_pm) == int(np.ceil(5.0 / pixel_pm))
+    den = env.denoise(frame, tile_size=None, pixel_size_pm=pixel_pm, ensemble=ensemble)
+    rng = np.random.default_rng(0)
+    step = np.abs(rng.normal(size=frame.shape)).astype(np.float32) * 0.02  # counts stay >= 0
+    ahead = env.denoise(frame + step, tile_size=None, pixel_size_pm=pixel_pm, ensemble=ensemble)
+    for pixel in [(75, 86), (0, 0), (149, 172), (1, 171)]:
+        filt, (r0, c0) = effective_filter(env, frame, pixel, ensemble=ensemble,
+                                          pixel_size_pm=pixel_pm)
+        crop = (slice(r0, r0 + filt.shape[0]), slice(c0, c0 + filt.shape[1]))
+        # Euler's identity for the whole pipeline (it is bias-free too)
+        assert float((filt.astype(np.float64) * frame[crop]).sum()) == pytest.approx(
+            float(den[pixel]), rel=1e-4)
+        # and every direction, not only y's: a small step moves the output by filter . step
+        moved = float(ahead[pixel] - den[pixel])
+        assert float((filt.astype(np.float64) * step[crop]).sum()) == pytest.approx(
+            moved, rel=0.05, abs=1e-6)
+    # the plain network's filter is another function's: it does not reproduce the binned output
+    filt, (r0, c0) = effective_filter(env, frame, (75, 86), ensemble=ensemble)
+    plain = float((filt.astype(np.float64) * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())
+    assert abs(plain - float(den[75, 86])) > 1e-3 * abs(float(den[75, 86]))
+
+
 def test_filter_refuses_data_that_are_not_counts_like_denoising_does(model):
     from napari_sbd.core.inputs import InputError
 

@@ -143,6 +143,39 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 2
 
 
+def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer, qtbot, tiny_unet,
+                                                             tmp_path):
+    """A frame finer than the model's range was binned: the filter is of that computation."""
+    from napari_sbd.core.checkpoint import save_checkpoint
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    path = save_checkpoint(tmp_path / "env.pt", tiny_unet, architecture="bf_unet",
+                           params={"scales": 2, "base": 4}, dose=0.45, pixel_size_pm=6.1,
+                           contrast="white", extra={"pixel_size_range_pm": [5.0, 10.0]})
+    viewer = make_napari_viewer()
+    frame = np.random.default_rng(1).poisson(0.45, (96, 96)).astype(np.float32)
+    raw = viewer.add_image(frame, name="fine")  # in pixels: the Denoise dock is told 3.05 pm
+    den_w = DenoiseWidget(viewer)
+    den_w.model_combo.value = FILE_CHOICE
+    den_w.model_file.value = path
+    den_w.layer_combo.value = raw
+    den_w.pixel.value = 3.05
+    den_w.run()
+    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    denoised = np.asarray(viewer.layers["fine denoised"].data)
+    w = FilterWidget(viewer)
+    w.model.source.value = FILE_CHOICE
+    w.model.file.value = path
+    w.raw_combo.value = raw
+    w.compute_at((40, 50))
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and w.worker is None, timeout=30_000)
+    layer = viewer.layers[FILTER_LAYER]
+    r0, c0 = layer.metadata["origin"]
+    filt = np.asarray(layer.data, np.float64)
+    value = float((filt * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())
+    assert value == pytest.approx(float(denoised[40, 50]), rel=1e-4)  # f(y) = J(y) y
+
+
 @pytest.mark.parametrize("name", ["multi_signal.dm3", "test-1.dm4", "fei_example_tem_stack.emd",
                                   "64x64_TEM_images_acquire_1.ser", "Custom_movie.mrc"])
 def test_napari_opens_each_format_with_our_reader(make_napari_viewer, name):

@@ -18,6 +18,12 @@ For the ensemble ("best" quality: the network averaged over the 8 rotations
 and flips of the frame), each term T^-1 f(T y) is bias-free too, so its filter
 is the filter of f at the transformed pixel, transformed back; the ensemble's
 filter is their average and f(y) = J(y) y still holds exactly.
+
+A frame finer than a model's pixel-size range is denoised as U f(B y) (B sums
+k x k blocks, U interpolates back bilinearly and divides by k^2; both linear):
+its filter is the filters of f at the (at most four) binned pixels U reads,
+weighted as U weights them, then spread back over each bin's k x k pixels. The
+identity f(y) = J(y) y holds for that pipeline too.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from napari_sbd.core.inference import (
     DIHEDRAL,
     EDGE_PAD,
     Denoiser,
+    bin_counts,
     dihedral,
     dihedral_inverse,
     padded_index,
@@ -70,7 +77,8 @@ def filter_crop(
 
 
 def effective_filter(
-    model: Denoiser, noisy: np.ndarray, pixel: tuple[int, int], *, ensemble: bool = False
+    model: Denoiser, noisy: np.ndarray, pixel: tuple[int, int], *, ensemble: bool = False,
+    pixel_size_pm: float | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Gradient of the denoised pixel ``(row, col)`` with respect to the noisy frame.
 
@@ -85,6 +93,10 @@ def effective_filter(
     ensemble : bool
         The filter of the 8-fold rotation/flip ensemble
         (``Denoiser.denoise(..., ensemble=True)``) instead of the plain network.
+    pixel_size_pm : float, optional
+        The frame's pixel size, as given to ``Denoiser.denoise``: a frame finer
+        than the model's pixel-size range was binned into it, and the filter is
+        the one of that whole computation (binning, network, interpolation back).
 
     Returns
     -------
@@ -98,9 +110,54 @@ def effective_filter(
     r, c = (int(v) for v in pixel)
     if not (0 <= r < h and 0 <= c < w):
         raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
+    k = model.binning_for(pixel_size_pm)
+    if k > 1:
+        return _binned_filter(model, frame, (r, c), k, ensemble)
     if ensemble:
         return _ensemble_filter(model, frame, (r, c))
     return _filter(model, frame, (r, c))
+
+
+def _unbin_weights(p: int, k: int, n_binned: int) -> list[tuple[int, float]]:
+    """Return the binned pixels and weights :func:`~napari_sbd.core.inference.unbin` reads for p.
+
+    Bilinear interpolation at ``(p + 0.5) / k - 0.5``, coordinates beyond the
+    first and last binned pixel clamped to them (``mode="nearest"``).
+    """
+    x = min(max((p + 0.5) / k - 0.5, 0.0), n_binned - 1.0)
+    lo = math.floor(x)
+    t = x - lo
+    out = [(lo, 1.0 - t)]
+    if t > 0 and lo + 1 < n_binned:
+        out.append((lo + 1, t))
+    return out
+
+
+def _binned_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int], k: int,
+                   ensemble: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """Return the filter of unbin(f(bin(y))) at ``pixel`` (see the module docstring)."""
+    h, w = frame.shape
+    binned = bin_counts(frame, k)
+    hb, wb = binned.shape
+    acc = np.zeros((hb, wb), np.float64)
+    one = _ensemble_filter if ensemble else _filter
+    for qr, wr in _unbin_weights(pixel[0], k, hb):
+        for qc, wc in _unbin_weights(pixel[1], k, wb):
+            filt, (r0, c0) = one(model, binned, (qr, qc))
+            acc[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] += wr * wc * filt
+    acc /= k * k
+    # each bin summed its k x k pixels (the frame mirror-padded to a multiple of k, as
+    # bin_counts does): every pixel, mirrored copies included, gets its bin's weight
+    src_r = np.pad(np.arange(h), (0, -h % k), mode="symmetric")
+    src_c = np.pad(np.arange(w), (0, -w % k), mode="symmetric")
+    full = np.zeros((h, w), np.float64)
+    rr, cc = np.meshgrid(src_r, src_c, indexing="ij")
+    np.add.at(full, (rr, cc), np.repeat(np.repeat(acc, k, axis=0), k, axis=1))
+    rows, cols = np.nonzero(full)
+    if len(rows) == 0:
+        return np.zeros((1, 1), np.float32), pixel
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    return full[r0:r1, c0:c1].astype(np.float32), (int(r0), int(c0))
 
 
 def _ensemble_filter(model: Denoiser, frame: np.ndarray,

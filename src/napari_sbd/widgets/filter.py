@@ -104,7 +104,7 @@ class FilterWidget(DockWidget):
             self.worker.quit()
         row, col = pos[-2:]
         worker = create_worker(_filter_safely, model, frame, (row, col),
-                               ensemble=self._ensemble_of(raw))
+                               ensemble=self._ensemble_of(raw), pixel_size_pm=self._pixel_of(raw))
         # "computing" only for a click that takes a while (best quality, a slow machine): on
         # a fast one, redrawing the dock twice per click cost more than the label was worth
         QTimer.singleShot(COMPUTING_NOTE_MS, lambda: self._computing(worker, row, col))
@@ -150,6 +150,19 @@ class FilterWidget(DockWidget):
             and (ly.metadata or {}).get("sbd_ensemble")
             for ly in self.viewer.layers
         )
+
+    def _pixel_of(self, raw: Any) -> float | None:
+        """Return the pixel size ``raw`` was denoised at (finer frames are binned into a model).
+
+        The one the Denoise dock recorded in its result (typed in there for a layer
+        in pixels), else the raw layer's own.
+        """
+        for ly in self.viewer.layers:
+            if (ly.metadata or {}).get("sbd_source_layer") == raw.name:
+                px = pixel_size_pm(ly)
+                if px:
+                    return px
+        return pixel_size_pm(raw)
 
     def _done(self, worker: Any) -> None:
         if self.worker is worker:
