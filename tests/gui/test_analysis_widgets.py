@@ -176,6 +176,49 @@ def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer,
     assert value == pytest.approx(float(denoised[40, 50]), rel=1e-4)  # f(y) = J(y) y
 
 
+def test_filter_and_likelihood_see_the_counts_the_network_saw(make_napari_viewer, qtbot,
+                                                              tiny_model_file):
+    """Detector units calibrated in the Denoise dock: the other docks apply the same calibration."""
+    from napari_sbd.core.analysis import analyse_frame
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    ph = pt_on_ceo2_phantom((128, 128), particle_radius_a=4.0, seed=2)
+    counts = np.random.default_rng(3).poisson(np.broadcast_to(ph.image, (2, 128, 128)))
+    raw = viewer.add_image((counts * 2.0 + 100.0).astype(np.float32), name="detector",
+                           scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"))
+    den_w = DenoiseWidget(viewer)
+    den_w.model_combo.value = FILE_CHOICE
+    den_w.model_file.value = tiny_model_file
+    den_w.layer_combo.value = raw
+    den_w.offset.value, den_w.gain.value = 100.0, 0.5
+    den_w.run()
+    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    den = viewer.layers["detector denoised"]
+    filt_w = FilterWidget(viewer)
+    filt_w.model.source.value = FILE_CHOICE
+    filt_w.model.file.value = tiny_model_file
+    filt_w.raw_combo.value = raw
+    filt_w.compute_at((1, 60, 64))
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and filt_w.worker is None,
+                    timeout=30_000)
+    layer = viewer.layers[FILTER_LAYER]
+    r0, c0 = layer.metadata["origin"]
+    filt = np.asarray(layer.data, np.float64)
+    value = float((filt * counts[1, r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())
+    assert value == pytest.approx(float(np.asarray(den.data)[1, 60, 64]), rel=1e-4)
+    col_w = ColumnsWidget(viewer)
+    col_w.denoised_combo.value, col_w.raw_combo.value = den, raw
+    col_w.vacuum_spin.value = 0.45
+    col_w.run()
+    qtbot.waitUntil(lambda: col_w.worker is None, timeout=30_000)
+    assert col_w.result is not None, col_w.summary.value
+    frame = int(col_w.result.frame)
+    expected = analyse_frame(counts[frame].astype(np.float32), np.asarray(den.data)[frame],
+                             6.1, frame=frame, vacuum_level=0.45)
+    np.testing.assert_allclose(col_w.result.llr, expected.llr, rtol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["multi_signal.dm3", "test-1.dm4", "fei_example_tem_stack.emd",
                                   "64x64_TEM_images_acquire_1.ser", "Custom_movie.mrc"])
 def test_napari_opens_each_format_with_our_reader(make_napari_viewer, name):

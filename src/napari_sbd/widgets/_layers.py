@@ -53,6 +53,30 @@ def copy_geometry(layer: Any) -> dict[str, Any]:
     }
 
 
+def denoised_from(viewer: Any, raw: Any) -> Any:
+    """Return the first layer the Denoise dock made from ``raw`` (by its metadata), or None."""
+    for ly in viewer.layers:
+        if ly is not raw and (ly.metadata or {}).get("sbd_source_layer") == raw.name:
+            return ly
+    return None
+
+
+def raw_counts(raw: Any, denoised: Any = None) -> Any:
+    """``raw``'s data as electron counts: with the calibration that made ``denoised`` from it.
+
+    The Denoise dock records the detector offset and electrons per count it
+    applied (``sbd_calibration``); the likelihood and the effective filter must
+    see the same counts the network saw. A lazy view (never a copy of the movie).
+    """
+    from napari_sbd.core.inputs import calibrated
+
+    md = (getattr(denoised, "metadata", None) or {}) if denoised is not None else {}
+    cal = md.get("sbd_calibration") if md.get("sbd_source_layer") == raw.name else None
+    if not cal:
+        return raw.data
+    return calibrated(raw.data, float(cal["offset"]), float(cal["electrons_per_count"]))
+
+
 def current_frame_index(viewer: Any, layer: Any) -> int:
     """Index of the frame of a (T, H, W) layer shown by the viewer's slider."""
     if layer.data.ndim < 3:

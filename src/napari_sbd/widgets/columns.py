@@ -37,6 +37,7 @@ from napari_sbd.widgets._layers import (
     own_mark,
     pixel_size_pm,
     plane_geometry,
+    raw_counts,
     show_colorbar,
     unique_layer_name,
 )
@@ -255,7 +256,7 @@ class ColumnsWidget(DockWidget):
                       threshold=self.threshold_spin.value, vacuum_floor=self.floor_spin.value or None)
         vacuum = self.vacuum_spin.value or None
         self.worker = create_worker(
-            analyse_frame_safely, _frame(raw.data, index), _frame(den.data, index), index,
+            analyse_frame_safely, _frame(raw_counts(raw, den), index), _frame(den.data, index), index,
             self.pixel_spin.value, detect, vacuum, self.radius_spin.value,
             _progress={"desc": f"Columns, frame {index}"},
         )
@@ -298,7 +299,7 @@ class ColumnsWidget(DockWidget):
         self._movie: dict[int, FrameAnalysis] = {}
         self._movie_layer = den
         self.worker = create_worker(
-            _analyse_all, raw.data, den.data, self.pixel_spin.value, self._detect_options(),
+            _analyse_all, raw_counts(raw, den), den.data, self.pixel_spin.value, self._detect_options(),
             self.vacuum_spin.value or None, self.radius_spin.value,
             _progress={"total": n, "desc": f"Columns of {n} frames"},
         )

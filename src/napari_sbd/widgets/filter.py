@@ -16,6 +16,7 @@ from napari_sbd.core.inference import Denoiser, estimate_contrast, estimate_dose
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.widgets._layers import (
     DockWidget,
+    denoised_from,
     diverging_overlay_colormap,
     dock_layout,
     image_layers,
@@ -24,6 +25,7 @@ from napari_sbd.widgets._layers import (
     pixel_size_pm,
     plane_geometry,
     qt_alive,
+    raw_counts,
     show_colorbar,
     unique_layer_name,
 )
@@ -94,7 +96,8 @@ class FilterWidget(DockWidget):
         if any(p < 0 or p >= n for p, n in zip(pos, shape)):
             return  # a click outside the image: nothing to explain
         frame_index = pos[0] if raw.data.ndim == 3 else 0
-        frame = np.asarray(raw.data[frame_index] if raw.data.ndim == 3 else raw.data)
+        counts = raw_counts(raw, denoised_from(self.viewer, raw))  # what the network saw
+        frame = np.asarray(counts[frame_index] if raw.data.ndim == 3 else counts, np.float32)
         try:
             model = self._model_for(raw)
         except (CheckpointError, ValueError) as exc:
@@ -140,8 +143,9 @@ class FilterWidget(DockWidget):
                     return self._recorded[path]
         if not self.model.is_auto:  # the estimates only steer auto: not on every click
             return self.model.load()
-        pixel = pixel_size_pm(raw)
-        return self.model.load(estimate_dose(raw.data), pixel, estimate_contrast(raw.data, pixel))
+        pixel = self._pixel_of(raw)
+        counts = raw_counts(raw, denoised_from(self.viewer, raw))
+        return self.model.load(estimate_dose(counts), pixel, estimate_contrast(counts, pixel))
 
     def _ensemble_of(self, raw: Any) -> bool:
         """Whether the plugin denoised ``raw`` at best quality (the filter must match it)."""
@@ -157,12 +161,8 @@ class FilterWidget(DockWidget):
         The one the Denoise dock recorded in its result (typed in there for a layer
         in pixels), else the raw layer's own.
         """
-        for ly in self.viewer.layers:
-            if (ly.metadata or {}).get("sbd_source_layer") == raw.name:
-                px = pixel_size_pm(ly)
-                if px:
-                    return px
-        return pixel_size_pm(raw)
+        den = denoised_from(self.viewer, raw)
+        return (pixel_size_pm(den) if den is not None else None) or pixel_size_pm(raw)
 
     def _done(self, worker: Any) -> None:
         if self.worker is worker:
