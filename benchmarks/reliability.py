@@ -169,6 +169,13 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], Outcome], str, Callabl
         ("denoise", "`--vacuum-level -1`", lambda: run(*dn, "-o", str(tmp / "d5.zarr"),
                                                        "--vacuum-level", "-1"),
          "need > 0", lambda: not (tmp / "d5.zarr").exists()),
+        ("denoise", "`--pixel-size 0`", lambda: run(*dn, "-o", str(tmp / "d8.zarr"),
+                                                    "--pixel-size", "0"),
+         "need > 0", lambda: not (tmp / "d8.zarr").exists()),
+        ("denoise", "a half-done store resumed with another `--tile`", lambda: (
+            run(*dn, "-o", str(tmp / "d9.zarr"), "--tile", "1024"),
+            run(*dn, "-o", str(tmp / "d9.zarr")))[1],
+         "made with --tile 1024, now 2048", lambda: (tmp / "d9.zarr" / ".sbd").is_dir()),
         ("denoise", "uint16 frames with a 100-count offset", lambda: run(
             "denoise", str(offset), "-o", str(tmp / "d6.zarr"), "--model", str(tiny), "--quiet"),
          "do not look like counts", lambda: not (tmp / "d6.zarr").exists()),
