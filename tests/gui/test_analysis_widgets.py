@@ -219,6 +219,45 @@ def test_filter_and_likelihood_see_the_counts_the_network_saw(make_napari_viewer
     np.testing.assert_allclose(col_w.result.llr, expected.llr, rtol=1e-5)
 
 
+def test_a_4d_layers_denoised_block_is_what_the_other_docks_read(make_napari_viewer, qtbot,
+                                                                 tiny_model_file):
+    """(position, T, H, W): columns and filter follow the block the Denoise dock denoised."""
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    ph = pt_on_ceo2_phantom((128, 128), particle_radius_a=4.0, seed=2)
+    data = np.random.default_rng(5).poisson(np.broadcast_to(ph.image, (2, 2, 128, 128)))
+    raw = viewer.add_image(data.astype(np.float32), name="series",
+                           scale=(1, 1, 0.061, 0.061), units=("pixel",) * 2 + ("angstrom",) * 2)
+    viewer.dims.set_current_step(0, 1)
+    den_w = DenoiseWidget(viewer)
+    den_w.model_combo.value = FILE_CHOICE
+    den_w.model_file.value = tiny_model_file
+    den_w.layer_combo.value = raw
+    den_w.run()
+    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    den = viewer.layers["series [1] denoised"]
+    col_w = ColumnsWidget(viewer)
+    col_w.denoised_combo.value = den
+    assert col_w.raw_combo.value is raw
+    col_w.vacuum_spin.value = 0.45
+    col_w.run()
+    qtbot.waitUntil(lambda: col_w.worker is None, timeout=30_000)
+    assert col_w.result is not None, col_w.summary.value
+    filt_w = FilterWidget(viewer)
+    filt_w.model.source.value = FILE_CHOICE
+    filt_w.model.file.value = tiny_model_file
+    filt_w.raw_combo.value = raw
+    filt_w.compute_at((1, 1, 60, 64))
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and filt_w.worker is None,
+                    timeout=30_000)
+    layer = viewer.layers[FILTER_LAYER]
+    r0, c0 = layer.metadata["origin"]
+    filt = np.asarray(layer.data, np.float64)
+    value = float((filt * data[1, 1, r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())
+    assert value == pytest.approx(float(np.asarray(den.data)[1, 60, 64]), rel=1e-4)
+
+
 @pytest.mark.parametrize("name", ["multi_signal.dm3", "test-1.dm4", "fei_example_tem_stack.emd",
                                   "64x64_TEM_images_acquire_1.ser", "Custom_movie.mrc"])
 def test_napari_opens_each_format_with_our_reader(make_napari_viewer, name):

@@ -62,19 +62,24 @@ def denoised_from(viewer: Any, raw: Any) -> Any:
 
 
 def raw_counts(raw: Any, denoised: Any = None) -> Any:
-    """``raw``'s data as electron counts: with the calibration that made ``denoised`` from it.
+    """``raw``'s data as the electron counts that made ``denoised`` from it.
 
     The Denoise dock records the detector offset and electrons per count it
-    applied (``sbd_calibration``); the likelihood and the effective filter must
-    see the same counts the network saw. A lazy view (never a copy of the movie).
+    applied (``sbd_calibration``) and, for a 4-D layer, the (T, H, W) block it
+    denoised (``sbd_block``); the likelihood and the effective filter must see
+    the same counts the network saw. A lazy view (never a copy of the movie).
     """
     from napari_sbd.core.inputs import calibrated
 
     md = (getattr(denoised, "metadata", None) or {}) if denoised is not None else {}
-    cal = md.get("sbd_calibration") if md.get("sbd_source_layer") == raw.name else None
-    if not cal:
+    if md.get("sbd_source_layer") != raw.name:
         return raw.data
-    return calibrated(raw.data, float(cal["offset"]), float(cal["electrons_per_count"]))
+    data = raw.data
+    block = md.get("sbd_block") or []
+    if block and data.ndim == len(block) + denoised.data.ndim:
+        data = data[tuple(int(i) for i in block)]
+    cal = md.get("sbd_calibration") or {}
+    return calibrated(data, float(cal.get("offset", 0.0)), float(cal.get("electrons_per_count", 1.0)))
 
 
 def current_frame_index(viewer: Any, layer: Any) -> int:

@@ -241,7 +241,8 @@ class ColumnsWidget(DockWidget):
             self._fail(f"'{den.name}' is chosen as both the denoised and the raw layer: denoise it "
                        "first (Denoise dock), then pick the result and its raw layer")
             return
-        if den.data.shape != raw.data.shape:
+        counts = raw_counts(raw, den)  # the counts (block, calibration) the network saw
+        if den.data.shape != counts.shape:
             self._fail(f"'{den.name}' {den.data.shape} and '{raw.name}' {raw.data.shape} differ in "
                        "shape: pick the raw layer that was denoised")
             return
@@ -256,7 +257,7 @@ class ColumnsWidget(DockWidget):
                       threshold=self.threshold_spin.value, vacuum_floor=self.floor_spin.value or None)
         vacuum = self.vacuum_spin.value or None
         self.worker = create_worker(
-            analyse_frame_safely, _frame(raw_counts(raw, den), index), _frame(den.data, index), index,
+            analyse_frame_safely, _frame(counts, index), _frame(den.data, index), index,
             self.pixel_spin.value, detect, vacuum, self.radius_spin.value,
             _progress={"desc": f"Columns, frame {index}"},
         )
@@ -277,7 +278,7 @@ class ColumnsWidget(DockWidget):
         if den is None or raw is None:
             self._fail("choose the denoised layer and the raw layer it came from")
             return None
-        if den is raw or den.data.shape != raw.data.shape:
+        if den is raw or den.data.shape != raw_counts(raw, den).shape:
             self._fail("pick a denoised layer and the raw layer of the same shape it came from")
             return None
         return den, raw

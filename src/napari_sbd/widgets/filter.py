@@ -88,16 +88,18 @@ class FilterWidget(DockWidget):
     def compute_at(self, position: tuple[int, ...]) -> None:
         """Compute the filter at a data position of the raw layer ((t,) row, col)."""
         raw = self.raw_combo.value
-        if raw is None or getattr(raw, "rgb", False) or raw.data.ndim not in (2, 3):
-            self._fail("choose the single-channel raw layer that was denoised")
+        # what the network saw: the block of a 4-D layer that was denoised, calibrated
+        counts = raw_counts(raw, denoised_from(self.viewer, raw)) if raw is not None else None
+        if raw is None or getattr(raw, "rgb", False) or counts.ndim not in (2, 3):
+            self._fail("choose the single-channel raw layer that was denoised (a 4-D layer: "
+                       "denoise its block on screen first, the filter follows that block)")
             return
-        shape = raw.data.shape
-        pos = position[-raw.data.ndim:]
+        shape = counts.shape
+        pos = position[-counts.ndim:]
         if any(p < 0 or p >= n for p, n in zip(pos, shape)):
             return  # a click outside the image: nothing to explain
-        frame_index = pos[0] if raw.data.ndim == 3 else 0
-        counts = raw_counts(raw, denoised_from(self.viewer, raw))  # what the network saw
-        frame = np.asarray(counts[frame_index] if raw.data.ndim == 3 else counts, np.float32)
+        frame_index = pos[0] if counts.ndim == 3 else 0
+        frame = np.asarray(counts[frame_index] if counts.ndim == 3 else counts, np.float32)
         try:
             model = self._model_for(raw)
         except (CheckpointError, ValueError) as exc:
