@@ -89,8 +89,8 @@ class FilterWidget(DockWidget):
         """Compute the filter at a data position of the raw layer ((t,) row, col)."""
         raw = self.raw_combo.value
         # what the network saw: the block of a 4-D layer that was denoised, calibrated
-        counts = raw_counts(raw, denoised_from(self.viewer, raw)) if raw is not None else None
-        if raw is None or getattr(raw, "rgb", False) or counts.ndim not in (2, 3):
+        counts: Any = raw_counts(raw, denoised_from(self.viewer, raw)) if raw is not None else None
+        if counts is None or getattr(raw, "rgb", False) or counts.ndim not in (2, 3):
             self._fail("choose the single-channel raw layer that was denoised (a 4-D layer: "
                        "denoise its block on screen first, the filter follows that block)")
             return
