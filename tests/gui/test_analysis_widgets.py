@@ -258,6 +258,40 @@ def test_a_4d_layers_denoised_block_is_what_the_other_docks_read(make_napari_vie
     assert value == pytest.approx(float(np.asarray(den.data)[1, 60, 64]), rel=1e-4)
 
 
+def test_the_filter_follows_the_result_on_view_fast_or_best(make_napari_viewer, qtbot,
+                                                            tiny_model_file):
+    """A raw layer denoised twice (fast, then best): the filter is the one of the result shown."""
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    frame = np.random.default_rng(4).poisson(0.45, (64, 64)).astype(np.float32)
+    raw = viewer.add_image(frame, name="shot")
+    den_w = DenoiseWidget(viewer)
+    den_w.model_combo.value = FILE_CHOICE
+    den_w.model_file.value = tiny_model_file
+    den_w.layer_combo.value = raw
+    for quality in ("fast", "best (8x slower)"):
+        den_w.quality.value = quality
+        den_w.run()
+        qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    fast, best = viewer.layers["shot denoised"], viewer.layers["shot denoised [2]"]
+    filt_w = FilterWidget(viewer)
+    filt_w.model.source.value = FILE_CHOICE
+    filt_w.model.file.value = tiny_model_file
+    filt_w.raw_combo.value = raw
+    for result in (fast, best, fast):
+        viewer.layers.selection.active = result
+        filt_w.compute_at((30, 33))
+        qtbot.waitUntil(lambda: filt_w.worker is None and FILTER_LAYER in viewer.layers,
+                        timeout=30_000)
+        layer = viewer.layers[FILTER_LAYER]
+        r0, c0 = layer.metadata["origin"]
+        filt = np.asarray(layer.data, np.float64)
+        value = float((filt * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())
+        assert value == pytest.approx(float(np.asarray(result.data)[30, 33]), rel=1e-4), result.name
+    assert abs(float(fast.data[30, 33]) - float(best.data[30, 33])) > 1e-4  # two estimators
+
+
 @pytest.mark.parametrize("name", ["multi_signal.dm3", "test-1.dm4", "fei_example_tem_stack.emd",
                                   "64x64_TEM_images_acquire_1.ser", "Custom_movie.mrc"])
 def test_napari_opens_each_format_with_our_reader(make_napari_viewer, name):

@@ -54,11 +54,22 @@ def copy_geometry(layer: Any) -> dict[str, Any]:
 
 
 def denoised_from(viewer: Any, raw: Any) -> Any:
-    """Return the first layer the Denoise dock made from ``raw`` (by its metadata), or None."""
-    for ly in viewer.layers:
-        if ly is not raw and (ly.metadata or {}).get("sbd_source_layer") == raw.name:
-            return ly
-    return None
+    """Return the result of the Denoise dock made from ``raw`` that the user is looking at.
+
+    Of the layers whose metadata name ``raw`` as their source: the selected one,
+    else the top-most visible one, else the top-most; None when there is none. A
+    filter or a likelihood must follow that result's model, quality, pixel size
+    and calibration (``raw`` may have been denoised twice, fast and best).
+    """
+    made = [ly for ly in viewer.layers
+            if ly is not raw and (ly.metadata or {}).get("sbd_source_layer") == raw.name]
+    if not made:
+        return None
+    active = viewer.layers.selection.active
+    if active in made:
+        return active
+    shown = [ly for ly in made if ly.visible]
+    return (shown or made)[-1]  # the layer list's last is drawn on top
 
 
 def raw_counts(raw: Any, denoised: Any = None) -> Any:

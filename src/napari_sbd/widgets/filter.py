@@ -135,27 +135,23 @@ class FilterWidget(DockWidget):
         with "auto" that is the model recorded in the layer the Denoise dock
         made from ``raw``, or, before any, the one auto picks for ``raw``.
         """
-        if self.model.is_auto:
-            for ly in self.viewer.layers:
-                md = ly.metadata or {}
-                path = str((md.get("sbd_model") or {}).get("path") or "")
-                if md.get("sbd_source_layer") == raw.name and Path(path).is_file():
-                    if path not in self._recorded:
-                        self._recorded[path] = load_model(path, device=self.model.device.value)
-                    return self._recorded[path]
         if not self.model.is_auto:  # the estimates only steer auto: not on every click
             return self.model.load()
+        den = denoised_from(self.viewer, raw)
+        md = (den.metadata or {}) if den is not None else {}
+        path = str((md.get("sbd_model") or {}).get("path") or "")
+        if path and Path(path).is_file():
+            if path not in self._recorded:
+                self._recorded[path] = load_model(path, device=self.model.device.value)
+            return self._recorded[path]
         pixel = self._pixel_of(raw)
-        counts = raw_counts(raw, denoised_from(self.viewer, raw))
+        counts = raw_counts(raw, den)
         return self.model.load(estimate_dose(counts), pixel, estimate_contrast(counts, pixel))
 
     def _ensemble_of(self, raw: Any) -> bool:
-        """Whether the plugin denoised ``raw`` at best quality (the filter must match it)."""
-        return any(
-            (ly.metadata or {}).get("sbd_source_layer") == raw.name
-            and (ly.metadata or {}).get("sbd_ensemble")
-            for ly in self.viewer.layers
-        )
+        """Whether the result on view was denoised at best quality (the filter must match it)."""
+        den = denoised_from(self.viewer, raw)
+        return bool(den is not None and (den.metadata or {}).get("sbd_ensemble"))
 
     def _pixel_of(self, raw: Any) -> float | None:
         """Return the pixel size ``raw`` was denoised at (finer frames are binned into a model).
