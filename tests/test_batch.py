@@ -218,6 +218,34 @@ def test_tiff_frames_are_read_one_by_one(tmp_path, compression):
         np.testing.assert_array_equal(frames[i], stack[i])
 
 
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_4d_file_is_denoised_one_movie_at_a_time(tmp_path, model_path, capsys, compression):
+    """(series, T, H, W): --block picks the movie; without it, one clear message."""
+    series = np.random.default_rng(6).poisson(0.45, (3, 4, 40, 48)).astype(np.uint16)
+    path = tmp_path / "series.tif"
+    tifffile.imwrite(path, series, compression=compression, metadata={"axes": "ZTYX"})
+    base = [str(path), "--model", str(model_path), "--quiet"]
+    assert main([*base, "-o", str(tmp_path / "a.zarr")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "holds 3 movies of 4 frames" in err and "--block I, I from 0 to 2" in err
+    assert not (tmp_path / "a.zarr").exists()
+    assert main([*base, "-o", str(tmp_path / "a.zarr"), "--block", "3"]) == 2
+    out = tmp_path / "b.zarr"
+    assert main([*base, "-o", str(out), "--block", "2"]) == 0
+    g = zarr.open_group(str(out), mode="r")
+    np.testing.assert_array_equal(g["denoised"][:],
+                                  load_model(model_path, device="cpu").denoise(series[2]))
+    assert g.attrs["napari_sbd"]["job"]["block"] == 2
+    # another movie of the series is another job; --block on a plain stack is refused
+    assert main([*base, "-o", str(out), "--block", "1"]) == 2
+    assert "--block 2, now 1" in " ".join(capsys.readouterr().err.split())
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, series[0])
+    assert main([str(stack), "--model", str(model_path), "--quiet", "-o", str(tmp_path / "c.zarr"),
+                 "--block", "0"]) == 2
+    assert "--block picks a movie of a 4-D file" in capsys.readouterr().err
+
+
 def test_processes_starting_together_share_one_store(movie, model_path, tmp_path):
     path, stack = movie
     out = tmp_path / "race.zarr"

@@ -77,6 +77,20 @@ def test_imagej_tiff_pixel_size(tmp_path):
     assert kwargs["metadata"]["pixel_size_pm"] == pytest.approx(6.1, rel=1e-3)
 
 
+def test_a_4d_imagej_series_keeps_its_axes_and_pixel_size(tmp_path):
+    """(series, T, H, W): one layer (the docks work on the movie on screen)."""
+    path = tmp_path / "series.tif"
+    tifffile.imwrite(path, np.zeros((2, 3, 16, 16), np.uint16), imagej=True,
+                     resolution=(1 / 0.0061, 1 / 0.0061), metadata={"unit": "nm", "axes": "TZYX"})
+    data, kwargs, _ = read_file(str(path))[0]
+    assert data.shape == (2, 3, 16, 16)
+    assert kwargs["scale"] == pytest.approx((1, 1, 0.061, 0.061), rel=1e-3)
+    with pytest.raises(ReaderError, match="4-D series of stacks"):
+        bad = tmp_path / "five.tif"
+        tifffile.imwrite(bad, np.zeros((2, 2, 2, 16, 16), np.uint16))
+        read_file(str(bad))
+
+
 def test_unsupported_and_rgb(tmp_path):
     assert get_reader(str(tmp_path / "a.png")) is None
     rgb = tmp_path / "rgb.tif"

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the LLR map stack (llr_map); implies --columns")
     p.add_argument("--vacuum-level", type=number(float, above=0, unit="counts/pixel"),
                    help="vacuum counts/pixel/frame for the LLRs (default: found in each frame)")
+    p.add_argument("--block", type=number(int, at_least=0, unit=""),
+                   help="the movie to denoise in a 4-D (series, T, H, W) file, from 0")
     p.add_argument("--pixel-size", type=number(float, above=0, unit="pm"),
                    help="the movie's pixel size in pm, instead of the file's (needed where the "
                    "file records none: a plain TIFF, an MRC with a bad header)")
@@ -109,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tile_size=args.tile, overwrite=args.overwrite, command=command, progress=progress,
             ensemble=args.quality == "best", offset=args.offset,
             electrons_per_count=args.electrons_per_count, pixel_size_pm=args.pixel_size,
+            block=args.block,
             **_analysis_options(args),
         )
     except (BatchError, ValueError) as exc:

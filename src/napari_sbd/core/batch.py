@@ -94,8 +94,12 @@ class BatchResult:
     model_choice: str | None = None  # what model="auto" chose, and why
 
 
-def open_movie(path: str | os.PathLike) -> tuple[Any, float | None, dict[str, Any]]:
-    """Open a movie lazily with the plugin's readers: (array-like, pixel size pm, layer metadata)."""
+def open_movie(path: str | os.PathLike,
+               block: int | None = None) -> tuple[Any, float | None, dict[str, Any]]:
+    """Open a movie lazily with the plugin's readers: (array-like, pixel size pm, layer metadata).
+
+    A 4-D (series, T, H, W) file holds several movies: ``block`` picks one.
+    """
     from napari_sbd.io.readers import TIFF, ReaderError, TiffFrames, read_file
 
     p = Path(path)
@@ -105,8 +109,19 @@ def open_movie(path: str | os.PathLike) -> tuple[Any, float | None, dict[str, An
         data, kwargs, _ = read_file(p)[0]
     except (ReaderError, ValueError) as exc:
         raise BatchError(f"cannot read {p}: {exc}") from None
-    if p.suffix.lower() in TIFF and len(data.shape) == 3:
-        data = TiffFrames(p)
+    shape = tuple(data.shape)
+    if len(shape) == 4:
+        if block is None or not 0 <= block < shape[0]:
+            raise BatchError(
+                f"{p} holds {shape[0]} movies of {shape[1]} frames (shape {shape}): choose one "
+                f"with --block I, I from 0 to {shape[0] - 1}"
+                + ("" if block is None else f" (got {block})"))
+    elif block is not None:
+        raise BatchError(f"--block picks a movie of a 4-D file; {p} has shape {shape}")
+    if p.suffix.lower() in TIFF and len(shape) in (3, 4):
+        data = TiffFrames(p, block)
+    elif block is not None:
+        data = data[block]
     meta = kwargs.get("metadata") or {}
     return data, meta.get("pixel_size_pm"), meta
 
@@ -123,7 +138,7 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
               likelihood: bool, tile: int | None, ensemble: bool = False,
               calibration: tuple[float, float] = (0.0, 1.0),
               analysis: dict[str, Any] | None = None,
-              pixel_size_pm: float | None = None) -> dict[str, Any]:
+              pixel_size_pm: float | None = None, block: int | None = None) -> dict[str, Any]:
     st = input_path.stat()
     # options added later are recorded only when set: older stores stay resumable
     later: dict[str, Any] = {"ensemble": True} if ensemble else {}
@@ -133,6 +148,8 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
         later["analysis"] = {k: analysis[k] for k in sorted(analysis)}
     if pixel_size_pm is not None:  # given instead of the file's: binning and positions follow it
         later["pixel_size_pm"] = float(pixel_size_pm)
+    if block is not None:  # the movie of a 4-D file
+        later["block"] = int(block)
     model_path = Path(model.metadata.get("path", ""))
     return {
         "input": str(input_path.resolve()),
@@ -174,6 +191,7 @@ def denoise_movie(
     detect: dict[str, Any] | None = None,
     link: dict[str, Any] | None = None,
     pixel_size_pm: float | None = None,
+    block: int | None = None,
 ) -> BatchResult:
     """Denoise a movie frame by frame into a zarr store, resuming where a previous run stopped.
 
@@ -224,6 +242,8 @@ def denoise_movie(
         records none (a plain TIFF, an MRC with a bad header) and no value
         here: the model's pixel size is assumed for the model choice, the
         binning into its range and the column positions, and a warning says so.
+    block : int, optional
+        The movie of a 4-D (series, T, H, W) file to denoise (required there).
 
     Returns
     -------
@@ -234,7 +254,7 @@ def denoise_movie(
     out = Path(output)
     with warnings.catch_warnings(record=True) as read_notes:  # the reader's: to our warnings
         warnings.simplefilter("always")
-        data, pixel_size, file_meta = open_movie(input_path)
+        data, pixel_size, file_meta = open_movie(input_path, block)
     if pixel_size_pm is not None:
         if not (np.isfinite(pixel_size_pm) and pixel_size_pm > 0):
             raise BatchError(f"the pixel size must be a positive number of pm, got {pixel_size_pm}")
@@ -282,7 +302,7 @@ def denoise_movie(
         raise BatchError(f"{input_path}: {exc}") from None
     detect, link = dict(detect or {}), dict(link or {})
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble,
-                      (offset, electrons_per_count), {**detect, **link}, pixel_size_pm)
+                      (offset, electrons_per_count), {**detect, **link}, pixel_size_pm, block)
     group = _open_or_create(out, ident, den, pixel_size, command, overwrite, likelihood, (n, h, w),
                             protected)
     state = out / ".sbd"
@@ -483,7 +503,7 @@ _JOB_OPTIONS = {
     "input file's modification time", "shape": "input's shape", "model_sha256": "model (--model)",
     "columns": "--columns", "likelihood": "--likelihood", "tile": "--tile",
     "ensemble": "--quality", "calibration": "--offset/--electrons-per-count",
-    "analysis": "column options", "pixel_size_pm": "--pixel-size",
+    "analysis": "column options", "pixel_size_pm": "--pixel-size", "block": "--block",
 }
 
 

@@ -102,8 +102,9 @@ def read_tiff(path: str) -> list[LayerData]:
         import zarr
 
         data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-    if len(data.shape) not in (2, 3):
-        raise ReaderError(f"{path} has shape {shape}; expected a 2-D image or a 3-D stack")
+    if len(data.shape) not in (2, 3, 4):
+        raise ReaderError(f"{path} has shape {shape}; expected a 2-D image, a 3-D stack or a "
+                          "4-D series of stacks")
     return [_layer(data, Path(path).stem, px, path, {"dtype": str(dtype), **ours})]
 
 
@@ -128,32 +129,39 @@ class TiffFrames:
     process's resident memory; here each frame is mapped, copied and unmapped
     (uncompressed files), or read through tifffile's chunked zarr view
     (compressed files), so resident memory does not grow with the frame count.
+    ``block`` picks one stack of a 4-D (series, T, H, W) file.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, block: int | None = None) -> None:
         import tifffile
 
         self.path = path
         self._zarr: Any = None
+        self._block = block
         try:
             whole = tifffile.memmap(path, mode="r")
         except ValueError:  # compressed or scattered pages: read through zarr
             import zarr
 
             self._zarr = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
-            self.shape, self.dtype = tuple(self._zarr.shape), self._zarr.dtype
-            return
-        self.shape, self.dtype = tuple(whole.shape), whole.dtype
-        self._offset = int(whole.offset)
-        del whole
+            shape, self.dtype = tuple(self._zarr.shape), self._zarr.dtype
+        else:
+            shape, self.dtype = tuple(whole.shape), whole.dtype
+            self._offset = int(whole.offset)
+            del whole
+        if (block is not None) != (len(shape) == 4):
+            raise ValueError("a block is chosen in 4-D (series, T, H, W) files, and only there")
+        self.shape = shape[1:] if block is not None else shape
 
     def __getitem__(self, index: int) -> np.ndarray:
         if self._zarr is not None:
-            return np.asarray(self._zarr[index])
+            key = (self._block, index) if self._block is not None else index
+            return np.asarray(self._zarr[key])
         h, w = self.shape[-2:]
         frame_bytes = h * w * self.dtype.itemsize
+        page = int(index) + (self._block * self.shape[0] if self._block is not None else 0)
         m = np.memmap(self.path, dtype=self.dtype, mode="r", shape=(h, w),
-                      offset=self._offset + int(index) * frame_bytes)
+                      offset=self._offset + page * frame_bytes)
         out = np.array(m)
         del m
         return out
