@@ -120,6 +120,8 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], Outcome], str, Callabl
     link = tmp / "link.zarr"
     offset = tmp / "offset.tif"
     tifffile.imwrite(offset, (movie + 100).astype(np.uint16))
+    series = tmp / "series.tif"
+    tifffile.imwrite(series, np.stack([movie, movie]))
     rgb = tmp / "rgb.tif"
     tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8), photometric="rgb")
     sim = tmp / "sim"
@@ -179,6 +181,9 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], Outcome], str, Callabl
         ("denoise", "uint16 frames with a 100-count offset", lambda: run(
             "denoise", str(offset), "-o", str(tmp / "d6.zarr"), "--model", str(tiny), "--quiet"),
          "do not look like counts", lambda: not (tmp / "d6.zarr").exists()),
+        ("denoise", "a 4-D file (two movies) without `--block`", lambda: run(
+            "denoise", str(series), "-o", str(tmp / "d10.zarr"), "--model", str(tiny), "--quiet"),
+         "choose one with --block", lambda: not (tmp / "d10.zarr").exists()),
         ("denoise", "an RGB image", lambda: run(
             "denoise", str(rgb), "-o", str(tmp / "d7.zarr"), "--model", str(tiny), "--quiet"),
          "RGB", lambda: not (tmp / "d7.zarr").exists()),
