@@ -21,7 +21,8 @@ wins: the windows model "auto" uses (``AUTO_DEFAULT_DOSE``,
 ``AUTO_DEFAULT_PIXEL_PM`` in napari_sbd.core.inference), derived on
 validation frames, never on the test images.
 
-Writes docs/envelope.md and docs/images/envelope.png.
+Writes docs/envelope.md and docs/images/envelope.png (with --out elsewhere: the page
+there and its plot beside it, as OUT.png).
 """
 
 from __future__ import annotations
@@ -211,8 +212,13 @@ def write_page(args, names, models, results, test_set, val_set, elapsed) -> None
     lines.append("")
     if all(n in names for n in AUTO_PAIR):
         lines += auto_windows(results) + [""]
-    plot(results, names)
-    lines += ["![PSNR against dose and pixel size](images/envelope.png)", ""]
+    # the committed page's plot goes to docs/images; a page written elsewhere (--out) keeps its
+    # plot beside it, and the committed one is left alone
+    png = (IMAGES / "envelope.png" if args.out.resolve() == (DOCS / "envelope.md").resolve()
+           else args.out.with_suffix(".png"))
+    plot(results, names, png)
+    rel = "images/envelope.png" if png.parent == IMAGES else png.name
+    lines += [f"![PSNR against dose and pixel size]({rel})", ""]
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -269,7 +275,7 @@ def label(r: dict) -> str:
     return f"dose {r['dose']:g}" if r["axis"] == "dose" else f"{r['pixel']:g} pm"
 
 
-def plot(results: list[dict], names: list[str]) -> None:
+def plot(results: list[dict], names: list[str], png: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,8 +296,8 @@ def plot(results: list[dict], names: list[str]) -> None:
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    fig.savefig(IMAGES / "envelope.png", dpi=110)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
 
 
 if __name__ == "__main__":
