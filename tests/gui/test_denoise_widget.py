@@ -86,22 +86,21 @@ def test_bad_inputs_are_reported_not_raised(widget, qtbot, tmp_path, model_file)
     # a frame that is not counts, found by the worker: reported; the frames done before it
     # are kept in a layer that says so, an empty result is not left behind
     w.model_file.value = model_file
-    bad_stack = np.zeros((3, 64, 64), np.float32)
-    bad_stack[2] = -1
-    viewer.add_image(bad_stack, name="offset")
-    w.layer_combo.value = viewer.layers["offset"]
-    w.run()
-    _wait(qtbot, w)
-    assert "negative" in w.info.value and "2 finished frames kept" in w.info.value
+
+    def denoise_with_a_bad_frame(name: str, n: int, bad: int) -> np.ndarray:
+        stack = np.zeros((n, 64, 64), np.float32)
+        stack[bad] = -1
+        w.layer_combo.value = viewer.add_image(stack, name=name)
+        w.run()
+        _wait(qtbot, w)
+        assert "negative" in w.info.value
+        return stack
+
+    stack = denoise_with_a_bad_frame("offset", 3, bad=2)
+    assert "2 finished frames kept" in w.info.value
     kept = viewer.layers["offset denoised (failed: 2 of 3 frames)"]
-    np.testing.assert_allclose(kept.data[:2], w.load_denoiser().denoise(bad_stack[:2]), rtol=1e-6)
-    first_bad = np.zeros((2, 64, 64), np.float32)
-    first_bad[0] = -1
-    viewer.add_image(first_bad, name="offset0")
-    w.layer_combo.value = viewer.layers["offset0"]
-    w.run()
-    _wait(qtbot, w)
-    assert "negative" in w.info.value
+    np.testing.assert_allclose(kept.data[:2], w.load_denoiser().denoise(stack[:2]), rtol=1e-6)
+    denoise_with_a_bad_frame("offset0", 2, bad=0)
     assert not [ly.name for ly in viewer.layers if ly.name.startswith("offset0 denoised")]
     # detector units (a later frame): the message points at the dock's calibration fields
     bright = np.zeros((2, 64, 64), np.float32)
@@ -151,31 +150,29 @@ def test_warns_before_running_when_dose_or_pixel_size_differ(widget, qtbot, rng)
     from napari.utils.notifications import notification_manager
 
     viewer, w = widget
+
+    def messages_of_a_run(layer=None) -> str:
+        if layer is not None:
+            w.layer_combo.value = layer
+        notification_manager.records.clear()
+        w.run()
+        _wait(qtbot, w)
+        return " ".join(str(n.message) for n in notification_manager.records)
+
     bright = rng.poisson(4.0, (1, 48, 48)).astype(np.float32)  # 9x the model's dose
     raw = viewer.add_image(bright, name="bright", scale=(1, 0.122, 0.122),
                            units=("pixel", "angstrom", "angstrom"))  # 12.2 pm: twice the model's
-    w.layer_combo.value = raw
-    notification_manager.records.clear()
-    w.run()
-    _wait(qtbot, w)
-    messages = " ".join(str(n.message) for n in notification_manager.records)
+    messages = messages_of_a_run(raw)
     assert "trained at 0.45" in messages and "pm/pixel" in messages
     assert "no pixel size" not in messages
     # a layer in plain pixels: what is assumed is said
     plain = viewer.add_image(rng.poisson(0.45, (48, 48)).astype(np.float32), name="plain")
-    w.layer_combo.value = plain
-    notification_manager.records.clear()
-    w.run()
-    _wait(qtbot, w)
-    messages = " ".join(str(n.message) for n in notification_manager.records)
+    messages = messages_of_a_run(plain)
     assert "layer 'plain' has no pixel size" in messages and "6.1 pm is assumed" in messages
     assert w.pixel.value == 0  # unknown, and shown as such
     # entered by hand: no warning, and the result carries it (the Columns dock reads it)
     w.pixel.value = 6.1
-    notification_manager.records.clear()
-    w.run()
-    _wait(qtbot, w)
-    assert "no pixel size" not in " ".join(str(n.message) for n in notification_manager.records)
+    assert "no pixel size" not in messages_of_a_run()
     assert pixel_size_pm(w.output_layer) == 6.1
     w.layer_combo.value = raw
     assert w.pixel.value == pytest.approx(12.2)  # each layer's own, read when chosen
