@@ -182,7 +182,7 @@ def read_mrc(path: str) -> list[LayerData]:
 
         warnings.warn(
             f"{path}: the MRC header gives a voxel size of {vx:g} A, which is not a size; the "
-            "pixel size is left unknown: give it (the Columns dock's pixel size in napari, "
+            "pixel size is left unknown: give it (the Denoise and Columns docks' pixel size in napari, "
             "napari-sbd-denoise --pixel-size) or fix the header",
             stacklevel=2,
         )
