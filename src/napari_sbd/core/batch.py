@@ -65,7 +65,6 @@ from napari_sbd.core.inputs import (
     frame_range,
 )
 from napari_sbd.core.tracking import track_rows, write_tracks
-from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
 
@@ -309,12 +308,13 @@ def denoise_movie(
     done_dir = state / "done"
     cols_dir = state / "columns"
     notes: list[str] = [str(w.message) for w in read_notes if issubclass(w.category, UserWarning)]
-    if pixel_size is None:  # a silent guess would put every column's nm position wrong
-        assumed = float(den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM)
+    # the columns' nm positions: the movie's pixel size, else the model's (said, never silent)
+    px = float(pixel_size or den.pixel_size_pm)
+    if pixel_size is None:
         uses = ("the model choice and the column positions (nm) assume" if columns
                 else "the model choice assumes")
         notes.append(f"{input_path.name} records no pixel size: {uses} the model's, "
-                     f"{assumed:g} pm; give the real one (napari-sbd-denoise --pixel-size PM)")
+                     f"{px:g} pm; give the real one (napari-sbd-denoise --pixel-size PM)")
     notes += [f"model: {w}" for w in den.compatibility_warnings(dose_est, pixel_size)]
     done_now, llr_warned, no_lattice = 0, False, []
     arr = group["denoised"]
@@ -335,7 +335,6 @@ def denoise_movie(
             doses[i] = float(np.mean(np.asarray(data[i], dtype=np.float64)))
             if columns:
                 frame = as_frame(data[i], index=i, model_dose=den.max_dose)
-                px = float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM)
                 found = analyse_frame(frame, result, px, frame=i, vacuum_level=vacuum_level,
                                       detect=detect, strict=False)
                 if found.llr_error and not llr_warned:  # once: every frame has the same cause
@@ -363,9 +362,7 @@ def denoise_movie(
     complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
     if complete:
         if columns:
-            _merge_columns(cols_dir, out / "columns.csv", n,
-                           float(pixel_size or den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM),
-                           link)
+            _merge_columns(cols_dir, out / "columns.csv", n, px, link)
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
         group.attrs["napari_sbd"] = attrs
@@ -529,7 +526,7 @@ def _job_difference(old: Any, new: dict) -> str:
 def _option_text(key: str, value: Any) -> str:
     if key == "ensemble":
         return "best" if value else "fast"
-    if isinstance(value, bool) or (value is None and key in ("columns", "likelihood")):
+    if isinstance(value, bool):
         return "on" if value else "off"
     if value is None:
         return "unset"

@@ -414,6 +414,14 @@ class Denoiser:
         return self.card.dose
 
     @property
+    def pixel_size_pm(self) -> float:
+        """Training (nominal) pixel size, pm; the papers' 6.1 pm when the card has none.
+
+        What a frame of unknown pixel size is taken to have.
+        """
+        return float(self.card.pixel_size_pm or PAPERS_PIXEL_SIZE_PM)
+
+    @property
     def max_dose(self) -> float | None:
         """The highest dose the model was trained at (for the "are these counts?" check)."""
         return self.dose_range[1] if self.dose_range is not None else self.dose
@@ -570,9 +578,7 @@ class Denoiser:
         the size that fitted caps the tiles of later frames, and a warning says so.
         """
         side = max(x.shape[-2:])
-        size = side if tile_size is None else int(tile_size)
-        if self.tile_cap is not None:
-            size = min(size, self.tile_cap)
+        size = min(side, side if tile_size is None else int(tile_size), self.tile_cap or side)
         while True:
             try:
                 tiles = self.tiles((x.shape[-2], x.shape[-1]), size)
@@ -588,16 +594,16 @@ class Denoiser:
                     raise
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
-                smaller = min(size, side) // 2
+                smaller = size // 2
                 where = "GPU" if self.device.type == "cuda" else "CPU"
                 if smaller < MIN_TILE:
                     raise MemoryError(
                         f"not enough {where} memory to denoise a {x.shape[-2]}x{x.shape[-1]} "
-                        f"(padded) frame, even in tiles of {min(size, side)} pixels: free memory "
+                        f"(padded) frame, even in tiles of {size} pixels: free memory "
                         "(other jobs, other programs)"
                         + (", or denoise on the CPU (device='cpu', --device cpu)"
                            if where == "GPU" else "")) from None
-                warnings.warn(f"out of {where} memory in tiles of {min(size, side)} pixels: "
+                warnings.warn(f"out of {where} memory in tiles of {size} pixels: "
                               f"continuing in tiles of {smaller} (slower; the same result)",
                               RuntimeWarning, stacklevel=2)
                 self.tile_cap = size = smaller

@@ -82,7 +82,7 @@ def raw_counts(raw: Any, denoised: Any = None) -> Any:
     """
     from napari_sbd.core.inputs import calibrated
 
-    md = (getattr(denoised, "metadata", None) or {}) if denoised is not None else {}
+    md = (denoised.metadata or {}) if denoised is not None else {}
     if md.get("sbd_source_layer") != raw.name:
         return raw.data
     data = raw.data

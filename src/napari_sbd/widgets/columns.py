@@ -274,14 +274,16 @@ class ColumnsWidget(DockWidget):
         self.worker.start()
 
     def _layers_checked(self) -> tuple[Any, Any] | None:
+        """Return the denoised layer and the raw counts it was made from (None: refused)."""
         den, raw = self.denoised_combo.value, self.raw_combo.value
         if den is None or raw is None:
             self._fail("choose the denoised layer and the raw layer it came from")
             return None
-        if den is raw or den.data.shape != raw_counts(raw, den).shape:
+        counts = raw_counts(raw, den) if den is not raw else None
+        if counts is None or den.data.shape != counts.shape:
             self._fail("pick a denoised layer and the raw layer of the same shape it came from")
             return None
-        return den, raw
+        return den, counts
 
     def _detect_options(self) -> dict[str, Any]:
         return dict(spacing_a=self.spacing_spin.value or None, polarity=self.polarity_combo.value,
@@ -292,7 +294,7 @@ class ColumnsWidget(DockWidget):
         layers = self._layers_checked()
         if layers is None or self.worker is not None:
             return
-        den, raw = layers
+        den, counts = layers
         if den.data.ndim != 3:
             self._fail("Track all frames needs a movie: a (T, H, W) denoised layer")
             return
@@ -300,7 +302,7 @@ class ColumnsWidget(DockWidget):
         self._movie: dict[int, FrameAnalysis] = {}
         self._movie_layer = den
         self.worker = create_worker(
-            _analyse_all, raw_counts(raw, den), den.data, self.pixel_spin.value, self._detect_options(),
+            _analyse_all, counts, den.data, self.pixel_spin.value, self._detect_options(),
             self.vacuum_spin.value or None, self.radius_spin.value,
             _progress={"total": n, "desc": f"Columns of {n} frames"},
         )

@@ -37,7 +37,6 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
-from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.widgets._layers import (
     DockWidget,
     copy_geometry,
@@ -220,9 +219,8 @@ class DenoiseWidget(DockWidget):
             name, why = choose_bundled_model(dose, pixel, contrast)
             self.info.value = wrap(f"auto: the bundled '{name}' model ({why})")
         if pixel is None:  # said, not guessed in silence: binning and auto depend on it
-            assumed = den.metadata.get("pixel_size_pm") or PAPERS_PIXEL_SIZE_PM
             show_warning(f"layer '{layer.name}' has no pixel size (its scale is in pixels): the "
-                         f"model's {float(assumed):g} pm is assumed; enter the real one in "
+                         f"model's {den.pixel_size_pm:g} pm is assumed; enter the real one in "
                          "'pixel size (pm)'")
         for msg in den.compatibility_warnings(dose, pixel):
             show_warning(msg)

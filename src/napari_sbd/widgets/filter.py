@@ -88,8 +88,10 @@ class FilterWidget(DockWidget):
     def compute_at(self, position: tuple[int, ...]) -> None:
         """Compute the filter at a data position of the raw layer ((t,) row, col)."""
         raw = self.raw_combo.value
-        # what the network saw: the block of a 4-D layer that was denoised, calibrated
-        counts: Any = raw_counts(raw, denoised_from(self.viewer, raw)) if raw is not None else None
+        # the result on view decides model, quality, pixel size and the counts the network
+        # saw (the block of a 4-D layer, calibrated)
+        den = denoised_from(self.viewer, raw) if raw is not None else None
+        counts: Any = raw_counts(raw, den) if raw is not None else None
         if counts is None or getattr(raw, "rgb", False) or counts.ndim not in (2, 3):
             self._fail("choose the single-channel raw layer that was denoised (a 4-D layer: "
                        "denoise its block on screen first, the filter follows that block)")
@@ -101,15 +103,16 @@ class FilterWidget(DockWidget):
         frame_index = pos[0] if counts.ndim == 3 else 0
         frame = np.asarray(counts[frame_index] if counts.ndim == 3 else counts, np.float32)
         try:
-            model = self._model_for(raw)
+            model = self._model_for(raw, den)
         except (CheckpointError, ValueError) as exc:
             self._fail(str(exc))
             return
         if self.worker is not None:
             self.worker.quit()
         row, col = pos[-2:]
-        worker = create_worker(_filter_safely, model, frame, (row, col),
-                               ensemble=self._ensemble_of(raw), pixel_size_pm=self._pixel_of(raw))
+        ensemble = bool(den is not None and (den.metadata or {}).get("sbd_ensemble"))
+        worker = create_worker(_filter_safely, model, frame, (row, col), ensemble=ensemble,
+                               pixel_size_pm=self._pixel_of(raw, den))
         # "computing" only for a click that takes a while (best quality, a slow machine): on
         # a fast one, redrawing the dock twice per click cost more than the label was worth
         QTimer.singleShot(COMPUTING_NOTE_MS, lambda: self._computing(worker, row, col))
@@ -128,8 +131,10 @@ class FilterWidget(DockWidget):
         if self.worker is worker and qt_alive(self):  # still running, still shown
             self.status.value = f"computing the filter at ({row}, {col})..."
 
-    def _model_for(self, raw: Any) -> Denoiser:
+    def _model_for(self, raw: Any, den: Any = None) -> Denoiser:
         """Return the picked model; on auto, the one that denoised ``raw`` (or would).
+
+        ``den`` is the result on view (:func:`denoised_from`; looked up when omitted).
 
         The filter must be the one of the network that made the denoised layer:
         with "auto" that is the model recorded in the layer the Denoise dock
@@ -137,29 +142,25 @@ class FilterWidget(DockWidget):
         """
         if not self.model.is_auto:  # the estimates only steer auto: not on every click
             return self.model.load()
-        den = denoised_from(self.viewer, raw)
+        if den is None:
+            den = denoised_from(self.viewer, raw)
         md = (den.metadata or {}) if den is not None else {}
         path = str((md.get("sbd_model") or {}).get("path") or "")
         if path and Path(path).is_file():
             if path not in self._recorded:
                 self._recorded[path] = load_model(path, device=self.model.device.value)
             return self._recorded[path]
-        pixel = self._pixel_of(raw)
+        pixel = self._pixel_of(raw, den)
         counts = raw_counts(raw, den)
         return self.model.load(estimate_dose(counts), pixel, estimate_contrast(counts, pixel))
 
-    def _ensemble_of(self, raw: Any) -> bool:
-        """Whether the result on view was denoised at best quality (the filter must match it)."""
-        den = denoised_from(self.viewer, raw)
-        return bool(den is not None and (den.metadata or {}).get("sbd_ensemble"))
-
-    def _pixel_of(self, raw: Any) -> float | None:
+    @staticmethod
+    def _pixel_of(raw: Any, den: Any) -> float | None:
         """Return the pixel size ``raw`` was denoised at (finer frames are binned into a model).
 
-        The one the Denoise dock recorded in its result (typed in there for a layer
-        in pixels), else the raw layer's own.
+        The one the Denoise dock recorded in its result ``den`` (typed in there for a
+        layer in pixels), else the raw layer's own.
         """
-        den = denoised_from(self.viewer, raw)
         return (pixel_size_pm(den) if den is not None else None) or pixel_size_pm(raw)
 
     def _done(self, worker: Any) -> None:
