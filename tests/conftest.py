@@ -38,6 +38,17 @@ def randomise_bn(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return net.eval()
 
 
+def randomise_gain(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give a network's level gains (they start at exactly 1) a real dependence on the level."""
+    g = torch.Generator().manual_seed(seed)
+    gain = getattr(net, "gain", None)
+    assert gain is not None, "a network built with level_gain=True"
+    with torch.no_grad():
+        gain.out.weight.copy_(torch.randn(gain.out.weight.shape, generator=g) * 0.1)
+        gain.out.bias.copy_(torch.randn(gain.out.bias.shape, generator=g) * 0.05)
+    return net.eval()
+
+
 @pytest.fixture
 def tiny_unet() -> BiasFreeUNet:
     torch.manual_seed(0)

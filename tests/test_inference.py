@@ -23,7 +23,7 @@ from napari_sbd.core.inference import (
 from napari_sbd.core.inputs import InputError
 from napari_sbd.core.models import BiasFreeUNet, DnCNN, SmallUNet
 
-from .conftest import randomise_bn
+from .conftest import randomise_bn, randomise_gain
 
 
 @pytest.fixture
@@ -53,12 +53,14 @@ def test_any_frame_size_is_padded_and_cropped_back(denoiser, tiny_unet, rng, sha
 @pytest.mark.parametrize(
     "net",
     [BiasFreeUNet(3, 4), BiasFreeUNet(2, 4, unshuffle=2, centre_sigma=2.0), DnCNN(5, 4),
-     SmallUNet(4)],
-    ids=["unet", "unet-unshuffle-centred", "dncnn", "small-unet"],
+     SmallUNet(4), BiasFreeUNet(2, 4, unshuffle=2, centre_sigma=2.0, level_gain=True)],
+    ids=["unet", "unet-unshuffle-centred", "dncnn", "small-unet", "unet-level-gain"],
 )
 def test_tiled_inference_equals_whole_frame(net, rng):
     torch.manual_seed(3)
     net = randomise_bn(net)
+    if net.conditioned:  # every tile is given the whole frame's count level
+        net = randomise_gain(net)
     den = Denoiser(net, {})
     frame = rng.poisson(0.45, (203, 261)).astype(np.float32)
     whole = den.denoise(frame, tile_size=None)
@@ -75,11 +77,11 @@ def test_out_of_memory_halves_the_tiles_and_gives_the_same_result(denoiser, rng,
     whole = denoiser.denoise(frame, tile_size=None)
     run, sides = denoiser._run, []
 
-    def scarce(x):  # this device fits no pass wider than 700 pixels
+    def scarce(x, level=None):  # this device fits no pass wider than 700 pixels
         sides.append(int(x.shape[-1]))
         if x.shape[-1] > 700:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return run(x)
+        return run(x, level)
 
     monkeypatch.setattr(denoiser, "_run", scarce)
     with pytest.warns(RuntimeWarning, match="out of CPU memory in tiles of 1164 pixels: "
@@ -95,7 +97,7 @@ def test_out_of_memory_halves_the_tiles_and_gives_the_same_result(denoiser, rng,
 
 
 def test_out_of_memory_even_in_small_tiles_is_one_clear_error(denoiser, rng, monkeypatch):
-    def none_fits(x):
+    def none_fits(x, level=None):
         raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't "
                            "allocate memory: you tried to allocate 8589934592 bytes")
 
@@ -105,7 +107,7 @@ def test_out_of_memory_even_in_small_tiles_is_one_clear_error(denoiser, rng, mon
             pytest.warns(RuntimeWarning, match="continuing in tiles of"):
         denoiser.denoise(frame, tile_size=None)
     assert "tiles of 332 pixels" in str(err.value)
-    monkeypatch.setattr(denoiser, "_run", lambda x: (_ for _ in ()).throw(RuntimeError("bad")))
+    monkeypatch.setattr(denoiser, "_run", lambda x, level=None: (_ for _ in ()).throw(RuntimeError("bad")))
     with pytest.raises(RuntimeError, match="bad"):  # other errors are not memory: raised as is
         denoiser.denoise(frame)
 

@@ -10,7 +10,7 @@ from napari_sbd.core.inference import EDGE_PAD, Denoiser
 from napari_sbd.core.jacobian import effective_filter, filter_crop
 from napari_sbd.core.models import BiasFreeUNet
 
-from .conftest import randomise_bn
+from .conftest import randomise_bn, randomise_gain
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +116,23 @@ def test_filter_refuses_data_that_are_not_counts_like_denoising_does(model):
     offset = np.random.default_rng(0).poisson(0.45, (64, 64)).astype(np.float32) + 100
     with pytest.raises(InputError, match="do not look like counts"):
         effective_filter(model, offset, (10, 10))
+
+
+def test_filter_of_a_level_conditioned_network(frame):
+    """Level gains: the frame's level is held fixed, so the filter is exact and complete."""
+    torch.manual_seed(5)
+    net = randomise_gain(BiasFreeUNet(scales=3, base=4, centre_sigma=2.0, activation="leaky_relu",
+                                      norm="none", level_gain=True))
+    model = Denoiser(net, {"dose": 0.45})
+    den = model.denoise(frame, tile_size=None)
+    for pixel in [(75, 86), (0, 0), (149, 172)]:
+        filt, (r0, c0) = effective_filter(model, frame, pixel)
+        crop = frame[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]]
+        assert float((filt.astype(np.float64) * crop).sum()) == pytest.approx(float(den[pixel]),
+                                                                             rel=1e-4)
+    # the crop's own mean would give another function: the frame's level is what was used
+    brighter = Denoiser(net, {"dose": 0.45})
+    brighter.level_of = lambda f: torch.tensor([2 * float(frame.mean())])  # type: ignore[method-assign]
+    filt, (r0, c0) = effective_filter(brighter, frame, (75, 86))
+    crop = frame[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]]
+    assert abs(float((filt.astype(np.float64) * crop).sum()) - float(den[75, 86])) > 1e-3

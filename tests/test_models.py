@@ -17,7 +17,7 @@ from napari_sbd.core.models import (
     fold_batchnorm,
 )
 
-from .conftest import randomise_bn
+from .conftest import randomise_bn, randomise_gain
 
 
 @pytest.mark.parametrize(
@@ -44,6 +44,12 @@ def test_no_additive_bias_anywhere(net):
         assert getattr(module, "bias", None) is None, name
 
 
+def test_level_gains_are_the_only_biases_and_read_the_level_only():
+    net = BiasFreeUNet(2, 4, unshuffle=2, centre_sigma=2.0, level_gain=True)
+    with_bias = [n for n, m in net.named_modules() if getattr(m, "bias", None) is not None]
+    assert with_bias and all(n.startswith("gain.") for n in with_bias)
+
+
 def test_receptive_field_of_the_papers_configurations():
     # "about 221 px" for 4 scales and "about 900 px" for 6 (the papers); ours is exact
     assert 200 <= BiasFreeUNet(4, 8).receptive_field <= 260
@@ -55,7 +61,8 @@ def test_receptive_field_of_the_papers_configurations():
 
 # Small instances of every registered architecture (a new one must be added here to be tested).
 SMALL = {
-    "bf_unet": [dict(scales=3, base=4), dict(scales=2, base=4, unshuffle=2, centre_sigma=3.0)],
+    "bf_unet": [dict(scales=3, base=4), dict(scales=2, base=4, unshuffle=2, centre_sigma=3.0),
+                dict(scales=2, base=4, unshuffle=2, level_gain=True)],
     "dncnn": [dict(depth=5, width=4)],
     "small_unet": [dict(width=4)],
 }
@@ -73,6 +80,8 @@ def test_receptive_radius_bounds_the_true_dependency(arch, params):
     net = build_model(arch, **params)
     torch.manual_seed(1)
     net = randomise_bn(net)
+    if net.conditioned:
+        net = randomise_gain(net)
     # positive weights: no cancellation can hide a dependency
     for m in net.modules():
         if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
@@ -141,3 +150,34 @@ def test_training_mode_batchnorm_learns_running_variance():
     net(torch.rand(2, 1, 16, 16) * 10)
     assert not torch.equal(before, bn.running_var)
     assert np.isfinite(bn.running_var.numpy()).all()
+
+
+def test_level_gains_start_as_the_network_without_them():
+    torch.manual_seed(0)
+    plain = BiasFreeUNet(2, 4, unshuffle=2, centre_sigma=2.0, activation="leaky_relu", norm="none")
+    gained = BiasFreeUNet(2, 4, unshuffle=2, centre_sigma=2.0, activation="leaky_relu",
+                          norm="none", level_gain=True)
+    missing, unexpected = gained.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("gain.") for k in missing) and not unexpected
+    x = torch.rand(2, 1, 32, 32) * 3
+    with torch.no_grad():
+        assert torch.equal(plain(x), gained(x))
+        assert torch.equal(gained(x), gained(x, torch.tensor([0.1, 7.0])))  # all gains are 1
+
+
+def test_level_gains_keep_the_network_homogeneous_for_a_given_level():
+    torch.manual_seed(0)
+    net = randomise_gain(BiasFreeUNet(2, 4, centre_sigma=2.0, activation="leaky_relu",
+                                      norm="none", level_gain=True))
+    assert net.conditioned and not BiasFreeUNet(2, 4).conditioned
+    x = torch.rand(1, 1, 32, 48) * 2
+    level = torch.tensor([0.45])
+    with torch.no_grad():
+        # for a fixed level the map is homogeneous of degree one ...
+        ref = 3.7 * net(x, level)
+        torch.testing.assert_close(net(3.7 * x, level), ref, rtol=1e-5,
+                                   atol=1e-5 * float(ref.abs().max()))
+        # ... the level is what tells a brighter frame from a scaled one ...
+        assert not torch.allclose(net(x, torch.tensor([4.0])), net(x, level), rtol=1e-3)
+        # ... and by default it is the frame's own mean counts
+        torch.testing.assert_close(net(x), net(x, x.mean().reshape(1)))

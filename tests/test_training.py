@@ -272,6 +272,36 @@ def test_init_from_starts_from_a_checkpoints_weights(dataset, tmp_path, capsys):
     assert "pass the same --arch" in capsys.readouterr().err
 
 
+def test_level_gains_grow_from_a_checkpoint_without_them(dataset, tmp_path, capsys):
+    import json
+
+    first = tmp_path / "a"
+    base = [str(dataset), "--val-fraction", "0.25", *TINY, "--epochs", "1", "--norm", "none",
+            "--dose-range", "0.2:2"]
+    assert main([*base, "--out", str(first)]) == 0
+    start = torch.load(first / "last.pt", weights_only=True)["state_dict"]
+    grown = tmp_path / "b"
+    assert main([*base, "--out", str(grown), "--init-from", str(first / "last.pt"),
+                 "--level-gain"]) == 0
+    net, _ = load_checkpoint(grown / "last.pt")
+    assert net.conditioned and set(start) < set(net.state_dict())
+    from napari_sbd.core.inference import load_model
+
+    assert "count level" in load_model(grown / "last.pt", device="cpu").describe()
+    # the other way round would lose what the gains learned: refused, with the fix named
+    assert main([*base, "--out", str(tmp_path / "c"), "--init-from", str(grown / "last.pt"),
+                 "--quiet"]) == 2
+    assert "pass the same --arch" in capsys.readouterr().err
+    # a run recorded before the option existed resumes (its record reads as the default) ...
+    record = json.loads((first / "config.json").read_text())
+    del record["level_gain"]
+    (first / "config.json").write_text(json.dumps(record))
+    assert main([*base[:-2], "--out", str(first), "--resume", "--epochs", "2"]) == 0
+    # ... but cannot change it on resume
+    assert main([*base, "--out", str(first), "--resume", "--epochs", "3", "--level-gain"]) == 2
+    assert "level_gain: run has False, now True" in capsys.readouterr().err
+
+
 def test_out_that_is_a_file_is_one_clear_error(dataset, tmp_path, capsys):
     f = tmp_path / "afile"
     f.write_text("mine")

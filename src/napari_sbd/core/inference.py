@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from napari_sbd.core.checkpoint import CheckpointError, ModelCard, load_checkpoint
-from napari_sbd.core.inputs import as_frame, check_stack_shape
+from napari_sbd.core.inputs import InputError, as_frame, check_stack_shape
 from napari_sbd.core.models import SBDNetwork, fold_batchnorm
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
@@ -342,7 +342,8 @@ def architecture_text(arch: str, params: dict[str, Any]) -> str:
     if arch == "bf_unet":
         text = f"bias-free UNet, {params.get('scales', 4)} scales x {params.get('base', 32)} channels"
         u = int(params.get("unshuffle", 1) or 1)
-        return text + (f", input unshuffled {u}x{u}" if u > 1 else "")
+        text += f", input unshuffled {u}x{u}" if u > 1 else ""
+        return text + (", gains from the frame's count level" if params.get("level_gain") else "")
     if arch == "dncnn":
         return f"DnCNN, {params.get('depth', 20)} layers x {params.get('width', 64)} channels"
     if arch == "small_unet":
@@ -570,7 +571,19 @@ class Denoiser:
         return out
 
     # -- core -----------------------------------------------------------------
-    def _run_tiles(self, x: torch.Tensor, tile_size: int | None) -> torch.Tensor:
+    def level_of(self, frame: np.ndarray) -> torch.Tensor | None:
+        """Return the count level a conditioned network is given for this frame (else None).
+
+        The frame's own mean counts per pixel (before padding), so that every tile
+        and every effective-filter crop of it sees the same level
+        (:class:`~napari_sbd.core.models.LevelGain`).
+        """
+        if not self.network.conditioned:
+            return None
+        return torch.tensor([float(np.mean(frame, dtype=np.float64))], device=self.device)
+
+    def _run_tiles(self, x: torch.Tensor, tile_size: int | None,
+                   level: torch.Tensor | None = None) -> torch.Tensor:
         """Run the network on a padded (1, 1, H, W) frame, tile by tile.
 
         Out of (GPU or CPU) memory, the tiles are halved and the frame run again
@@ -583,10 +596,10 @@ class Denoiser:
             try:
                 tiles = self.tiles((x.shape[-2], x.shape[-1]), size)
                 if len(tiles) == 1:
-                    return self._run(x)
+                    return self._run(x, level)
                 out = torch.empty_like(x)
                 for (r0, r1, a0, a1), (c0, c1, b0, b1) in tiles:
-                    y = self._run(x[..., a0:a1, b0:b1])
+                    y = self._run(x[..., a0:a1, b0:b1], level)
                     out[..., r0:r1, c0:c1] = y[..., r0 - a0 : r1 - a0, c0 - b0 : c1 - b0]
                 return out
             except (MemoryError, RuntimeError) as exc:
@@ -608,10 +621,10 @@ class Denoiser:
                               RuntimeWarning, stacklevel=2)
                 self.tile_cap = size = smaller
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.network(x)
+        return self.network(x, level)
 
     def margin(self) -> int:
         """Tile margin: the receptive radius rounded up to the pooling grid."""
@@ -691,10 +704,10 @@ class Denoiser:
         h, w = frame.shape
         e = EDGE_PAD
         x = torch.from_numpy(pad_frame(frame, self.size_multiple, e)).to(self.device)[None, None]
-        out = self._run_tiles(x, tile_size)
+        out = self._run_tiles(x, tile_size, self.level_of(frame))
         result = out[0, 0, e : e + h, e : e + w].float().cpu().numpy().copy()
         if not np.isfinite(result).all():  # never hand on NaN as if it were a result
-            raise ValueError(
+            raise InputError(
                 "the network produced NaN or infinite values on this frame (counts far above "
                 "what it was trained on, or damaged weights); check the frame's calibration"
             )

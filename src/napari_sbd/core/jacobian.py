@@ -200,7 +200,7 @@ def _filter(model: Denoiser, frame: np.ndarray,
     if model.channels_last:
         xp = xp.contiguous(memory_format=torch.channels_last)
     with torch.enable_grad():
-        y = model.network(xp)
+        y = model.network(xp, model.level_of(frame))  # the frame's level, not the crop's
         y[0, 0, r + e - p0, c + e - q0].backward()
     assert x.grad is not None  # x requires grad and the output depends on it
     return x.grad.detach().cpu().numpy().astype(np.float32), (r0, c0)

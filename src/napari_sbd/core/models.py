@@ -26,13 +26,16 @@ from torch import nn
 
 __all__ = [
     "ARCHITECTURES",
+    "LEVEL_CENTRE",
     "BiasFreeBatchNorm2d",
     "BiasFreeUNet",
     "DnCNN",
+    "LevelGain",
     "SBDNetwork",
     "SmallUNet",
     "build_model",
     "fold_batchnorm",
+    "frame_level",
 ]
 
 
@@ -100,9 +103,19 @@ class SBDNetwork(nn.Module, abc.ABC):
         """Side in pixels of the receptive field (2 * radius + 1)."""
         return 2 * self.receptive_radius + 1
 
+    @property
+    def conditioned(self) -> bool:
+        """Whether the network also reads the frame's count level (see :class:`LevelGain`)."""
+        return False
+
     @abc.abstractmethod
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Denoise a batch (N, 1, H, W) of counts; H and W multiples of :attr:`size_multiple`."""
+    def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise a batch (N, 1, H, W) of counts; H and W multiples of :attr:`size_multiple`.
+
+        ``level`` (N,) is each frame's mean counts per pixel, read only by a
+        :attr:`conditioned` network (None: the mean of ``y`` itself). Tiles and
+        crops of one frame must all be given the whole frame's level.
+        """
 
 
 def _activation(name: str) -> nn.Module:
@@ -146,6 +159,57 @@ def gaussian_kernel1d(sigma: float, truncate: float = 3.0) -> torch.Tensor:
     k = torch.exp(-0.5 * (x / sigma) ** 2)
     return (k / k.sum()).to(torch.float32)
 
+#: Count level (mean counts per input pixel) at which :class:`LevelGain` is centred:
+#: the papers' 0.45 counts/pixel in vacuum.
+LEVEL_CENTRE = 0.45
+
+
+class LevelGain(nn.Module):
+    """Per-channel gains of a UNet's blocks as a function of the frame's count level.
+
+    Poisson noise is not scale-invariant: a frame at four times the dose is, to a
+    bias-free network (f(c y) = c f(y)), the same frame scaled up, so a blind
+    network must read the noise level from the texture alone. This module tells it:
+    from u = log(level / :data:`LEVEL_CENTRE`), a small MLP gives a positive gain per
+    channel of every block, ``exp(rate * mlp(u))``. The gains multiply features and
+    depend on the level only, so for a fixed level the network stays homogeneous of
+    degree one in its input and its effective filter stays exact (f(y) = J(y) y with
+    the level held fixed, which is how the frame's level enters: the mean of the whole
+    frame, not of the tile or crop). The last layer starts at zero, so a network
+    given this module starts as the network without it (all gains 1).
+
+    Parameters
+    ----------
+    widths : list of int
+        Output channels of each block, in the order the network applies them.
+    hidden : int
+        Width of the MLP's hidden layer.
+    rate : float
+        Multiplier of the log-gains: the gains learn ``rate`` times faster than the
+        other weights under Adam (they start from an already trained network).
+    """
+
+    def __init__(self, widths: list[int], hidden: int = 32, rate: float = 5.0) -> None:
+        super().__init__()
+        self.widths = list(widths)
+        self.rate = float(rate)
+        self.hidden = nn.Linear(1, hidden)
+        self.out = nn.Linear(hidden, sum(widths))
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, level: torch.Tensor) -> list[torch.Tensor]:
+        """Return one (N, C_b, 1, 1) gain tensor per block for levels (N,)."""
+        with torch.autocast(device_type=level.device.type, enabled=False):
+            u = torch.log(level.float().clamp_min(1e-4) / LEVEL_CENTRE)[:, None]
+            g = torch.exp(self.rate * self.out(torch.tanh(self.hidden(u))))
+        return [c[:, :, None, None] for c in torch.split(g, self.widths, dim=1)]
+
+
+def frame_level(y: torch.Tensor) -> torch.Tensor:
+    """Mean counts per pixel of each frame of a batch (N, 1, H, W), outside autograd."""
+    return y.detach().float().mean(dim=(1, 2, 3))
+
 
 class BiasFreeUNet(SBDNetwork):
     """The papers' bias-free UNet with a large receptive field.
@@ -157,8 +221,8 @@ class BiasFreeUNet(SBDNetwork):
     authors' layout: ``base`` channels on the first three levels, doubling
     below. No additive bias anywhere.
 
-    Two options (both keep the network bias-free, both off in the papers'
-    configuration):
+    Three options (all keep the network bias-free for a given frame, all off in
+    the papers' configuration):
 
     * ``unshuffle``: lossless space-to-depth of the input by this factor
       (pixel unshuffle), pixel shuffle back at the output. HRTEM frames are
@@ -169,6 +233,9 @@ class BiasFreeUNet(SBDNetwork):
       stays homogeneous of degree one; g then sees zero-mean data, which keeps
       BatchNorm-without-mean-subtraction from killing ReLU channels on
       non-negative count images.
+    * ``level_gain``: per-channel gains of every block from the frame's count
+      level (:class:`LevelGain`), so that one network serves a range of doses
+      without having to read the noise level from the texture.
 
     Parameters
     ----------
@@ -184,6 +251,8 @@ class BiasFreeUNet(SBDNetwork):
         Non-linearity (the papers: ReLU).
     norm : {"batch", "none"}
         Bias-free BatchNorm after each convolution (the papers), or none.
+    level_gain : bool
+        Condition the blocks on the frame's count level (:class:`LevelGain`).
     """
 
     def __init__(
@@ -194,6 +263,7 @@ class BiasFreeUNet(SBDNetwork):
         centre_sigma: float = 0.0,
         activation: str = "relu",
         norm: str = "batch",
+        level_gain: bool = False,
     ) -> None:
         super().__init__()
         if not 2 <= scales <= 8:
@@ -216,12 +286,13 @@ class BiasFreeUNet(SBDNetwork):
             _ConvBlock(enc[lev - 1], enc[lev], enc[lev], activation, norm)
             for lev in range(1, scales + 1)
         )
-        ups = []
+        ups, up_widths = [], []
         below = enc[scales]
         for lev in range(scales - 1, -1, -1):
             cat = below + enc[lev]
             out = enc[lev - 1] if lev >= 1 else enc[0]
             ups.append(_ConvBlock(cat, cat // 2, out, activation, norm))
+            up_widths.append(out)
             below = out
         self.up = nn.ModuleList(ups)
         self.outc = nn.Conv2d(enc[0], cin, 1, bias=False)
@@ -231,6 +302,10 @@ class BiasFreeUNet(SBDNetwork):
                     nn.init.kaiming_normal_(m.weight, a=0.1 if activation == "leaky_relu" else 0.0)
             with torch.no_grad():  # start close to the identity path (small correction)
                 self.outc.weight.mul_(0.1)
+        self.level_gain = bool(level_gain)
+        self.gain: LevelGain | None = None
+        if level_gain:  # made last, so the convolutions draw the same initial weights
+            self.gain = LevelGain(enc + up_widths)
         self.centre_kernel: torch.Tensor | None
         if self.centre_sigma > 0:
             self.register_buffer("centre_kernel", gaussian_kernel1d(self.centre_sigma))
@@ -238,6 +313,11 @@ class BiasFreeUNet(SBDNetwork):
             self.centre_kernel = None
 
     # -- geometry -----------------------------------------------------------
+    @property
+    def conditioned(self) -> bool:
+        """True with ``level_gain``: the frame's count level steers the blocks."""
+        return self.gain is not None
+
     @property
     def size_multiple(self) -> int:
         """Input sides must be multiples of this (pooling grid)."""
@@ -299,8 +379,20 @@ class BiasFreeUNet(SBDNetwork):
         y = F.conv2d(y, k.view(1, 1, 1, -1))
         return F.conv2d(y, k.view(1, 1, -1, 1))
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Denoise a batch (N, 1, H, W); H and W multiples of :attr:`size_multiple`."""
+    def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise a batch (N, 1, H, W); H and W multiples of :attr:`size_multiple`.
+
+        ``level`` (N,): each frame's mean counts per pixel, read with ``level_gain``
+        only (None: the mean of ``y``; tiles of a frame must pass the frame's).
+        """
+        gains: list[torch.Tensor] = []
+        if self.gain is not None:
+            gains = self.gain(frame_level(y) if level is None else level.to(y.device))
+        g = iter(gains)
+
+        def gained(x: torch.Tensor) -> torch.Tensor:
+            return x * next(g).to(x.dtype) if gains else x
+
         smooth = None
         if self.centre_kernel is not None:
             # the blurred frame, the bulk of the output, in the input's precision even under
@@ -310,14 +402,14 @@ class BiasFreeUNet(SBDNetwork):
         x = y - smooth if smooth is not None else y
         if self.unshuffle > 1:
             x = F.pixel_unshuffle(x, self.unshuffle)
-        skips = [self.inc(x)]
+        skips = [gained(self.inc(x))]
         for block in self.down:
-            skips.append(block(F.max_pool2d(skips[-1], 2)))
+            skips.append(gained(block(F.max_pool2d(skips[-1], 2))))
         x = skips.pop()
         for block in self.up:
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-            x = block(torch.cat([skip, x], dim=1))
+            x = gained(block(torch.cat([skip, x], dim=1)))
         x = self.outc(x)
         if self.unshuffle > 1:
             x = F.pixel_shuffle(x, self.unshuffle)
@@ -363,8 +455,8 @@ class DnCNN(SBDNetwork):
         """One pixel per 3x3 layer (field 41 px for 20 layers)."""
         return self.depth
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Residual learning: the body estimates the noise."""
+    def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Residual learning: the body estimates the noise (``level`` is not read)."""
         return y - self.body(y)
 
 
@@ -413,8 +505,8 @@ class SmallUNet(SBDNetwork):
         # fine + stride alignment (1), then 3x3 (1) and 5x5 (2).
         return 2 + 1 + 1 + 16 + 1 + 1 + 2
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
-        """Denoise a batch (N, 1, H, W) with even H and W."""
+    def forward(self, y: torch.Tensor, level: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise a batch (N, 1, H, W) with even H and W (``level`` is not read)."""
         x1 = self.conv2(self.conv1(y))
         x = self.conv6(self.conv5(self.conv4(self.conv3(x1))))
         x = self.conv7(x)

@@ -100,6 +100,11 @@ class TrainConfig:
                           choices=["relu", "leaky_relu"])
     norm: str = opt("batch", "bias-free BatchNorm after each convolution (the papers') or none",
                     "model", choices=["batch", "none"])
+    level_gain: bool = opt(False, "condition every block on the frame's count level (per-channel "
+                           "gains from the mean counts per pixel): one network over a dose range "
+                           "need not read the noise level from the texture; with --init-from a "
+                           "checkpoint without it, the gains start at 1", "model",
+                           action="store_true", show_default=False)
     batch: int = opt(4, "patches per step per process", "optimisation", type=int)
     steps_per_epoch: int = opt(100, "steps per epoch", "optimisation", type=int)
     epochs: int = opt(1000, "maximum epochs", "optimisation", type=int)
@@ -142,9 +147,11 @@ class TrainConfig:
                 "centre_sigma": self.centre_sigma,
                 "activation": self.activation,
                 "norm": self.norm,
+                # only when set, so that the runs and checkpoints from before it compare equal
+                **({"level_gain": True} if self.level_gain else {}),
             }
         unet_only = {k: getattr(self, k) for k in ("scales", "base", "unshuffle", "centre_sigma",
-                                                    "activation", "norm")
+                                                    "activation", "norm", "level_gain")
                      if getattr(self, k) != getattr(TrainConfig, k)}
         if self.arch in ("dncnn", "small_unet") and unet_only:
             flags = ", ".join(f"--{k.replace('_', '-')}" for k in unet_only)

@@ -124,6 +124,8 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
     except (OSError, ValueError) as exc:
         raise TrainingDataError(f"cannot read {path} ({exc}); restore it or start a new --out") from None
     now = _config_record(cfg)
+    # an option added after the run began reads as its default in the run's record
+    saved = {**_config_record(TrainConfig(data=cfg.data, out=cfg.out)), **saved}
     diffs = [
         f"{k}: run has {saved.get(k)!r}, now {now.get(k)!r}"
         for k in sorted(set(saved) | set(now))
@@ -166,13 +168,20 @@ def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     meta = payload["metadata"]
     want = (cfg.arch, cfg.model_params())
     have = (meta["architecture"], dict(meta["params"]))
+    # a network without level gains can start one with them: the gains begin at 1
+    adds_gain = want[1].get("level_gain") and not have[1].get("level_gain")
+    if adds_gain:
+        have = (have[0], {**have[1], "level_gain": True})
     if have != want:
         raise TrainingDataError(
             f"--init-from {cfg.init_from} holds {have[0]} {have[1]}, but this run builds "
             f"{want[0]} {want[1]}: pass the same --arch/--scales/--base/--unshuffle/"
             "--centre-sigma/--activation/--norm"
         )
-    model.load_state_dict(payload["state_dict"])
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=not adds_gain)
+    if any(not k.startswith("gain.") for k in missing) or unexpected:
+        raise TrainingDataError(f"--init-from {cfg.init_from}: its weights do not fit this network "
+                                f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def _dist() -> tuple[int, int]:
