@@ -501,7 +501,7 @@ def test_no_memory_for_any_tile_is_one_line_and_the_run_resumes(movie, model_pat
     out = tmp_path / "o.zarr"
     args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet"]
     real = Denoiser._run
-    monkeypatch.setattr(Denoiser, "_run", lambda self, x: (_ for _ in ()).throw(
+    monkeypatch.setattr(Denoiser, "_run", lambda self, x, level=None: (_ for _ in ()).throw(
         RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")))
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -511,3 +511,34 @@ def test_no_memory_for_any_tile_is_one_line_and_the_run_resumes(movie, model_pat
     assert main(args) == 0  # the store it began is resumed, not refused
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["denoised"][:],
                                   load_model(model_path, device="cpu").denoise(stack))
+
+
+def test_a_damaged_frame_stops_the_job_or_is_skipped_when_asked(movie, model_path, tmp_path,
+                                                                 capsys):
+    """A frame of NaN in a long movie: the job stops there, or leaves it empty and goes on."""
+    _, stack = movie
+    data = stack.astype(np.float32)
+    data[3, 10:20, 10:20] = np.nan  # a damaged frame
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, data)
+    out = tmp_path / "damaged.zarr"
+    args = [str(path), "-o", str(out), "--model", str(model_path), "--quiet", "--columns"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "frame 3" in err and "--skip-bad-frames" in err and "Traceback" not in err
+    assert sorted(p.name for p in (out / ".sbd" / "done").iterdir()) == [f"{i:06d}" for i in range(3)]
+    assert main([*args, "--skip-bad-frames"]) == 0
+    captured = capsys.readouterr()
+    assert "1 frame(s) could not be denoised and are left NaN" in captured.err
+    assert "2 frames denoised now, 3 already done, 1 left empty (bad); store complete" in captured.out
+    g = zarr.open_group(str(out), mode="r")
+    den = g["denoised"][:]
+    assert np.isnan(den[3]).all() and np.isnan(g["dose"][3])
+    good = [0, 1, 2, 4, 5]
+    np.testing.assert_array_equal(den[good], load_model(model_path, device="cpu").denoise(data[good]))
+    assert g.attrs["napari_sbd"]["bad_frames"] == [3] and g.attrs["napari_sbd"]["complete"]
+    with open(out / "columns.csv") as fh:
+        assert all(r["frame"] != "3" for r in csv.DictReader(fh))
+    # the skipped frame is not tried again: the same command finds nothing left to do
+    assert main(args) == 0
+    assert "0 frames denoised now, 6 already done" in capsys.readouterr().out

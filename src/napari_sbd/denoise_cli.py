@@ -83,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", choices=["fast", "best"], default="fast",
                    help="best: average the network over the 8 rotations and flips of each frame "
                    "(about +0.5 dB, 8x the time); default fast")
+    p.add_argument("--skip-bad-frames", action="store_true",
+                   help="leave a frame that cannot be denoised (NaN, negative or not counts: a "
+                        "damaged or dropped frame) empty (NaN, no columns) and go on; without it "
+                        "such a frame stops the job there (the frames before it are kept)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing OUTPUT that is not a resumable run of this job")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -111,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tile_size=args.tile, overwrite=args.overwrite, command=command, progress=progress,
             ensemble=args.quality == "best", offset=args.offset,
             electrons_per_count=args.electrons_per_count, pixel_size_pm=args.pixel_size,
-            block=args.block,
+            block=args.block, skip_bad_frames=args.skip_bad_frames,
             **_analysis_options(args),
         )
     except (BatchError, ValueError) as exc:
@@ -149,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"napari-sbd-denoise: warning: {w}", file=sys.stderr)
     state = "complete" if res.complete else "INCOMPLETE (other frame ranges still to do)"
     print(f"{res.output}: {res.frames_done_now} frames denoised now, {res.frames_skipped} already "
-          f"done; store {state}")
+          f"done, {len(res.bad_frames)} left empty (bad); store {state}")
     return 0
 
 

@@ -11,6 +11,8 @@ Layout of an output store (a zarr v3 group, i.e. a folder)::
     OUT.zarr/columns.h5      the same table in HDF5, with each field's unit (io extra)
     OUT.zarr/.sbd/STORE         marks the folder as a napari-sbd store
     OUT.zarr/.sbd/done/NNNNNN   a marker per finished frame
+    OUT.zarr/.sbd/bad/NNNNNN    a frame that could not be denoised (skip_bad_frames): why;
+                                its planes are NaN and it has no columns
     OUT.zarr/.sbd/columns/NNNNNN.csv   per-frame column rows
 
 The group's attributes hold the model's metadata, the input's path, shape and
@@ -39,13 +41,14 @@ import os
 import shutil
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_sbd.core.analysis import analyse_frame, write_columns_csv
+from napari_sbd.core.files import atomic_write
 from napari_sbd.core.inference import (
     DEFAULT_TILE,
     Denoiser,
@@ -91,6 +94,7 @@ class BatchResult:
     # the lowest and highest mean counts/pixel of a single frame (the store's "dose" array)
     dose_span: tuple[float, float] | None = None
     model_choice: str | None = None  # what model="auto" chose, and why
+    bad_frames: list[int] = field(default_factory=list)  # left NaN (skip_bad_frames), any run
 
 
 def open_movie(path: str | os.PathLike,
@@ -191,6 +195,7 @@ def denoise_movie(
     link: dict[str, Any] | None = None,
     pixel_size_pm: float | None = None,
     block: int | None = None,
+    skip_bad_frames: bool = False,
 ) -> BatchResult:
     """Denoise a movie frame by frame into a zarr store, resuming where a previous run stopped.
 
@@ -243,6 +248,12 @@ def denoise_movie(
         binning into its range and the column positions, and a warning says so.
     block : int, optional
         The movie of a 4-D (series, T, H, W) file to denoise (required there).
+    skip_bad_frames : bool
+        A frame that cannot be denoised (NaN, negative or not counts: a damaged
+        or dropped frame) is left NaN in the store, without columns, its reason
+        recorded, and the job goes on; otherwise it stops the job there (the
+        frames before it are kept). Either way the store counts it only once
+        skipped: a later run does not try it again.
 
     Returns
     -------
@@ -306,6 +317,7 @@ def denoise_movie(
                             protected)
     state = out / ".sbd"
     done_dir = state / "done"
+    bad_dir = state / "bad"
     cols_dir = state / "columns"
     notes: list[str] = [str(w.message) for w in read_notes if issubclass(w.category, UserWarning)]
     # the columns' nm positions: the movie's pixel size, else the model's (said, never silent)
@@ -320,53 +332,98 @@ def denoise_movie(
     arr = group["denoised"]
     doses = _dose_array(group, n)  # a store made before the array existed gets it now
     lmap_arr = group["llr_map"] if likelihood else None
+
+    bad_now = 0
+
+    def advance(bad: bool = False) -> None:
+        nonlocal done_now, bad_now
+        if bad:
+            bad_now += 1
+        else:
+            done_now += 1
+        if progress is not None:
+            progress(skipped + done_now + bad_now, len(todo))
+
+    def store_frame(i: int, result: np.ndarray) -> None:
+        nonlocal llr_warned
+        arr[i] = result
+        # each frame's own dose: it drifts within a movie (beam current, focus, drift)
+        doses[i] = float(np.mean(np.asarray(data[i], dtype=np.float64)))
+        if columns:
+            frame = as_frame(data[i], index=i, model_dose=den.max_dose)
+            found = analyse_frame(frame, result, px, frame=i, vacuum_level=vacuum_level,
+                                  detect=detect, strict=False)
+            if found.llr_error and not llr_warned:  # once: every frame has the same cause
+                notes.append(f"frame {i}: LLRs left empty: {found.llr_error}")
+                llr_warned = True
+            if found.no_lattice:
+                no_lattice.append(i)
+            if lmap_arr is not None:
+                lmap_arr[i] = found.map
+            # the same table as the dock's export
+            write_columns_csv(cols_dir / f"{i:06d}.csv", found.table())
+        (done_dir / f"{i:06d}").touch()  # after the frame's chunks: a kill redoes it
+        advance()
+
+    def finished(i: int) -> bool:
+        return (done_dir / f"{i:06d}").exists() or (bad_dir / f"{i:06d}").exists()
+
+    def skip(i: int, exc: ValueError) -> None:
+        arr[i] = np.full((h, w), np.nan, np.float32)
+        if lmap_arr is not None:
+            lmap_arr[i] = np.full((h, w), np.nan, np.float32)
+        doses[i] = np.nan
+        bad_dir.mkdir(exist_ok=True)
+        # the reason, after the frame's chunks, as its marker: a kill before it redoes the frame
+        atomic_write(bad_dir / f"{i:06d}", lambda tmp: Path(tmp).write_text(f"{exc}\n"))
+        advance(bad=True)
+
     # the first run's thread count, for this job only: CPU convolutions sum in a
     # thread-dependent order, and a resumed store must be bit-identical
     with _torch_threads(group.attrs["napari_sbd"].get("torch_threads")):
-        pending = [i for i in todo if not (done_dir / f"{i:06d}").exists()]
+        pending = [i for i in todo if not finished(i)]
         skipped = len(todo) - len(pending)
         if progress is not None and skipped:
             progress(skipped, len(todo))
         results = den.iter_denoise(data, indices=pending, tile_size=tile_size,
-                                   pixel_size_pm=pixel_size, ensemble=ensemble)
-        for i, result in results:
-            arr[i] = result
-            # each frame's own dose: it drifts within a movie (beam current, focus, drift)
-            doses[i] = float(np.mean(np.asarray(data[i], dtype=np.float64)))
-            if columns:
-                frame = as_frame(data[i], index=i, model_dose=den.max_dose)
-                found = analyse_frame(frame, result, px, frame=i, vacuum_level=vacuum_level,
-                                      detect=detect, strict=False)
-                if found.llr_error and not llr_warned:  # once: every frame has the same cause
-                    notes.append(f"frame {i}: LLRs left empty: {found.llr_error}")
-                    llr_warned = True
-                if found.no_lattice:
-                    no_lattice.append(i)
-                if lmap_arr is not None:
-                    lmap_arr[i] = found.map
-                # the same table as the dock's export
-                write_columns_csv(cols_dir / f"{i:06d}.csv", found.table())
-            (done_dir / f"{i:06d}").touch()  # after the frame's chunks: a kill redoes it
-            done_now += 1
-            if progress is not None:
-                progress(skipped + done_now, len(todo))
+                                   pixel_size_pm=pixel_size, ensemble=ensemble,
+                                   on_bad_frame=skip if skip_bad_frames else None)
+        try:
+            for i, result in results:
+                store_frame(i, result)
+        except InputError as exc:
+            raise BatchError(
+                f"{input_path}: {exc}. The frames before it are kept; to leave such frames "
+                "empty (NaN) and go on, run again with --skip-bad-frames "
+                "(skip_bad_frames=True)") from None
+    bad = [i for i in todo if (bad_dir / f"{i:06d}").exists()]
+    if bad:
+        shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
+        first = (bad_dir / f"{bad[0]:06d}").read_text().strip()
+        notes.append(f"{len(bad)} frame(s) could not be denoised and are left NaN, without "
+                     f"columns: {shown} (frame {bad[0]}: {first}; each reason in "
+                     f"{bad_dir})")
     if no_lattice:
         shown = ", ".join(map(str, no_lattice[:10])) + (" ..." if len(no_lattice) > 10 else "")
         notes.append(f"no lattice found (no columns) in {len(no_lattice)} frame(s): {shown}")
-    frame_doses = np.asarray(doses[:], dtype=np.float64)[list(todo)]
-    span, outside = doses_outside(den, frame_doses, list(todo))
+    good = [i for i in todo if i not in set(bad)]
+    frame_doses = np.asarray(doses[:], dtype=np.float64)[good]
+    span, outside = doses_outside(den, frame_doses, good)
     # every frame outside is what the movie's warning above says already
     if outside and (len(outside) < len(todo) or den.dose_fits(dose_est)):
         notes.append(dose_warning(den, outside, len(todo), span)
                         + "; per-frame doses are in the store's 'dose' array")
-    complete = all((done_dir / f"{i:06d}").exists() for i in range(n))
+    complete = all(finished(i) for i in range(n))
     if complete:
+        all_bad = [i for i in range(n) if (bad_dir / f"{i:06d}").exists()]
         if columns:
-            _merge_columns(cols_dir, out / "columns.csv", n, px, link)
+            _merge_columns(cols_dir, out / "columns.csv", n, px, link, set(all_bad))
         attrs = dict(group.attrs["napari_sbd"])
         attrs["complete"] = True
+        attrs["bad_frames"] = all_bad  # left NaN: readers of the store need not list .sbd/bad
         group.attrs["napari_sbd"] = attrs
-    return BatchResult(out, n, done_now, skipped, complete, notes, dose_est, span, model_choice)
+    return BatchResult(out, n, done_now, skipped, complete, notes, dose_est, span, model_choice,
+                       bad)
 
 
 def _dose_array(group: Any, n: int) -> Any:
@@ -558,10 +615,13 @@ def _torch_threads(n: int | None):
 
 
 def _merge_columns(folder: Path, target: Path, n: int, pixel_size_pm: float,
-                   link: dict[str, Any]) -> None:
+                   link: dict[str, Any], bad: set[int]) -> None:
     """Link the frames' tables into the movie's (a track per column), CSV and HDF5."""
-    tables = []
+    tables: list[list[dict[str, Any]]] = []
     for i in range(n):
+        if i in bad:  # skipped (skip_bad_frames): no columns
+            tables.append([])
+            continue
         with open(folder / f"{i:06d}.csv", newline="") as fh:
             tables.append([{k: v if k == "class" else int(v) if k == "frame" else float(v)
                             for k, v in r.items()} for r in csv.DictReader(fh)])

@@ -724,6 +724,7 @@ class Denoiser:
         ensemble: bool = False,
         first: int | None = None,
         indices: Sequence[int] | None = None,
+        on_bad_frame: Callable[[int, ValueError], None] | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, denoised_frame)`` for each frame, one at a time.
 
@@ -748,6 +749,11 @@ class Denoiser:
         indices : sequence of int, optional
             Exactly these frames, in this order (instead of ``start``/``stop``):
             the batch command passes the frames its store still lacks.
+        on_bad_frame : callable, optional
+            Called as ``on_bad_frame(index, error)`` for a frame of a stack that
+            cannot be denoised (:class:`~napari_sbd.core.inputs.InputError`: NaN,
+            negative or not counts; or a non-finite result), which is then left
+            out; without it the error is raised and iteration ends.
 
         This is the one frame loop of the package: :meth:`denoise`, the
         Denoise dock and ``napari-sbd-denoise`` all run through it.
@@ -771,9 +777,16 @@ class Denoiser:
             order.remove(first)
             order.insert(0, first)
         for i in order:
-            frame = as_frame(frames[i], index=i, model_dose=self.max_dose)
-            yield i, self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
-                                        ensemble=ensemble)
+            try:
+                frame = as_frame(frames[i], index=i, model_dose=self.max_dose)
+                den = self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
+                                         ensemble=ensemble)
+            except ValueError as exc:  # this frame's data: the others may be fine
+                if on_bad_frame is None:
+                    raise
+                on_bad_frame(i, exc)
+                continue
+            yield i, den
 
     def denoise(
         self,
