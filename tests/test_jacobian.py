@@ -136,3 +136,16 @@ def test_filter_of_a_level_conditioned_network(frame):
     filt, (r0, c0) = effective_filter(brighter, frame, (75, 86))
     crop = frame[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]]
     assert abs(float((filt.astype(np.float64) * crop).sum()) - float(den[75, 86])) > 1e-3
+
+
+def test_no_memory_for_the_filter_is_one_clear_error(model, frame, monkeypatch):
+    def scarce(x, level=None):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model.network, "forward", scarce)
+    with pytest.raises(MemoryError, match="not enough CPU memory for the effective filter"):
+        effective_filter(model, frame, (75, 86))
+    monkeypatch.setattr(model.network, "forward", lambda x, level=None: (_ for _ in ()).throw(
+        RuntimeError("bad")))
+    with pytest.raises(RuntimeError, match="bad"):  # other errors are not memory: raised as is
+        effective_filter(model, frame, (75, 86))

@@ -40,6 +40,7 @@ from napari_sbd.core.inference import (
     bin_counts,
     dihedral,
     dihedral_inverse,
+    is_out_of_memory,
     padded_index,
 )
 from napari_sbd.core.inputs import as_frame
@@ -199,8 +200,19 @@ def _filter(model: Denoiser, frame: np.ndarray,
     xp = x[ri_t][:, ci_t][None, None]  # gathered inside the graph: repeated pixels sum their gradients
     if model.channels_last:
         xp = xp.contiguous(memory_format=torch.channels_last)
-    with torch.enable_grad():
-        y = model.network(xp, model.level_of(frame))  # the frame's level, not the crop's
-        y[0, 0, r + e - p0, c + e - q0].backward()
+    try:
+        with torch.enable_grad():
+            y = model.network(xp, model.level_of(frame))  # the frame's level, not the crop's
+            y[0, 0, r + e - p0, c + e - q0].backward()
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        where = "GPU" if model.device.type == "cuda" else "CPU"
+        # the crop must hold the whole receptive field for the filter to be exact: no smaller try
+        raise MemoryError(
+            f"not enough {where} memory for the effective filter: the network's gradient over "
+            f"the {xp.shape[-2]}x{xp.shape[-1]} pixels it reads around the pixel does not fit; "
+            "free memory (other jobs, other programs)"
+            + (", or load the model on the CPU" if where == "GPU" else "")) from None
     assert x.grad is not None  # x requires grad and the output depends on it
     return x.grad.detach().cpu().numpy().astype(np.float32), (r0, c0)

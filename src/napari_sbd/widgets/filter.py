@@ -237,8 +237,8 @@ def _modifiers(event: Any) -> set[str]:
 
 
 def _filter_safely(*args: Any, **kwargs: Any) -> Any:
-    """Worker body: bad-input errors are returned as values, shown as notifications."""
+    """Worker body: bad input and no memory are returned as values, shown as notifications."""
     try:
         return effective_filter(*args, **kwargs)
-    except ValueError as exc:
+    except (ValueError, MemoryError) as exc:  # MemoryError: one line, naming the fix
         return Failure(exc)
