@@ -122,6 +122,10 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], Outcome], str, Callabl
     tifffile.imwrite(offset, (movie + 100).astype(np.uint16))
     series = tmp / "series.tif"
     tifffile.imwrite(series, np.stack([movie, movie]))
+    dropped = tmp / "dropped.tif"  # a damaged frame mid-movie: NaN in frame 1
+    bad_movie = movie.astype(np.float32)
+    bad_movie[1, :8] = np.nan
+    tifffile.imwrite(dropped, bad_movie)
     rgb = tmp / "rgb.tif"
     tifffile.imwrite(rgb, np.zeros((32, 32, 3), np.uint8), photometric="rgb")
     sim = tmp / "sim"
@@ -184,6 +188,9 @@ def cases(tmp: Path) -> list[tuple[str, str, Callable[[], Outcome], str, Callabl
         ("denoise", "a 4-D file (two movies) without `--block`", lambda: run(
             "denoise", str(series), "-o", str(tmp / "d10.zarr"), "--model", str(tiny), "--quiet"),
          "choose one with --block", lambda: not (tmp / "d10.zarr").exists()),
+        ("denoise", "a NaN frame mid-movie", lambda: run(
+            "denoise", str(dropped), "-o", str(tmp / "d11.zarr"), "--model", str(tiny), "--quiet"),
+         "--skip-bad-frames", lambda: (tmp / "d11.zarr" / ".sbd" / "done" / "000000").exists()),
         ("denoise", "an RGB image", lambda: run(
             "denoise", str(rgb), "-o", str(tmp / "d7.zarr"), "--model", str(tiny), "--quiet"),
          "RGB", lambda: not (tmp / "d7.zarr").exists()),
