@@ -19,7 +19,9 @@ With the bundled default and the bundled envelope model both in the run, it
 also scores those two on the validation frames and prints where the default
 wins: the windows model "auto" uses (``AUTO_DEFAULT_DOSE``,
 ``AUTO_DEFAULT_PIXEL_PM`` in napari_sbd.core.inference), derived on
-validation frames, never on the test images.
+validation frames, never on the test images. With the bundled high-dose model
+too, the dose from which it beats the envelope model (``AUTO_HIGH_DOSE``), the
+same way.
 
 Writes docs/envelope.md and docs/images/envelope.png (with --out elsewhere: the page
 there and its plot beside it, as OUT.png).
@@ -50,7 +52,15 @@ from _common import (
 )
 
 from napari_sbd.core.baselines import binned_vst_bm3d
-from napari_sbd.core.inference import AUTO_DEFAULT_DOSE, AUTO_DEFAULT_PIXEL_PM, BUNDLED, load_model
+from napari_sbd.core.inference import (
+    AUTO_DEFAULT_DOSE,
+    AUTO_DEFAULT_PIXEL_PM,
+    AUTO_HIGH_DOSE,
+    BUNDLED,
+    bundled_model_path,
+    choose_bundled_model,
+    load_model,
+)
 from napari_sbd.core.metrics import psnr
 from napari_sbd.core.noise import poisson_noise
 
@@ -61,6 +71,7 @@ PIXELS = [4.0, 4.88, 6.1, 8.0, 10.0, 12.0]
 BINS_AT_6PM = [4, 6, 8, 10, 12, 16, 20]  # bin factors at 6.1 pm, scaled with the pixel size
 SIGMAS = [0.8, 1.0, 1.2]
 AUTO_PAIR = ("bundled default", "bundled envelope")  # auto's windows: where the first wins
+HIGH_PAIR = ("bundled high-dose", "bundled envelope")  # auto's threshold: from where the first wins
 
 
 def settings(quick: bool) -> list[tuple[str, float, float]]:
@@ -124,7 +135,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", default=[],
                         help="bundled model names or checkpoints, side by side in one run "
-                        "(default: both bundled models)")
+                        "(default: the bundled white-contrast models)")
     parser.add_argument("--quick", action="store_true",
                         help="7 settings, fewer frames (a check, not the committed page)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
@@ -133,7 +144,8 @@ def main() -> None:
     t_start = time.perf_counter()
     test_set, val_set = clean_sets(args.cache, 1 if args.quick else 2, 1)
     val_set = val_set[:2]
-    models = [(p, load_model(p, device="auto")) for p in (args.model or ["default", "envelope"])]
+    white = [n for n in ("default", "envelope", "high-dose") if bundled_model_path(n).exists()]
+    models = [(p, load_model(p, device="auto")) for p in (args.model or white)]
     names = [f"bundled {p}" if p in BUNDLED else f"{Path(p).parent.name}/{Path(p).name}"
              for p, _ in models]
     results = []  # one dict per setting
@@ -144,7 +156,7 @@ def main() -> None:
         test = frames_at(test_set, dose, pixel, seed=1)
         row = {"axis": axis, "dose": dose, "pixel": pixel, "bm3d_params": (b, s)}
         for name, (_, model) in zip(names, models):
-            if name in AUTO_PAIR:  # validation scores: what auto's windows are derived from
+            if name in AUTO_PAIR + HIGH_PAIR:  # validation scores: what auto is derived from
                 row[f"{name}_val"] = float(np.mean(
                     [scored(c, model.denoise(n, pixel_size_pm=pixel), dose) for _, c, n in val]))
         for key, sel in (("ref", lambda n: n.startswith("ref")), ("sim", lambda n: n.startswith("sim"))):
@@ -160,7 +172,19 @@ def main() -> None:
         print(f"{axis} dose {dose:g} px {pixel:g}: " + ", ".join(
             f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float) and k not in
             ("dose", "pixel")) + f" ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    names = with_auto(results, names)
     write_page(args, names, models, results, test_set, val_set, time.perf_counter() - t_start)
+
+
+def with_auto(results: list[dict], names: list[str]) -> list[str]:
+    """Add what model "auto" gets at each setting (its pick's scores) when all it picks from ran."""
+    if not all(f"bundled {n}" in names for n in ("default", "envelope", "high-dose")):
+        return names
+    for r in results:  # white contrast: the test frames' own
+        r["auto_pick"] = choose_bundled_model(r["dose"], r["pixel"], "white")[0]
+        for key in ("ref", "sim"):
+            r[f"auto_{key}"] = r[f"bundled {r['auto_pick']}_{key}"]
+    return [*names, "auto"]
 
 
 def write_page(args, names, models, results, test_set, val_set, elapsed) -> None:
@@ -181,6 +205,9 @@ def write_page(args, names, models, results, test_set, val_set, elapsed) -> None
                      + (f"{dr[0]:g}-{dr[1]:g}" if dr else f"{model.dose:g}") + " counts/pixel, "
                      + (f"{pr[0]:g}-{pr[1]:g}" if pr else f"{model.metadata.get('pixel_size_pm')}")
                      + " pm/pixel (frames finer than a model's range are binned into it)")
+    if "auto" in names:
+        lines.append("- auto: what model auto picks for the setting (white contrast; its pick "
+                     "in brackets), from the rows of the others")
     lines.append("")
     for axis, title in (("dose", "PSNR against the vacuum dose at 6.1 pm/pixel"),
                         ("pixel", "PSNR against the pixel size at 0.45 counts/pixel")):
@@ -194,7 +221,7 @@ def write_page(args, names, models, results, test_set, val_set, elapsed) -> None
             x = r["dose"] if axis == "dose" else r["pixel"]
             b, s = r["bm3d_params"]
             cells = [f"{r.get(f'{n}_ref', np.nan):.2f} / {r.get(f'{n}_sim', np.nan):.2f}"
-                     for n in names]
+                     + (f" ({r['auto_pick']})" if n == "auto" else "") for n in names]
             lines.append(f"| {x:g} | {b}, {s:g} | " + " | ".join(cells)
                          + f" | {r.get('bm3d_ref', np.nan):.2f} / {r.get('bm3d_sim', np.nan):.2f} |")
         lines.append("")
@@ -212,6 +239,8 @@ def write_page(args, names, models, results, test_set, val_set, elapsed) -> None
     lines.append("")
     if all(n in names for n in AUTO_PAIR):
         lines += auto_windows(results) + [""]
+    if all(n in names for n in HIGH_PAIR):
+        lines += high_dose_threshold(results) + [""]
     # the committed page's plot goes to docs/images; a page written elsewhere (--out) keeps its
     # plot beside it, and the committed one is left alone
     png = (IMAGES / "envelope.png" if args.out.resolve() == (DOCS / "envelope.md").resolve()
@@ -270,6 +299,41 @@ def auto_windows(results: list[dict]) -> list[str]:
     return out
 
 
+def crossing_from(xs: list[float], diff: list[float]) -> float | None:
+    """The lowest x from which ``diff`` stays > 0 up to the last setting, interpolated in log x.
+
+    None when ``diff`` is not positive at the last setting; the first setting when it is
+    positive everywhere.
+    """
+    i = len(xs) - 1
+    if diff[i] <= 0:
+        return None
+    while i > 0 and diff[i - 1] > 0:
+        i -= 1
+    if i == 0:
+        return xs[0]
+    t = diff[i - 1] / (diff[i - 1] - diff[i])
+    return float(np.exp(np.log(xs[i - 1]) + t * (np.log(xs[i]) - np.log(xs[i - 1]))))
+
+
+def high_dose_threshold(results: list[dict]) -> list[str]:
+    """From which dose (at 6.1 pm) the high-dose model beats the envelope model, on validation."""
+    a, b = HIGH_PAIR
+    out = ["## Where model auto takes the high-dose model (validation frames)", ""]
+    for axis in ("dose", "pixel"):
+        rows = [r for r in results if r["axis"] == axis]
+        out.append(f"- {axis}: high-dose minus envelope on the validation frames: " + ", ".join(
+            f"{r[axis]:g} {r[f'{a}_val'] - r[f'{b}_val']:+.2f} dB" for r in rows))
+    rows = [r for r in results if r["axis"] == "dose"]
+    x = crossing_from([r["dose"] for r in rows], [r[f"{a}_val"] - r[f"{b}_val"] for r in rows])
+    out += ["", "Derived threshold (log-linear crossing on the dose axis, counts per pixel the "
+            "network sees; a finer frame binned into the envelope's range counts its binned "
+            "pixels): " + ("none, the envelope model is as good at every dose" if x is None
+                          else f"{x:.2f} counts/pixel")
+            + f" (in the code at this run: {AUTO_HIGH_DOSE:g})."]
+    return out
+
+
 def label(r: dict) -> str:
     """'dose 0.9' or '8 pm': the setting's point on its axis."""
     return f"dose {r['dose']:g}" if r["axis"] == "dose" else f"{r['pixel']:g} pm"
@@ -287,8 +351,10 @@ def plot(results: list[dict], names: list[str], png: Path) -> None:
         rows = [r for r in results if r["axis"] == axis]
         x = [r["dose"] if axis == "dose" else r["pixel"] for r in rows]
         ax.plot(x, [r["bm3d_ref"] for r in rows], "k--o", label="binned BM3D (tuned per setting)")
-        for n in names:
-            ax.plot(x, [r[f"{n}_ref"] for r in rows], "-o", label=n)
+        for n in names:  # auto: a broad pale band under the models it picks from
+            style = (dict(color="0.6", lw=7, alpha=0.35, zorder=0) if n == "auto"
+                     else dict(marker="o"))
+            ax.plot(x, [r[f"{n}_ref"] for r in rows], label=n, **style)
         if axis == "dose":
             ax.set_xscale("log")
         ax.set_xlabel(xlabel)

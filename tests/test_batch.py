@@ -457,9 +457,9 @@ def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_pat
 
 
 def test_auto_model_follows_the_movies_dose(tmp_path, capsys):
-    """The command's default model is chosen from the movie: the envelope one at 3x the dose."""
+    """The command's default model is chosen from the movie: the envelope one at 0.4x the dose."""
     clean, _ = clean_frame()
-    stack = np.random.default_rng(5).poisson(3 * clean[None, :64, 200:264] * np.ones((2, 1, 1)))
+    stack = np.random.default_rng(5).poisson(0.4 * clean[None, :64, 200:264] * np.ones((2, 1, 1)))
     path = tmp_path / "bright.tif"
     tifffile.imwrite(path, stack.astype(np.uint16))
     out = tmp_path / "auto.zarr"

@@ -329,7 +329,7 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
     from napari_sbd.core.checkpoint import CheckpointError
     from napari_sbd.core.inference import BUNDLED, load_model
 
-    assert set(BUNDLED) == {"default", "envelope", "black"}
+    assert set(BUNDLED) == {"default", "envelope", "black", "high-dose"}
     env = load_model("envelope", device="cpu")
     lo, hi = env.dose_range
     assert lo <= 0.15 and hi >= 4.0
@@ -339,6 +339,12 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
     default = load_model("default", device="cpu")
     (msg,) = default.compatibility_warnings(2.0, None)
     assert "model='envelope'" in msg
+    # the high-dose model covers the same envelope, which auto's binning rule assumes
+    from napari_sbd.core.inference import ENVELOPE_PIXEL_RANGE_PM
+
+    high = load_model("high-dose", device="cpu")
+    assert env.pixel_size_range_pm == high.pixel_size_range_pm == ENVELOPE_PIXEL_RANGE_PM
+    assert high.dose_range == env.dose_range
     black = load_model("black", device="cpu")  # the default's point, dark columns
     assert (black.card.contrast, black.card.dose, black.card.pixel_size_pm) == ("black", 0.45, 6.1)
     with pytest.raises(CheckpointError, match="bundled: default, envelope"):
@@ -358,19 +364,26 @@ def test_bundled_models_outputs_are_unchanged():
     # refactor must keep them: anything beyond float rounding is a changed model.
     # (envelope: rewritten when the envelope run's epoch-119 model replaced epoch 63)
     ref = np.load(Path(__file__).parent / "data" / "bundled_outputs.npz")
-    for name in ("default", "envelope", "black"):  # black: written when it was bundled
+    # black, high-dose: written when each was bundled
+    for name in ("default", "envelope", "black", "high-dose"):
         out = load_model(name, device="cpu").denoise(ref["input"])
         np.testing.assert_allclose(out, ref[name], rtol=1e-6, atol=1e-7, err_msg=name)
 
 
-def test_auto_picks_the_default_only_where_it_beats_the_envelope_model():
-    from napari_sbd.core.inference import choose_bundled_model
+def test_auto_picks_the_default_only_where_it_beats_the_envelope_models():
+    from napari_sbd.core.inference import AUTO_HIGH_DOSE, choose_bundled_model
 
     assert choose_bundled_model(0.45, 6.1)[0] == "default"
     assert choose_bundled_model(None, None)[0] == "default"  # unknown: the default's own
-    for dose, px in [(0.9, 6.1), (0.2, 6.1), (0.45, 8.0), (0.45, 4.88), (2.0, None)]:
+    below = 0.95 * AUTO_HIGH_DOSE
+    for dose, px in [(below, 6.1), (0.2, 6.1), (0.45, 8.0), (0.45, 4.88), (below / 4, 4.0)]:
         name, why = choose_bundled_model(dose, px)
         assert name == "envelope" and "outside" in why, (dose, px)
+    # many counts per pixel: the high-dose model, also for a fine frame that binning fills
+    for dose, px in [(1.05 * AUTO_HIGH_DOSE, 6.1), (4.0, None), (0.3 * AUTO_HIGH_DOSE, 4.0)]:
+        name, why = choose_bundled_model(dose, px)
+        assert name == "high-dose" and "high-dose model is best" in why, (dose, px)
+    assert "2x2 binned" in choose_bundled_model(0.3 * AUTO_HIGH_DOSE, 4.0)[1]
 
 
 @pytest.mark.parametrize("amplitude, expected", [(0.25, "white"), (-0.25, "black")])
@@ -414,5 +427,5 @@ def test_auto_picks_the_black_contrast_model_for_black_data_at_its_point(monkeyp
     assert inference.choose_bundled_model(None, None, "black")[0] == "black"
     assert inference.choose_bundled_model(0.45, 6.1, "white")[0] == "default"
     assert inference.choose_bundled_model(0.45, 6.1)[0] == "default"
-    name, why = inference.choose_bundled_model(2.0, 6.1, "black")
+    name, why = inference.choose_bundled_model(0.2, 6.1, "black")
     assert name == "envelope" and "trained at" in why

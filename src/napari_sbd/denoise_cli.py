@@ -37,9 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="auto",
                    help="'auto' (the bundled model for the movie's dose, pixel size and contrast: "
                    "'default' near 0.45 counts/pixel and 6.1 pm, 'black' there for dark columns, "
-                   "'envelope' elsewhere), 'default' (bundled; best at 0.45 counts/pixel, 6.1 pm, "
-                   "white contrast), 'black' (bundled; the same point, black contrast), 'envelope' "
-                   "(bundled; 0.1-5 counts/pixel, 4.8-10.5 pm) or a checkpoint path")
+                   "'high-dose' from about 1.3 counts per (binned) pixel, 'envelope' elsewhere), "
+                   "'default' (bundled; best at 0.45 counts/pixel, 6.1 pm, white contrast), "
+                   "'black' (bundled; the same point, black contrast), 'envelope' (bundled; "
+                   "0.1-5 counts/pixel, 4.8-10.5 pm), 'high-dose' (bundled; a larger network "
+                   "over the same range, best at high doses) or a checkpoint path")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--frames", help="START:STOP range of frames for this process (default: all)")
     p.add_argument("--columns", action="store_true",

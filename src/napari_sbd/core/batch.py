@@ -208,7 +208,7 @@ def denoise_movie(
     model : str, path-like or Denoiser
         "auto" (the bundled model for the movie's dose and pixel size:
         :func:`~napari_sbd.core.inference.choose_bundled_model`), "default",
-        "envelope", a checkpoint path, or a loaded model.
+        "envelope", "high-dose", "black", a checkpoint path, or a loaded model.
     device : str
         "auto", "cpu" or "cuda[:N]".
     frames : str or slice, optional

@@ -113,6 +113,8 @@ BUNDLED = {
     "default": "the best model at 0.45 counts/pixel and 6.1 pm/pixel (white contrast)",
     "envelope": "one model for 0.1-5 counts/pixel and 4.8-10.5 pm/pixel (white contrast)",
     "black": "the best model at 0.45 counts/pixel and 6.1 pm/pixel for black contrast",
+    "high-dose": "a larger network (4 scales x 64 channels) over the envelope's doses and pixel "
+                 "sizes, the best where a pixel holds many counts (white contrast)",
 }
 
 
@@ -124,6 +126,27 @@ BUNDLED = {
 # 8: envelope +0.7). Re-derive whenever a bundled model changes.
 AUTO_DEFAULT_DOSE = (0.41, 0.49)
 AUTO_DEFAULT_PIXEL_PM = (5.5, 7.2)
+# Outside the default's window, counts per pixel as the envelope models see them (a frame
+# finer than their range binned into it) from which the high-dose model beats the envelope
+# model, derived like the windows above (docs/envelope.md, "Where model auto takes the
+# high-dose model"; the leader's epoch 594): high-dose minus envelope on the validation
+# frames 0.9: -0.32 dB, 1.35: +0.01, 2: +0.42, 4: +0.82, and at 4 pm (binned 2x2 into
+# 8 pm, 1.8 counts per binned pixel) +1.54: the crossing is at 1.33 counts/pixel.
+AUTO_HIGH_DOSE = 1.33
+# The pixel-size range of both bundled envelope models (their cards; a test checks it).
+ENVELOPE_PIXEL_RANGE_PM = (4.8, 10.5)
+
+
+def binning_into(pixel_size_pm: float | None, lowest_pm: float | None) -> int:
+    """Integer k x k binning that brings a pixel size up to ``lowest_pm`` (1: none needed).
+
+    Summing k x k counts keeps them Poisson at k times the pixel size; coarser
+    frames cannot be helped.
+    """
+    if pixel_size_pm is None or lowest_pm is None or not pixel_size_pm > 0 \
+            or pixel_size_pm >= lowest_pm:
+        return 1
+    return math.ceil(lowest_pm / pixel_size_pm - 1e-9)
 
 
 def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
@@ -131,8 +154,10 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     """Pick the bundled model that denoises data of this dose, pixel size and contrast best.
 
     White contrast (or unknown): the single-point default where it wins
-    (doses :data:`AUTO_DEFAULT_DOSE`, pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`),
-    the envelope model everywhere else (when installed). Black contrast: the
+    (doses :data:`AUTO_DEFAULT_DOSE`, pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`);
+    elsewhere the high-dose model where a pixel the network sees (after binning
+    a finer frame into the envelope's range) holds at least :data:`AUTO_HIGH_DOSE`
+    counts, the envelope model below that (each when installed). Black contrast: the
     black-contrast model at the same point (when installed), the white-contrast
     choice elsewhere. An unknown dose or pixel size counts as the default's own.
 
@@ -148,7 +173,8 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     Returns
     -------
     tuple of str
-        The bundled name ("default", "envelope" or "black") and the reason, in words.
+        The bundled name ("default", "envelope", "high-dose" or "black") and the
+        reason, in words.
     """
     lo, hi = AUTO_DEFAULT_DOSE
     plo, phi = AUTO_DEFAULT_PIXEL_PM
@@ -166,6 +192,14 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
         seen += f" (the black-contrast model is trained at {window} only)"
     if (dose_ok and pixel_ok) or not bundled_model_path("envelope").exists():
         return "default", f"the data have {seen}; the default is best at {window}"
+    k = binning_into(pixel_size_pm, ENVELOPE_PIXEL_RANGE_PM[0])
+    seen_by_net = None if dose is None or not np.isfinite(dose) else dose * k * k
+    if (seen_by_net is not None and seen_by_net >= AUTO_HIGH_DOSE
+            and bundled_model_path("high-dose").exists()):
+        binned = f" ({k}x{k} binned)" if k > 1 else ""
+        return "high-dose", (f"the data have {seen}, outside {window} where the default is best; "
+                             f"{seen_by_net:.3g} counts per pixel{binned}, at least "
+                             f"{AUTO_HIGH_DOSE:g} where the high-dose model is best")
     return "envelope", f"the data have {seen}, outside {window} where the default is best"
 
 
@@ -435,9 +469,7 @@ class Denoiser:
         size. Coarser frames cannot be helped (see :meth:`compatibility_warnings`).
         """
         r = self.pixel_size_range_pm
-        if pixel_size_pm is None or r is None or not pixel_size_pm > 0 or pixel_size_pm >= r[0]:
-            return 1
-        return math.ceil(r[0] / pixel_size_pm - 1e-9)
+        return binning_into(pixel_size_pm, None if r is None else r[0])
 
     @property
     def dose_range(self) -> tuple[float, float] | None:

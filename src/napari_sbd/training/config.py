@@ -125,9 +125,10 @@ class TrainConfig:
                     "running", flag="--no-amp",
                     action="store_false", show_default=False)
     seed: int = opt(0, "random seed", "running", type=int)
-    init_from: str | None = opt(None, "start from the weights of this checkpoint ('default' or "
-                                "'envelope': a bundled model); it must have the same "
-                                "architecture and parameters", "running", metavar="CKPT",
+    init_from: str | None = opt(None, "start from the weights of this checkpoint (or a bundled "
+                                "model by name: 'default', 'envelope', 'high-dose', 'black'); "
+                                "it must have the same architecture and parameters (level gains "
+                                "may be added)", "running", metavar="CKPT",
                                 show_default=False)
     resume: bool = opt(False, "continue the run in --out", "running", action="store_true",
                        show_default=False)

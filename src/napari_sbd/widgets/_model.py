@@ -10,6 +10,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import (
+    AUTO_HIGH_DOSE,
     BUNDLED,
     Denoiser,
     available_devices,
@@ -22,9 +23,14 @@ AUTO_CHOICE = "auto (chosen from the data)"
 DEFAULT_CHOICE = "bundled default"
 ENVELOPE_CHOICE = "bundled envelope (wide dose and pixel range)"
 BLACK_CHOICE = "bundled black contrast (dark columns, underfocus)"
+HIGH_DOSE_CHOICE = "bundled high-dose (many counts per pixel)"
 FILE_CHOICE = "checkpoint file..."
 # picker label -> bundled model name
-BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope", BLACK_CHOICE: "black"}
+BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope",
+                   HIGH_DOSE_CHOICE: "high-dose", BLACK_CHOICE: "black"}
+AUTO_TEXT = ("auto, from the layer: the default near 0.45 counts/pixel and 6.1 pm (its "
+             "black-contrast sibling for dark columns), else the envelope model, or the "
+             "high-dose one from {high:g} counts/pixel (finer frames binned)")
 
 
 class ModelPicker(Container):
@@ -37,9 +43,7 @@ class ModelPicker(Container):
         sources = ([AUTO_CHOICE] if len(bundled) > 1 else []) + bundled + [FILE_CHOICE]
         self.source = ComboBox(
             label="model", choices=sources, value=sources[0],
-            tooltip="auto: the bundled default for data near 0.45 counts/pixel and 6.1 pm, "
-            "the envelope model elsewhere, the black-contrast model for dark columns near "
-            "0.45 counts/pixel and 6.1 pm (chosen from the layer when it runs)\n"
+            tooltip=AUTO_TEXT.format(high=AUTO_HIGH_DOSE) + " when it runs\n"
             + "\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
             + "\nor a checkpoint file trained with napari-sbd-train")
         self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt",
@@ -105,9 +109,7 @@ class ModelPicker(Container):
             self.info.value = "choose a checkpoint file" if unset else wrap(str(exc))
             return
         self.info.value = wrap(
-            "auto: the bundled default for data near 0.45 counts/pixel and 6.1 pm/pixel (its "
-            "black-contrast sibling for dark columns), the envelope model (0.1-5 counts/pixel, "
-            "4.8-10.5 pm) elsewhere; chosen from the layer"
+            AUTO_TEXT.format(high=AUTO_HIGH_DOSE)
             if self.is_auto else den.describe())
 
 
