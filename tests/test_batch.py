@@ -456,17 +456,18 @@ def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_pat
     assert f"dose {doses.min():.3g}-{doses.max():.3g} counts/pixel per frame" in err
 
 
-def test_auto_model_follows_the_movies_dose(tmp_path, capsys):
-    """The command's default model is chosen from the movie: the envelope one at 0.4x the dose."""
+@pytest.mark.parametrize("scale, expected", [(0.4, "envelope"), (4.0, "high-dose")])
+def test_auto_model_follows_the_movies_dose(tmp_path, capsys, scale, expected):
+    """The command's default model is chosen from the movie's dose: 0.4x and 4x the default's."""
     clean, _ = clean_frame()
-    stack = np.random.default_rng(5).poisson(0.4 * clean[None, :64, 200:264] * np.ones((2, 1, 1)))
-    path = tmp_path / "bright.tif"
+    stack = np.random.default_rng(5).poisson(scale * clean[None, :64, 200:264] * np.ones((2, 1, 1)))
+    path = tmp_path / "movie.tif"
     tifffile.imwrite(path, stack.astype(np.uint16))
     out = tmp_path / "auto.zarr"
     assert main([str(path), "-o", str(out), "--quiet"]) == 0
-    assert "auto chose the bundled 'envelope' model" in capsys.readouterr().err
+    assert f"auto chose the bundled '{expected}' model" in capsys.readouterr().err
     model = zarr.open_group(str(out), mode="r").attrs["napari_sbd"]["model"]
-    assert Path(model["path"]).name == "envelope.pt"
+    assert Path(model["path"]).name == f"{expected}.pt"
 
 
 def test_auto_model_follows_the_movies_contrast(tmp_path, capsys):
