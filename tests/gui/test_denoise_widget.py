@@ -376,6 +376,27 @@ def test_auto_model_is_chosen_from_the_layer_and_the_filter_follows_it(make_napa
     assert Path(filt._model_for(raw).metadata["path"]).name == "envelope.pt"
 
 
+def test_a_mismatch_with_the_model_is_said_before_running(make_napari_viewer, rng):
+    """The dose note says what the chosen model will warn about, before Denoise is pressed."""
+    from napari_sbd.widgets._model import AUTO_CHOICE, DEFAULT_CHOICE
+
+    viewer = make_napari_viewer()
+    w = DenoiseWidget(viewer)
+    w.model_combo.value = AUTO_CHOICE
+    coarse = viewer.add_image(rng.poisson(0.45, (2, 64, 64)).astype(np.float32), name="coarse",
+                              scale=(1, 0.61, 0.61), units=("pixel", "angstrom", "angstrom"))
+    w.layer_combo.value = coarse  # 61 pm: coarser than every bundled model's range
+    note = " ".join(w.dose_note.value.split())
+    assert "auto will take" in note and "61 pm/pixel, outside the 4.8-10.5 pm/pixel" in note
+    w.pixel.value = 6.1  # the default's own point: nothing to warn about
+    assert "outside" not in w.dose_note.value and "results may be poor" not in w.dose_note.value
+    w.model_combo.value = DEFAULT_CHOICE  # a single-point model at 3x its dose
+    bright = viewer.add_image(rng.poisson(1.35, (2, 64, 64)).astype(np.float32), name="bright",
+                              scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"))
+    w.layer_combo.value = bright
+    assert "the model was trained at 0.45" in " ".join(w.dose_note.value.split())
+
+
 def test_auto_model_reads_dark_columns_and_picks_the_black_contrast_model(make_napari_viewer,
                                                                           qtbot):
     from pathlib import Path

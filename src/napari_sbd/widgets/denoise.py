@@ -184,12 +184,16 @@ class DenoiseWidget(DockWidget):
             self.dose_note.value = wrap(str(exc))
             return
         note = f"{dose:.3g} electrons/pixel/frame on average (first frames)"
+        pixel = float(self.pixel.value) or None
+        contrast = estimate_contrast(self.counts(layer), pixel) if self.model.is_auto else None
         if self.model.is_auto:  # which model auto will take, before anything runs
-            pixel = float(self.pixel.value) or None
-            name, _why = choose_bundled_model(
-                dose, pixel, estimate_contrast(self.counts(layer), pixel))
+            name, _why = choose_bundled_model(dose, pixel, contrast)
             note += f"; auto will take the bundled '{name}' model"
-        self.dose_note.value = wrap(note)
+        try:  # what the model will say when it runs, said now (the picker caches the model)
+            said = self.model.load(dose, pixel, contrast).compatibility_warnings(dose, pixel)
+        except (CheckpointError, ValueError):  # no checkpoint chosen yet: the picker says so
+            said = []
+        self.dose_note.value = wrap("; ".join([note, *said]))
 
     # -- running --------------------------------------------------------------
     def run(self, _value: Any = None) -> None:
