@@ -173,22 +173,22 @@ class DenoiseWidget(DockWidget):
                       f"electrons per count, from the file's calibration ({cal['units']})")
 
     def _show_dose(self, _value: Any = None) -> None:
-        """Return the dose the calibration implies, before anything runs."""
+        """Show the dose the calibration implies, auto's pick and the model's warnings, before running."""
         layer = self.layer_combo.value
         if layer is None or getattr(layer, "rgb", False) or layer.data.ndim not in (2, 3):
             self.dose_note.value = ""
             return
+        counts = self.counts(layer)  # a lazy view: read once for the dose and the contrast
         try:
-            dose = estimate_dose(self.counts(layer), max_frames=2)
+            dose = estimate_dose(counts, max_frames=2)
         except (InputError, ValueError) as exc:
             self.dose_note.value = wrap(str(exc))
             return
         note = f"{dose:.3g} electrons/pixel/frame on average (first frames)"
-        pixel = float(self.pixel.value) or None
-        contrast = estimate_contrast(self.counts(layer), pixel) if self.model.is_auto else None
+        pixel, contrast = float(self.pixel.value) or None, None
         if self.model.is_auto:  # which model auto will take, before anything runs
-            name, _why = choose_bundled_model(dose, pixel, contrast)
-            note += f"; auto will take the bundled '{name}' model"
+            contrast = estimate_contrast(counts, pixel)
+            note += f"; auto will take the bundled '{choose_bundled_model(dose, pixel, contrast)[0]}' model"
         try:  # what the model will say when it runs, said now (the picker caches the model)
             said = self.model.load(dose, pixel, contrast).compatibility_warnings(dose, pixel)
         except (CheckpointError, ValueError):  # no checkpoint chosen yet: the picker says so
