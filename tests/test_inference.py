@@ -318,6 +318,33 @@ def test_binning_brings_fine_frames_into_the_models_range(denoiser):
     np.testing.assert_array_equal(env.denoise(counts, pixel_size_pm=6.0), env.denoise(counts))
 
 
+def test_a_card_that_asks_for_coarser_pixels_bins_up_to_them_inside_its_range(denoiser):
+    import copy
+
+    from napari_sbd.core.checkpoint import ModelCard
+    from napari_sbd.core.inference import bin_counts, binning_into, unbin
+
+    # the smallest k reaching the target; a smaller one when k x pixel would leave the
+    # range, never below what the range's lower edge needs
+    assert binning_into(4.88, 6.0, (4.8, 10.5)) == 2  # 9.76 pm
+    assert binning_into(5.5, 6.0, (4.8, 10.5)) == 1  # 11 pm would leave the range
+    assert binning_into(2.5, 6.0, (4.8, 10.5)) == 3  # 7.5 pm
+    assert binning_into(1.0, 6.0, (4.8, 5.0)) == 5  # the range's lower edge wins
+    assert binning_into(6.1, 6.0, (4.8, 10.5)) == binning_into(None, 6.0) == 1
+    env = copy.copy(denoiser)
+    env.metadata = {**denoiser.metadata, "pixel_size_range_pm": [4.8, 10.5], "bin_to_pm": 6.0}
+    assert env.card.bin_to_pm == 6.0
+    assert ModelCard.from_metadata({"bin_to_pm": "?"}).bin_to_pm is None  # hand-written labels
+    assert [env.binning_for(p) for p in (None, 2.5, 3.4, 4.88, 5.2, 5.5, 6.1)] == [1, 3, 2, 2, 2, 1, 1]
+    (note,) = env.compatibility_warnings(None, 4.88)  # inside the range: said, not a failure
+    assert "binned 2x2" in note and "from which this model does best" in note
+    assert "binned up to it" in env.describe()
+    counts = np.random.default_rng(6).poisson(0.45, (40, 44)).astype(np.float32)
+    np.testing.assert_allclose(env.denoise(counts, pixel_size_pm=4.88),
+                               unbin(env.denoise(bin_counts(counts, 2)), 2, counts.shape),
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_the_frame_on_screen_is_denoised_first(denoiser, rng):
     stack = rng.poisson(0.45, (5, 32, 32)).astype(np.float32)
     order = [i for i, _ in denoiser.iter_denoise(stack, first=3)]
@@ -344,6 +371,10 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
 
     high = load_model("high-dose", device="cpu")
     assert env.pixel_size_range_pm == high.pixel_size_range_pm == ENVELOPE_PIXEL_RANGE_PM
+    # and the binning its card asks for (auto reads the constant, not the file)
+    from napari_sbd.core.inference import HIGH_DOSE_BIN_TO_PM
+
+    assert high.card.bin_to_pm == HIGH_DOSE_BIN_TO_PM and env.card.bin_to_pm is None
     assert high.dose_range == env.dose_range
     black = load_model("black", device="cpu")  # the default's point, dark columns
     assert (black.card.contrast, black.card.dose, black.card.pixel_size_pm) == ("black", 0.45, 6.1)
@@ -376,7 +407,7 @@ def test_auto_picks_the_default_only_where_it_beats_the_envelope_models():
     assert choose_bundled_model(0.45, 6.1)[0] == "default"
     assert choose_bundled_model(None, None)[0] == "default"  # unknown: the default's own
     below = 0.95 * AUTO_HIGH_DOSE
-    for dose, px in [(below, 6.1), (0.2, 6.1), (0.45, 8.0), (0.45, 4.88), (below / 4, 4.0)]:
+    for dose, px in [(below, 6.1), (0.2, 6.1), (0.45, 8.0), (0.45, 5.4), (below / 4, 4.0)]:
         name, why = choose_bundled_model(dose, px)
         assert name == "envelope" and "outside" in why, (dose, px)
     # many counts per pixel: the high-dose model, also for a fine frame that binning fills
@@ -384,6 +415,10 @@ def test_auto_picks_the_default_only_where_it_beats_the_envelope_models():
         name, why = choose_bundled_model(dose, px)
         assert name == "high-dose" and "high-dose model is best" in why, (dose, px)
     assert "2x2 binned" in choose_bundled_model(0.3 * AUTO_HIGH_DOSE, 4.0)[1]
+    # a frame the high-dose model bins and the envelope model would not: high-dose at any dose
+    for dose, px in [(0.1, 4.88), (0.45, 5.2), (0.1, 2.5)]:
+        name, why = choose_bundled_model(dose, px)
+        assert name == "high-dose" and "bins the frames" in why, (dose, px)
 
 
 @pytest.mark.parametrize("amplitude, expected", [(0.25, "white"), (-0.25, "black")])

@@ -91,6 +91,10 @@ class ModelCard:
         Validation PSNR of the saved weights, dB.
     dose_range, pixel_size_range_pm : tuple of float or None
         The envelope the model was trained over (None: one point).
+    bin_to_pm : float or None
+        Frames finer than this are binned k x k (the smallest k that reaches it while
+        k x the pixel size stays inside ``pixel_size_range_pm``), measured per model on
+        validation frames; None: only frames finer than the range are binned.
     path : str or None
         The file it was loaded from.
     """
@@ -104,6 +108,7 @@ class ModelCard:
     validation_psnr: float | None = None
     dose_range: tuple[float, float] | None = None
     pixel_size_range_pm: tuple[float, float] | None = None
+    bin_to_pm: float | None = None
     path: str | None = None
 
     @classmethod
@@ -119,6 +124,7 @@ class ModelCard:
             validation_psnr=_number(meta.get("validation_psnr")),
             dose_range=_span(meta.get("dose_range")),
             pixel_size_range_pm=_span(meta.get("pixel_size_range_pm")),
+            bin_to_pm=_number(meta.get("bin_to_pm")),
             path=meta.get("path"),
         )
 

@@ -135,18 +135,34 @@ AUTO_DEFAULT_PIXEL_PM = (5.5, 7.2)
 AUTO_HIGH_DOSE = 1.33
 # The pixel-size range of both bundled envelope models (their cards; a test checks it).
 ENVELOPE_PIXEL_RANGE_PM = (4.8, 10.5)
+# The high-dose model's card: frames finer than 6 pm are binned into 6-10.5 pm where they
+# can be. On validation frames (docs/envelope.md, "Binning"), 2x2 at 4.88-5.2 pm gains
+# +1.2 to +2.3 dB at 0.1-1.35 counts/pixel over the frame's own grid (a little behind
+# from 2 counts/pixel up), and 3x3 at 2.5 pm +1.0 dB over 2x2; the envelope model gains
+# nothing from it. Auto takes the high-dose model wherever it bins and the envelope model
+# would not.
+HIGH_DOSE_BIN_TO_PM = 6.0
 
 
-def binning_into(pixel_size_pm: float | None, lowest_pm: float | None) -> int:
-    """Integer k x k binning that brings a pixel size up to ``lowest_pm`` (1: none needed).
+def binning_into(pixel_size_pm: float | None, target_pm: float | None,
+                 range_pm: tuple[float, float] | None = None) -> int:
+    """Integer k x k binning that brings a pixel size up to ``target_pm`` (1: none needed).
 
     Summing k x k counts keeps them Poisson at k times the pixel size; coarser
-    frames cannot be helped.
+    frames cannot be helped. With ``range_pm`` (a model's pixel-size range), k
+    stays where k x the pixel size is inside it when a smaller k can (a target
+    above the range's lower edge is a preference, the lower edge a need).
     """
-    if pixel_size_pm is None or lowest_pm is None or not pixel_size_pm > 0 \
-            or pixel_size_pm >= lowest_pm:
+    if pixel_size_pm is None or target_pm is None or not pixel_size_pm > 0 \
+            or pixel_size_pm >= target_pm:
         return 1
-    return math.ceil(lowest_pm / pixel_size_pm - 1e-9)
+    k = math.ceil(target_pm / pixel_size_pm - 1e-9)
+    if range_pm is not None:
+        lo, hi = range_pm
+        need = math.ceil(lo / pixel_size_pm - 1e-9) if pixel_size_pm < lo else 1
+        while k > need and k * pixel_size_pm > hi + 1e-9:
+            k -= 1
+    return k
 
 
 def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
@@ -155,9 +171,10 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
 
     White contrast (or unknown): the single-point default where it wins
     (doses :data:`AUTO_DEFAULT_DOSE`, pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`);
-    elsewhere the high-dose model where a pixel the network sees (after binning
-    a finer frame into the envelope's range) holds at least :data:`AUTO_HIGH_DOSE`
-    counts, the envelope model below that (each when installed). Black contrast: the
+    elsewhere the high-dose model where a pixel the network sees (after the binning
+    its card asks for, :data:`HIGH_DOSE_BIN_TO_PM`) holds at least
+    :data:`AUTO_HIGH_DOSE` counts or where it bins a frame the envelope model would
+    not, the envelope model elsewhere (each when installed). Black contrast: the
     black-contrast model at the same point (when installed), the white-contrast
     choice elsewhere. An unknown dose or pixel size counts as the default's own.
 
@@ -192,15 +209,20 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
         seen += f" (the black-contrast model is trained at {window} only)"
     if (dose_ok and pixel_ok) or not bundled_model_path("envelope").exists():
         return "default", f"the data have {seen}; the default is best at {window}"
-    k = binning_into(pixel_size_pm, ENVELOPE_PIXEL_RANGE_PM[0])
+    outside = f"the data have {seen}, outside {window} where the default is best"
+    if not bundled_model_path("high-dose").exists():
+        return "envelope", outside
+    k = binning_into(pixel_size_pm, HIGH_DOSE_BIN_TO_PM, ENVELOPE_PIXEL_RANGE_PM)
+    k_envelope = binning_into(pixel_size_pm, ENVELOPE_PIXEL_RANGE_PM[0])
+    binned = f" ({k}x{k} binned)" if k > 1 else ""
+    if k > k_envelope:
+        return "high-dose", (f"{outside}; the high-dose model bins the frames {k}x{k} (to "
+                             f"{k * pixel_size_pm:.3g} pm), where it is best")
     seen_by_net = None if dose is None or not np.isfinite(dose) else dose * k * k
-    if (seen_by_net is not None and seen_by_net >= AUTO_HIGH_DOSE
-            and bundled_model_path("high-dose").exists()):
-        binned = f" ({k}x{k} binned)" if k > 1 else ""
-        return "high-dose", (f"the data have {seen}, outside {window} where the default is best; "
-                             f"{seen_by_net:.3g} counts per pixel{binned}, at least "
+    if seen_by_net is not None and seen_by_net >= AUTO_HIGH_DOSE:
+        return "high-dose", (f"{outside}; {seen_by_net:.3g} counts per pixel{binned}, at least "
                              f"{AUTO_HIGH_DOSE:g} where the high-dose model is best")
-    return "envelope", f"the data have {seen}, outside {window} where the default is best"
+    return "envelope", outside
 
 
 # Pt columns in [110] are 1.4-2.8 A apart at most pixel sizes a user records: the
@@ -462,14 +484,20 @@ class Denoiser:
         return self.dose_range[1] if self.dose_range is not None else self.dose
 
     def binning_for(self, pixel_size_pm: float | None) -> int:
-        """Integer binning that brings frames of this pixel size into the model's range (1: none).
+        """Integer binning for frames of this pixel size (1: none).
 
-        Only models trained over a pixel-size range bin, and only finer
-        frames: summing k x k counts keeps them Poisson at k times the pixel
-        size. Coarser frames cannot be helped (see :meth:`compatibility_warnings`).
+        Only models trained over a pixel-size range bin, and only finer frames:
+        those finer than the range, into it, and those finer than the card's
+        ``bin_to_pm`` (a model that is better on coarser pixels holding more
+        counts), up to it as far as the range allows. Summing k x k counts keeps
+        them Poisson at k times the pixel size. Coarser frames cannot be helped
+        (see :meth:`compatibility_warnings`).
         """
         r = self.pixel_size_range_pm
-        return binning_into(pixel_size_pm, None if r is None else r[0])
+        if r is None:
+            return 1
+        target = max(r[0], self.card.bin_to_pm or r[0])
+        return binning_into(pixel_size_pm, target, r)
 
     @property
     def dose_range(self) -> tuple[float, float] | None:
@@ -496,6 +524,9 @@ class Denoiser:
             f"trained at {dose}, {pix}, {contrast} contrast",
             f"receptive field {self.receptive_field} px; device {self.device}",
         ]
+        if pr and card.bin_to_pm and card.bin_to_pm > pr[0]:
+            lines.insert(2, f"frames finer than {card.bin_to_pm:g} pm/pixel are binned up to it "
+                            "(where the range allows)")
         if card.validation_psnr is not None:
             lines.append(f"validation PSNR {card.validation_psnr:.2f} dB")
         return "\n".join(lines)
@@ -575,9 +606,11 @@ class Denoiser:
             lo, hi = self.pixel_size_range_pm
             k = self.binning_for(pixel_size_pm)
             if k > 1:
+                finer = (f"finer than the {lo:g}-{hi:g} pm/pixel the model was trained over"
+                         if pixel_size_pm < lo else f"finer than the {self.card.bin_to_pm:g} "
+                         "pm/pixel from which this model does best")
                 out.append(
-                    f"the data have {pixel_size_pm:.3g} pm/pixel, finer than the {lo:g}-{hi:g} "
-                    f"pm/pixel the model was trained over: each frame is binned {k}x{k} (to "
+                    f"the data have {pixel_size_pm:.3g} pm/pixel, {finer}: each frame is binned {k}x{k} (to "
                     f"{k * pixel_size_pm:.3g} pm, counts summed) and the result brought back to "
                     "the frame's grid"
                     + ("" if k * pixel_size_pm <= hi else "; even so it is outside the range: "
