@@ -364,7 +364,8 @@ class EpochReport:
             "val_psnr": f"{self.val_psnr:.4f}", "best_val_psnr": f"{self.best_val_psnr:.4f}",
             "lr": f"{self.lr:.3g}", "dead_fraction": f"{self.dead_fraction:.4f}",
             "epoch_seconds": f"{self.epoch_seconds:.1f}", "patches_seen": self.patches_seen,
-            "cpu_seconds": "" if math.isnan(self.cpu_seconds) else f"{self.cpu_seconds:.1f}",
+            # milliseconds: a tiny epoch on a fast machine takes under 0.05 s, which .1f logged as 0
+            "cpu_seconds": "" if math.isnan(self.cpu_seconds) else f"{self.cpu_seconds:.3f}",
         }
         if len(self.bands) > 1:
             row.update({f"val_{b}": f"{v:.4f}" for b, v in self.bands.items()})
