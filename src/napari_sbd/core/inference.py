@@ -120,12 +120,12 @@ BUNDLED = {
 
 # Where the single-point default beats the envelope model, derived on validation frames
 # (never the test images) by benchmarks/envelope.py (docs/envelope.md, "Where model auto
-# takes the default"; envelope model of epoch 119): log-linear crossings between the
-# measured settings at 0.41 and 0.49 counts/pixel (0.3: envelope +4.2 dB; 0.45: default
-# +1.1; 0.6: envelope +2.5) and 5.49 and 7.20 pm (4.88: envelope +1.2; 6.1: default +1.1;
-# 8: envelope +0.7). Re-derive whenever a bundled model changes.
-AUTO_DEFAULT_DOSE = (0.41, 0.49)
-AUTO_DEFAULT_PIXEL_PM = (5.5, 7.2)
+# takes the default"; default96, envelope model of epoch 119): log-linear crossings
+# between the measured settings at 0.41 and 0.48 counts/pixel (0.3: envelope +5.8 dB;
+# 0.45: default +1.5; 0.6: envelope +4.6) and 5.39 and 7.40 pm (4.88: envelope +1.2;
+# 6.1: default +1.5; 8: envelope +0.6). Re-derive whenever a bundled model changes.
+AUTO_DEFAULT_DOSE = (0.41, 0.48)
+AUTO_DEFAULT_PIXEL_PM = (5.4, 7.4)
 # Outside the default's window, counts per pixel as the envelope models see them (a frame
 # finer than their range binned into it) from which the high-dose model beats the envelope
 # model, derived like the windows above (docs/envelope.md, "Where model auto takes the
@@ -215,7 +215,7 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     k = binning_into(pixel_size_pm, HIGH_DOSE_BIN_TO_PM, ENVELOPE_PIXEL_RANGE_PM)
     k_envelope = binning_into(pixel_size_pm, ENVELOPE_PIXEL_RANGE_PM[0])
     binned = f" ({k}x{k} binned)" if k > 1 else ""
-    if k > k_envelope:
+    if k > k_envelope and pixel_size_pm is not None:  # (k > 1 needs a pixel size)
         return "high-dose", (f"{outside}; the high-dose model bins the frames {k}x{k} (to "
                              f"{k * pixel_size_pm:.3g} pm), where it is best")
     seen_by_net = None if dose is None or not np.isfinite(dose) else dose * k * k

@@ -30,7 +30,8 @@ BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope",
                    HIGH_DOSE_CHOICE: "high-dose", BLACK_CHOICE: "black"}
 AUTO_TEXT = ("auto, from the layer: the default near 0.45 counts/pixel and 6.1 pm (its "
              "black-contrast sibling for dark columns), else the envelope model, or the "
-             "high-dose one from {high:g} counts/pixel (finer frames binned)")
+             "high-dose one from {high:g} counts/pixel and where it bins a frame finer than "
+             "6 pm that the envelope model would not)")
 
 
 class ModelPicker(Container):
