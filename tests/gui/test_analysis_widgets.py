@@ -8,6 +8,7 @@ import pytest
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.phantom import pt_on_ceo2_phantom
+from napari_sbd.widgets._layers import nice_limit
 from napari_sbd.widgets._model import FILE_CHOICE
 from napari_sbd.widgets.columns import ColumnsWidget
 from napari_sbd.widgets.filter import FILTER_LAYER, PIXEL_LAYER, FilterWidget
@@ -124,6 +125,11 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     np.testing.assert_allclose(layer.translate, np.array([r0, c0]) * 0.061)
     lo, hi = layer.contrast_limits
     assert lo == pytest.approx(-hi)
+    # a round end value (1, 2 or 5 x 10^k) that the colour bar labels, at or above the
+    # 99.5th percentile of the weights
+    mantissa = hi / 10 ** np.floor(np.log10(hi))
+    assert min(abs(mantissa - m) for m in (1, 2, 5)) < 1e-6
+    assert np.percentile(np.abs(expected), 99.5) <= hi < 5 * np.percentile(np.abs(expected), 99.5)
     assert layer.bounding_box.visible and PIXEL_LAYER in viewer.layers  # the crop outlined
     np.testing.assert_allclose(viewer.layers[PIXEL_LAYER].data, [[100, 120]])
     # a second click replaces the first
@@ -562,3 +568,9 @@ def test_a_slow_filter_says_it_is_computing(scene, qtbot, tiny_model_file, monke
     qtbot.waitUntil(lambda: "computing the filter at (60, 70)" in w.status.value, timeout=5_000)
     qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
     assert " ".join(w.status.value.split()).startswith("filter at (60, 70)")
+
+
+@pytest.mark.parametrize(("value", "nice"), [(0.00084, 0.001), (0.002, 0.002), (0.0021, 0.005),
+                                              (0.02, 0.02), (7.0, 10.0), (0.0, 1.0)])
+def test_colour_limits_round_up_to_labelled_values(value, nice):
+    assert nice_limit(value) == pytest.approx(nice)

@@ -144,6 +144,22 @@ def show_colorbar(layer: Any) -> None:
         bar.visible = True
 
 
+def nice_limit(value: float) -> float:
+    """Return the smallest 1, 2 or 5 x 10^k at or above ``value`` (> 0).
+
+    A colour bar whose ends sit on such a number labels them: napari's ticks
+    fall on round values, so limits like +-0.00084 leave only "0" labelled.
+    """
+    if not np.isfinite(value) or value <= 0:
+        return 1.0
+    decade = 10.0 ** np.floor(np.log10(value))
+    for step in (1.0, 2.0, 5.0, 10.0):
+        # the tolerance keeps an exact 2e-3 from rounding up to 5e-3
+        if value <= step * decade * (1 + 1e-9):
+            return float(step * decade)
+    return float(10 * decade)
+
+
 def plane_geometry(layer: Any) -> dict[str, Any]:
     """scale/translate/units of the last two (image) axes, for 2-D overlay layers."""
     return {

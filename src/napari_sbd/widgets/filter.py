@@ -20,6 +20,7 @@ from napari_sbd.widgets._layers import (
     diverging_overlay_colormap,
     dock_layout,
     image_layers,
+    nice_limit,
     own_layer,
     own_mark,
     pixel_size_pm,
@@ -181,8 +182,9 @@ class FilterWidget(DockWidget):
         scale, translate = np.asarray(geo["scale"]), np.asarray(geo["translate"])
         peak = float(np.abs(filt).max()) or 1.0
         # symmetric limits at a high percentile: the central peak saturates,
-        # the weights the network gives to other columns stay visible
-        lim = float(np.percentile(np.abs(filt), 99.5)) or peak
+        # the weights the network gives to other columns stay visible; rounded
+        # up to 1, 2 or 5 x 10^k so that the colour bar labels its ends
+        lim = nice_limit(float(np.percentile(np.abs(filt), 99.5)) or peak)
         h, w = filt.shape
         origin = tuple(translate + np.array([r0, c0]) * scale)
         meta = {"frame": frame, "pixel": pixel, "origin": (r0, c0)}
@@ -218,8 +220,9 @@ class FilterWidget(DockWidget):
         self.status.value = wrap(
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
             f"({r0}, {c0}); the weights sum to {total:.3g} (about 1 where the network "
-            f"preserves the local mean), largest weight {peak:.3g}; colours from -{lim:.2g} "
-            f"(blue) to +{lim:.2g} (red), the central peak saturates"
+            f"preserves the local mean), largest weight {peak:.3g}; colours (weight per "
+            f"input count) from -{lim:.2g} (blue) to +{lim:.2g} (red), the central peak "
+            "saturates"
         )
 
 
