@@ -16,7 +16,7 @@ import torch
 from napari_sbd.core.checkpoint import load_checkpoint
 from napari_sbd.training.augment import Augmentation, max_patch_size, random_patch
 from napari_sbd.training.cli import main
-from napari_sbd.training.data import load_images, split_by_structure
+from napari_sbd.training.data import TrainingDataError, load_images, split_by_structure
 from napari_sbd.training.loop import Trainer, TrainingCallback
 
 TINY = ["--scales", "2", "--base", "4", "--patch", "48", "--batch", "2", "--steps-per-epoch",
@@ -30,6 +30,26 @@ def test_filters_and_split_by_structure(dataset):
     train, val = split_by_structure(load_images(dataset), 0.25, seed=0)
     assert {im.structure for im in train}.isdisjoint({im.structure for im in val})
     assert len(val) == 2 and len(train) == 6  # one structure, both its images
+
+
+def test_given_structures_are_held_out_and_recorded(dataset, tmp_path, capsys):
+    images = load_images(dataset)
+    train, val = split_by_structure(images, 0.25, seed=0, held_out={"S1", "S3"})
+    assert {im.structure for im in val} == {"S1", "S3"}
+    assert {im.structure for im in train} == {"S0", "S2"}
+    with pytest.raises(TrainingDataError, match="S9"):
+        split_by_structure(images, 0.25, held_out={"S1", "S9"})
+    with pytest.raises(TrainingDataError, match="every structure"):
+        split_by_structure(images, 0.25, held_out={"S0", "S1", "S2", "S3"})
+    # from the command line, as a list or a file, and recorded in the checkpoint's card
+    (tmp_path / "val.txt").write_text("S2\nS0\n")
+    assert main([str(dataset), "--out", str(tmp_path / "r"), "--val-structures",
+                 f"@{tmp_path / 'val.txt'}", *TINY, "--epochs", "1"]) == 0
+    _net, meta = load_checkpoint(tmp_path / "r" / "best.pt")
+    assert meta["val_structures"] == ["S0", "S2"]
+    assert main([str(dataset), "--out", str(tmp_path / "q"), "--val-structures", "S1,S7",
+                 *TINY, "--epochs", "1"]) == 2
+    assert "S7" in capsys.readouterr().err and not (tmp_path / "q" / "state.pt").exists()
 
 
 def test_augmented_patches_stay_inside_and_vary():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import MISSING, dataclass, field, fields, replace
+from pathlib import Path
 from typing import Any
 
 from napari_sbd._cli import number
@@ -40,6 +41,20 @@ def dose_span(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def structure_list(text: str) -> tuple[str, ...]:
+    """``ID,ID,...`` or ``@FILE`` (ids separated by commas, spaces or lines) -> sorted ids."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read the structure list {text[1:]}: "
+                                             f"{exc.strerror}") from None
+    ids = sorted({t for t in text.replace(",", " ").split() if t})
+    if not ids:
+        raise argparse.ArgumentTypeError(f"{text!r}: no structure ids (e.g. s01003,s01017)")
+    return tuple(ids)
+
+
 def opt(default: Any, help: str, group: str, *, flag: str | None = None, show_default: bool = True,
         **argparse_kw: Any) -> Any:
     """Return a TrainConfig field declared with its command-line option."""
@@ -64,6 +79,11 @@ class TrainConfig:
                            "data", action="append", metavar="KEY=VALUE", show_default=False)
     val_fraction: float = opt(0.1, "fraction of STRUCTURES held out for validation", "data",
                               type=number(float, above=0, below=1))
+    val_structures: tuple[str, ...] | None = opt(
+        None, "hold out exactly these structures (ids of the metadata's structure_id column, "
+        "comma-separated, or @FILE); replaces --val-fraction. Keeps a run grown from "
+        "--init-from on a larger data set from validating on what its parent trained on",
+        "data", type=structure_list, metavar="IDS", show_default=False)
     val_images: int = opt(12, "validation images used per epoch", "data", type=int)
     val_crop: int = opt(512, "side in pixels of the validation centre crops", "data", type=int)
     dose: float | None = opt(0.45, "vacuum dose of the noisy inputs, counts/pixel/frame (the "

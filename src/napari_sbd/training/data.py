@@ -13,6 +13,7 @@ sides. Without a table each image is its own structure.
 from __future__ import annotations
 
 import csv
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,7 +168,8 @@ def load_images(folder: str | Path, filters: list[str] | tuple[str, ...] = ()) -
 
 
 def split_by_structure(
-    images: list[TrainingImage], val_fraction: float, seed: int = 0
+    images: list[TrainingImage], val_fraction: float, seed: int = 0,
+    held_out: Collection[str] | None = None,
 ) -> tuple[list[TrainingImage], list[TrainingImage]]:
     """Split into training and validation sets with no structure on both sides.
 
@@ -179,6 +181,10 @@ def split_by_structure(
         Fraction of the structures held out (at least one when > 0).
     seed : int
         Seed of the shuffle of structures.
+    held_out : collection of str, optional
+        Exactly these structures are held out (``val_fraction`` and ``seed``
+        are then unused): a run started from another's weights on a grown data
+        set keeps its parent's training structures out of validation.
 
     Returns
     -------
@@ -186,6 +192,22 @@ def split_by_structure(
         ``(train, validation)``.
     """
     structures = sorted({im.structure for im in images})
+    if held_out is not None:
+        held = set(held_out)
+        unknown = sorted(held - set(structures))
+        if unknown:
+            shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+            raise TrainingDataError(
+                f"--val-structures names {len(unknown)} structure(s) the data do not hold "
+                f"({shown}); the data's ids run {structures[0]} .. {structures[-1]} "
+                "(metadata.csv, column structure_id)"
+            )
+        if held >= set(structures):
+            raise TrainingDataError("--val-structures holds out every structure: leave at "
+                                    "least one to train on")
+        return [im for im in images if im.structure not in held], [
+            im for im in images if im.structure in held
+        ]
     if val_fraction <= 0:
         return list(images), []
     if len(structures) < 2:

@@ -464,7 +464,8 @@ class Trainer:
         else:
             self.aug = Augmentation(cfg.max_angle, (cfg.scale_min, cfg.scale_max))
         _check_config(cfg, [im.image.shape for im in self.images], self.aug)
-        self.train_set, self.val_set = split_by_structure(self.images, cfg.val_fraction, cfg.seed)
+        self.train_set, self.val_set = split_by_structure(self.images, cfg.val_fraction, cfg.seed,
+                                                          cfg.val_structures)
         if not self.val_set:
             raise TrainingDataError("no validation images: early stopping needs --val-fraction > 0")
         self.state_path = self.out / "state.pt"
@@ -553,12 +554,14 @@ class Trainer:
             f"{len({i.structure for i in self.train_set})} structures from {cfg.data} "
             f"(filters: {cfg.where or 'none'})",
         }
-        envelope: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         if cfg.dose_range is not None:
-            envelope["dose_range"] = [float(v) for v in cfg.dose_range]
+            extra["dose_range"] = [float(v) for v in cfg.dose_range]
         if cfg.pixel_size_range_pm is not None:
-            envelope["pixel_size_range_pm"] = [float(v) for v in cfg.pixel_size_range_pm]
-        self._meta, self._envelope = meta, envelope
+            extra["pixel_size_range_pm"] = [float(v) for v in cfg.pixel_size_range_pm]
+        # so that a run grown from this one on more data can hold the same structures out
+        extra["val_structures"] = sorted({i.structure for i in self.val_set})
+        self._meta, self._card_extra = meta, extra
 
     def _plateau_schedule(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -707,7 +710,7 @@ class Trainer:
         cfg = self.cfg
         ckpt_kw = dict(architecture=cfg.arch, params=cfg.model_params(), **self._meta,
                        extra={"epoch": report.epoch, "patches_seen": report.patches_seen,
-                              **self._envelope,
+                              **self._card_extra,
                               **({"validation_bands": report.bands} if len(report.bands) > 1 else {}),
                               "train_config": _plain(asdict(cfg))})
         save_checkpoint(self.out / "last.pt", self.model, validation_psnr=report.val_psnr, **ckpt_kw)
