@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -50,6 +51,25 @@ def test_given_structures_are_held_out_and_recorded(dataset, tmp_path, capsys):
     assert main([str(dataset), "--out", str(tmp_path / "q"), "--val-structures", "S1,S7",
                  *TINY, "--epochs", "1"]) == 2
     assert "S7" in capsys.readouterr().err and not (tmp_path / "q" / "state.pt").exists()
+
+
+def test_a_run_grown_from_a_checkpoint_keeps_its_parents_split(dataset, tmp_path):
+    parent = tmp_path / "parent"
+    base = [*TINY, "--epochs", "1", "--norm", "none"]
+    assert main([str(dataset), "--out", str(parent), "--where", "structure_id=S0,S1,S2",
+                 "--val-structures", "S1", *base]) == 0
+    _net, meta = load_checkpoint(parent / "best.pt")
+    assert meta["val_structures"] == ["S1"] and meta["train_structures"] == ["S0", "S2"]
+    # on the grown data (S3 is new) the parent's held-out S1 stays held out, S0 and S2
+    # stay in training: the child never validates on what its start was fitted to
+    child = tmp_path / "child"
+    assert main([str(dataset), "--out", str(child), "--init-from", str(parent / "best.pt"),
+                 *base]) == 0
+    _net, meta = load_checkpoint(child / "best.pt")
+    assert meta["val_structures"] == ["S1"] and meta["train_structures"] == ["S0", "S2", "S3"]
+    # the resolved split is part of the run's record, so a resume keeps it
+    assert json.loads((child / "config.json").read_text())["val_structures"] == ["S1"]
+    assert main([str(dataset), "--out", str(child), "--resume", "--epochs", "2", "--quiet"]) == 0
 
 
 def test_augmented_patches_stay_inside_and_vary():

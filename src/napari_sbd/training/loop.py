@@ -43,7 +43,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,41 @@ def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     if any(not k.startswith("gain.") for k in missing) or unexpected:
         raise TrainingDataError(f"--init-from {cfg.init_from}: its weights do not fit this network "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def inherited_held_out(cfg: TrainConfig, structures: Sequence[str]) -> list[str] | None:
+    """Return the structures a run from ``cfg.init_from`` holds out, from its parent's card.
+
+    The parent's own held-out structures stay held out, its training structures
+    stay in training, and structures it never saw are split at
+    ``cfg.val_fraction`` (``cfg.seed``): validation never scores what the
+    starting weights were fitted to. None where the parent's card does not
+    record its split (checkpoints from before it): the usual split applies.
+    """
+    from napari_sbd.core.checkpoint import CheckpointError, read_checkpoint
+
+    if cfg.init_from is None:
+        return None
+    try:
+        meta = read_checkpoint(cfg.init_from)["metadata"]
+    except CheckpointError as exc:
+        raise TrainingDataError(f"--init-from: {exc}") from None
+    if "val_structures" not in meta or "train_structures" not in meta:
+        return None
+    present = set(structures)
+    seen = set(meta["val_structures"]) | set(meta["train_structures"])
+    new = sorted(present - seen)
+    held = present & set(meta["val_structures"])
+    if new:
+        rng = np.random.default_rng(cfg.seed)
+        n = max(1, round(cfg.val_fraction * len(new))) if len(new) > 1 else 0
+        held |= set(rng.permutation(new)[:n].tolist())
+    if not held:
+        raise TrainingDataError(
+            f"--init-from {cfg.init_from} trained on every structure in {cfg.data}: no structure "
+            "is left to validate on; add structures it has not seen, or give --val-structures"
+        )
+    return sorted(held)
 
 
 def _dist() -> tuple[int, int]:
@@ -464,6 +499,10 @@ class Trainer:
         else:
             self.aug = Augmentation(cfg.max_angle, (cfg.scale_min, cfg.scale_max))
         _check_config(cfg, [im.image.shape for im in self.images], self.aug)
+        if cfg.val_structures is None and not (cfg.resume and (self.out / "state.pt").exists()):
+            held = inherited_held_out(cfg, [im.structure for im in self.images])
+            if held is not None:  # recorded in config.json, so a resume keeps the same split
+                self.cfg = cfg = replace(cfg, val_structures=tuple(held))
         self.train_set, self.val_set = split_by_structure(self.images, cfg.val_fraction, cfg.seed,
                                                           cfg.val_structures)
         if not self.val_set:
@@ -559,8 +598,9 @@ class Trainer:
             extra["dose_range"] = [float(v) for v in cfg.dose_range]
         if cfg.pixel_size_range_pm is not None:
             extra["pixel_size_range_pm"] = [float(v) for v in cfg.pixel_size_range_pm]
-        # so that a run grown from this one on more data can hold the same structures out
+        # so that a run grown from this one on more data keeps the same split
         extra["val_structures"] = sorted({i.structure for i in self.val_set})
+        extra["train_structures"] = sorted({i.structure for i in self.train_set})
         self._meta, self._card_extra = meta, extra
 
     def _plateau_schedule(self) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
