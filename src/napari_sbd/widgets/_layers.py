@@ -7,6 +7,7 @@ import contextlib
 import functools
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,33 @@ def nice_limit(value: float) -> float:
         if value <= step * decade * (1 + 1e-9):
             return float(step * decade)
     return float(10 * decade)
+
+
+@contextlib.contextmanager
+def batched_update(viewer: Any, *layers: Any) -> Iterator[None]:
+    """Change ``layers`` in place, then re-slice each once and update the viewer's ranges once.
+
+    napari re-slices a layer on each of its data, translate or contrast changes,
+    and recomputes the viewer's ranges on each data or translate change of any
+    layer (5-7 ms each here): overlays updated at every click paid that four to
+    six times. Both hooks are private napari API; where one is missing, that
+    part is not batched.
+    """
+    update = getattr(viewer, "_on_layers_change", None)
+    with contextlib.ExitStack() as stack:
+        for layer in layers:
+            if update is not None:
+                for name in ("data", "translate", "scale"):
+                    stack.enter_context(getattr(layer.events, name).blocker(update))
+            block = getattr(layer, "_block_refresh", None)
+            if block is not None:
+                stack.enter_context(block())
+        yield
+    for layer in layers:
+        if getattr(layer, "_block_refresh", None) is not None:
+            layer.refresh()
+    if update is not None:
+        update()
 
 
 def plane_geometry(layer: Any) -> dict[str, Any]:

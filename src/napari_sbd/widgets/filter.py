@@ -16,6 +16,7 @@ from napari_sbd.core.inference import Denoiser, estimate_contrast, estimate_dose
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.widgets._layers import (
     DockWidget,
+    batched_update,
     denoised_from,
     diverging_overlay_colormap,
     dock_layout,
@@ -191,31 +192,34 @@ class FilterWidget(DockWidget):
         # one set of overlays, updated in place on every click (adding layers is the slow
         # part); the crop's outline is the filter layer's own bounding box (no layer to update)
         lay, dot = (own_layer(self.viewer, role) for role in (FILTER_LAYER, PIXEL_LAYER))
-        if lay is None:
-            lay = self.viewer.add_image(
-                filt, name=unique_layer_name(self.viewer, FILTER_LAYER),
-                colormap=diverging_overlay_colormap(), contrast_limits=(-lim, lim),
-                scale=geo["scale"], units=geo["units"], translate=origin, blending="translucent",
-                metadata={**own_mark(FILTER_LAYER), **meta},
-            )
-            show_colorbar(lay)  # the weights' scale, -lim to +lim
-            box = lay.bounding_box
-            box.line_color, box.line_thickness, box.points = "yellow", 2, False
-            box.visible = True
-        else:
-            lay.data = filt
-            _place(lay, geo["scale"], origin)
-            lay.contrast_limits = (-lim, lim)
-            lay.metadata.update(meta)
-        if dot is None:
-            self.viewer.add_points(
-                [pixel], name=unique_layer_name(self.viewer, PIXEL_LAYER), size=max(h, w) / 40,
-                face_color="transparent", border_color="lime", border_width=0.3,
-                metadata=own_mark(PIXEL_LAYER), **geo,
-            )
-        else:
-            _place(dot, geo["scale"], geo["translate"])
-            dot.data = [pixel]
+        # the overlays change in place: one re-slice each and one update of the viewer's ranges
+        with batched_update(self.viewer, *(ly for ly in (lay, dot) if ly is not None)):
+            if lay is None:
+                lay = self.viewer.add_image(
+                    filt, name=unique_layer_name(self.viewer, FILTER_LAYER),
+                    colormap=diverging_overlay_colormap(), contrast_limits=(-lim, lim),
+                    scale=geo["scale"], units=geo["units"], translate=origin, blending="translucent",
+                    metadata={**own_mark(FILTER_LAYER), **meta},
+                )
+                show_colorbar(lay)  # the weights' scale, -lim to +lim
+                box = lay.bounding_box
+                box.line_color, box.line_thickness, box.points = "yellow", 2, False
+                box.visible = True
+            else:
+                lay.data = filt
+                _place(lay, geo["scale"], origin)
+                if tuple(lay.contrast_limits) != (-lim, lim):  # the colour bar re-ticks on each set
+                    lay.contrast_limits = (-lim, lim)
+                lay.metadata.update(meta)
+            if dot is None:
+                self.viewer.add_points(
+                    [pixel], name=unique_layer_name(self.viewer, PIXEL_LAYER), size=max(h, w) / 40,
+                    face_color="transparent", border_color="lime", border_width=0.3,
+                    metadata=own_mark(PIXEL_LAYER), **geo,
+                )
+            else:
+                _place(dot, geo["scale"], geo["translate"])
+                dot.data = [pixel]
         total = float(filt.sum())
         self.status.value = wrap(
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
