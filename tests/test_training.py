@@ -33,6 +33,27 @@ def test_filters_and_split_by_structure(dataset):
     assert len(val) == 2 and len(train) == 6  # one structure, both its images
 
 
+def test_clean_images_are_mapped_read_only_and_compressed_ones_read(dataset, tmp_path):
+    before = {p.name: p.read_bytes() for p in dataset.glob("*.tif")}
+    images = load_images(dataset)
+    # the simulator's uncompressed float32 files are shared with the OS page cache, not copied
+    assert all(isinstance(im.image, np.memmap) and not im.image.flags.writeable for im in images)
+    rng = np.random.default_rng(0)
+    aug = Augmentation(45.0, (0.9, 1.1))
+    patch = random_patch(images[0].image, 48, rng, aug)
+    assert patch.shape == (48, 48) and np.isfinite(patch).all()
+    # a compressed file (or another dtype) cannot be mapped: read into memory, same values
+    other = tmp_path / "packed"
+    other.mkdir()
+    ref = np.asarray(images[0].image)
+    tifffile.imwrite(other / "a.tif", ref, compression="zlib")
+    tifffile.imwrite(other / "b.tif", ref.astype(np.float64))
+    packed = load_images(other)
+    assert [type(im.image) for im in packed] == [np.ndarray, np.ndarray]
+    assert all(im.image.dtype == np.float32 and np.array_equal(im.image, ref) for im in packed)
+    assert {p.name: p.read_bytes() for p in dataset.glob("*.tif")} == before  # never written
+
+
 def test_given_structures_are_held_out_and_recorded(dataset, tmp_path, capsys):
     images = load_images(dataset)
     train, val = split_by_structure(images, 0.25, seed=0, held_out={"S1", "S3"})
