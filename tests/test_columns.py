@@ -300,3 +300,31 @@ def test_raw_counts_with_a_vacuum_find_the_columns_and_nothing_in_the_vacuum():
     assert not np.any(cols.centres[:, 1] < 120)  # the vacuum: 0-120 px
     inside = truth[(truth.min(axis=1) > 12) & (truth[:, 0] < 138) & (truth[:, 1] < 268)]
     assert recovery_metrics(inside, cols.centres, match_distance_a=0.5, pixel_size_pm=20.0).recall >= 0.95
+
+
+def test_raw_counts_are_told_from_detector_units():
+    from napari_sbd.core.columns import is_poisson_counts, pixel_noise
+
+    rng = np.random.default_rng(2)
+    for dose in (0.1, 0.45, 1.0, 20.0):
+        assert is_poisson_counts(rng.poisson(dose, (256, 256)).astype(np.float64))
+    assert pixel_noise(rng.poisson(0.1, (256, 256)).astype(np.float64)) == 0.0  # rounds away
+    # a finely sampled lattice inflates the detail, and stays counts: HRTEM-like dark
+    # columns 3.75 px apart, 0.56 px wide, with a halo, at 200 counts (as in atomap_compare)
+    truth = _hexagonal(3.75, n=40)
+    dog = (0.35 * gaussian_columns((150, 150), truth, 1.12, 1.0, 0.0)
+           - gaussian_columns((150, 150), truth, 0.56, 1.0, 0.0))
+    counts = rng.poisson(np.clip(200 * (1 + 0.6 * dog), 0, None)).astype(np.float64)
+    assert pixel_noise(counts) > 1.1 * np.sqrt(counts.mean()) and is_poisson_counts(counts)
+    cols = detect_columns(counts, pixel_size_pm=40.0, spacing_a=1.5)
+    assert cols.params["units"] == "anscombe" and cols.params["polarity"] == "dark"
+    inner = lambda p: p[(p.min(axis=1) > 8) & (p.max(axis=1) < 142)]  # noqa: E731
+    assert recovery_metrics(inner(truth), inner(cols.centres), match_distance_a=0.5,
+                            pixel_size_pm=40.0).f1 >= 0.97
+    # integers that are not one count per electron, and non-integers, are detector units
+    assert not is_poisson_counts(8 * rng.poisson(2.0, (256, 256)).astype(np.float64))  # gain 8
+    assert not is_poisson_counts(100 + rng.poisson(2.0, (256, 256)).astype(np.float64))  # offset
+    assert not is_poisson_counts(rng.poisson(2.0, (256, 256)) / 8.0)
+    # an absolute floor is in the frame's units: no transform then
+    floored = detect_columns(counts, pixel_size_pm=40.0, spacing_a=1.5, min_contrast=1.0)
+    assert floored.params["units"] == "frame"

@@ -17,6 +17,7 @@ from scipy.ndimage import gaussian_filter, uniform_filter
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
+from napari_sbd.core.baselines import anscombe
 from napari_sbd.core.lattice import (
     LatticeNotFound,
     column_polarity,
@@ -140,6 +141,32 @@ def pixel_noise(image: np.ndarray) -> float:
     q = img[:h, :w]
     hh = (q[0::2, 0::2] - q[0::2, 1::2] - q[1::2, 0::2] + q[1::2, 1::2]) / 2
     return 1.4826 * float(np.median(np.abs(hh - np.median(hh))))
+
+
+def _is_counts(img: np.ndarray) -> bool:
+    """Whether a frame looks like raw electron counts: non-negative whole numbers."""
+    return bool(img.min() >= 0 and np.array_equal(img, np.round(img)))
+
+
+def is_poisson_counts(image: np.ndarray) -> bool:
+    """Whether a frame holds raw electron counts with Poisson noise (one count per electron).
+
+    Non-negative whole numbers whose pixel noise (:func:`pixel_noise`) agrees
+    with Poisson's ``sqrt(mean)``. Integers that disagree are read as detector
+    units: a detail above 1.5x the Poisson value is a gain (several counts per
+    electron), one under half of it in a frame without zeros an offset (which
+    the mean includes and the noise does not). Below about 0.3 counts per
+    pixel the detail rounds to zero, and the frame's zeros say it is counts.
+    Finely sampled columns inflate the detail (1.3x at 3.75 px apart and 200
+    counts), within the band.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if not _is_counts(img):
+        return False
+    detail, poisson = pixel_noise(img), float(np.sqrt(img.mean()))
+    gain = detail > 1.5 * poisson
+    offset = detail < 0.5 * poisson and img.min() > 0
+    return not (gain or offset)
 
 
 def _hysteresis(points: np.ndarray, score: np.ndarray, strong: float, weak: float,
@@ -303,7 +330,10 @@ def detect_columns(
        ``vacuum_floor`` standard deviations of the vacuum's texture (a
        network leaves a faint texture there). So counts, normalised and
        detector-unit frames behave alike; ``min_contrast`` adds an absolute
-       floor in the image's units. Hysteresis: a candidate above the
+       floor in the image's units. Raw counts (:func:`is_poisson_counts`)
+       are judged after the Anscombe transform, where the Poisson noise is
+       the same everywhere, unless ``min_contrast`` is given (``params
+       ["units"]`` says which units the thresholds are in). Hysteresis: a candidate above the
        relative threshold but under the noise-driven floors (down to 2
        standard deviations of the pixel noise; a vacuum's texture beyond the
        pixel noise is never relaxed) is a column where the lattice has one:
@@ -380,24 +410,31 @@ def detect_columns(
             raise LatticeNotFound(f"no atomic lattice found in this frame ({message}); if it "
                                   "holds columns, give their spacing (spacing_a, Angstrom)")
         raise ValueError(message)
-    detail = high_pass(img, spacing)
+    # Raw counts are judged after the Anscombe transform, where Poisson noise has unit
+    # variance everywhere: each candidate against its own noise (a dark column has fewer
+    # counts, so less noise, than the background around it; the pixel detail also reads
+    # finely sampled columns as noise). An absolute min_contrast keeps the frame's units.
+    stabilise = min_contrast is None and is_poisson_counts(img)
+    detail = high_pass(anscombe(img) if stabilise else img, spacing)
     smooth_px = max(0.7, spacing / 8)
     smooth = gaussian_filter(detail, smooth_px, mode="nearest")
     if polarity == "auto":  # on the smoothed detail: pixel noise has a skew of its own
-        if img.min() >= 0 and np.array_equal(img, np.round(img)):  # raw counts
+        if _is_counts(img) and not stabilise:
             polarity = counts_polarity(img, spacing, smooth_px)
         else:
             polarity = column_polarity(smooth)
     if polarity == "dark":
         smooth = -smooth
-    # pixel noise: robust std of the finest scale, carried through the smoothing
-    noise = pixel_noise(img)
+    # pixel noise, carried through the smoothing: 1 after the transform (a little less
+    # under a count per pixel: the floors then err on the side of fewer columns)
+    noise = 1.0 if stabilise else pixel_noise(img)
     smooth_noise = noise / (2 * np.sqrt(np.pi) * smooth_px)
     noise_floor = 3 * smooth_noise
     texture = _vacuum_texture(img, smooth, pixel_size_pm, vacuum) if vacuum_floor else None
     h, w = img.shape
     border = int(np.ceil(spacing / 2 if exclude_border_a is None else exclude_border_a / px_a))
     params: dict = dict(spacing_a=spacing * px_a, lattice_strength=strength, polarity=polarity,
+                        units="anscombe" if stabilise else "frame",
                         threshold=threshold, min_contrast=min_contrast, vacuum_floor=vacuum_floor,
                         vacuum_texture=texture, noise=noise)
     peaks = peak_local_max(smooth, min_distance=max(1, int(spacing / 2)),
