@@ -130,7 +130,6 @@ def load_images(folder: str | Path, filters: list[str] | tuple[str, ...] = ()) -
         Missing or empty folder, unreadable images, images that are not counts,
         filters without a table or matching nothing.
     """
-
     folder = Path(folder)
     if not folder.is_dir():
         raise TrainingDataError(f"training data folder {folder} does not exist")
