@@ -100,6 +100,7 @@ def _read_clean(path: Path) -> np.ndarray:
     """
     import tifffile
 
+    img: np.ndarray
     try:
         img = tifffile.memmap(path, mode="r")
     except ValueError:  # compressed, tiled or otherwise not mappable
