@@ -485,7 +485,8 @@ class ColumnsWidget(DockWidget):
         self.summary.value = wrap(
             f"frame {res.frame}: {len(res.llr)} {p.get('polarity', '')} columns, "
             f"{p.get('spacing_a', float('nan')):.2f} A apart\n"
-            f"contrast >= {p.get('contrast_threshold', 0):.3f}{floor}\n"
+            f"contrast >= {p.get('contrast_threshold', 0):.3f}"
+            f"{' (Anscombe units: raw counts)' if p.get('units') == 'anscombe' else ''}{floor}\n"
             f"real (LLR >= {LLR_REAL}): {real}\n"
             f"spurious (LLR <= {LLR_SPURIOUS}): {spurious}\n"
             f"undecided: {undecided}"
