@@ -161,11 +161,14 @@ def is_poisson_counts(image: np.ndarray) -> bool:
     counts), within the band.
     """
     img = np.asarray(image, dtype=np.float64)
-    if not _is_counts(img):
-        return False
-    detail, poisson = pixel_noise(img), float(np.sqrt(img.mean()))
+    return _is_counts(img) and _noise_is_poissons(img, pixel_noise(img))
+
+
+def _noise_is_poissons(counts: np.ndarray, detail: float) -> bool:
+    """Whether whole-number ``counts`` with pixel noise ``detail`` are one count per electron."""
+    poisson = float(np.sqrt(counts.mean()))
     gain = detail > 1.5 * poisson
-    offset = detail < 0.5 * poisson and img.min() > 0
+    offset = detail < 0.5 * poisson and counts.min() > 0
     return not (gain or offset)
 
 
@@ -333,8 +336,8 @@ def detect_columns(
        floor in the image's units. Raw counts (:func:`is_poisson_counts`)
        are judged after the Anscombe transform, where the Poisson noise is
        the same everywhere, unless ``min_contrast`` is given (``params
-       ["units"]`` says which units the thresholds are in). Hysteresis: a candidate above the
-       relative threshold but under the noise-driven floors (down to 2
+       ["units"]`` says which units the thresholds are in). Hysteresis: a
+       candidate above the relative threshold but under the noise-driven floors (down to 2
        standard deviations of the pixel noise; a vacuum's texture beyond the
        pixel noise is never relaxed) is a column where the lattice has one:
        with at least three kept columns one spacing away and none closer.
@@ -414,12 +417,13 @@ def detect_columns(
     # variance everywhere: each candidate against its own noise (a dark column has fewer
     # counts, so less noise, than the background around it; the pixel detail also reads
     # finely sampled columns as noise). An absolute min_contrast keeps the frame's units.
-    stabilise = min_contrast is None and is_poisson_counts(img)
+    counts, detail_noise = _is_counts(img), pixel_noise(img)
+    stabilise = min_contrast is None and counts and _noise_is_poissons(img, detail_noise)
     detail = high_pass(anscombe(img) if stabilise else img, spacing)
     smooth_px = max(0.7, spacing / 8)
     smooth = gaussian_filter(detail, smooth_px, mode="nearest")
     if polarity == "auto":  # on the smoothed detail: pixel noise has a skew of its own
-        if _is_counts(img) and not stabilise:
+        if counts and not stabilise:
             polarity = counts_polarity(img, spacing, smooth_px)
         else:
             polarity = column_polarity(smooth)
@@ -427,7 +431,7 @@ def detect_columns(
         smooth = -smooth
     # pixel noise, carried through the smoothing: 1 after the transform (a little less
     # under a count per pixel: the floors then err on the side of fewer columns)
-    noise = 1.0 if stabilise else pixel_noise(img)
+    noise = 1.0 if stabilise else detail_noise
     smooth_noise = noise / (2 * np.sqrt(np.pi) * smooth_px)
     noise_floor = 3 * smooth_noise
     texture = _vacuum_texture(img, smooth, pixel_size_pm, vacuum) if vacuum_floor else None

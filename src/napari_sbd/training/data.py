@@ -165,7 +165,6 @@ def load_images(folder: str | Path, filters: list[str] | tuple[str, ...] = ()) -
             raise TrainingDataError(
                 f"training image {path} has shape {img.shape}; expected one 2-D clean image"
             )
-        img = img.astype(np.float32, copy=False)
         if not np.isfinite(img).all() or img.min() < 0:
             raise TrainingDataError(
                 f"training image {path} is not a clean count image (negative, NaN or infinite "
