@@ -574,3 +574,24 @@ def test_a_slow_filter_says_it_is_computing(scene, qtbot, tiny_model_file, monke
                                               (0.02, 0.02), (7.0, 10.0), (0.0, 1.0)])
 def test_colour_limits_round_up_to_labelled_values(value, nice):
     assert nice_limit(value) == pytest.approx(nice)
+
+
+def test_auto_estimates_a_layers_dose_once_not_per_click(make_napari_viewer, monkeypatch):
+    import napari_sbd.widgets.filter as module
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    raw = viewer.add_image(rng.poisson(0.45, (128, 128)).astype(np.uint16), name="raw",
+                           scale=(0.061, 0.061), units=("angstrom", "angstrom"))
+    w = FilterWidget(viewer)
+    assert w.model.is_auto
+    calls = []
+    real = module.estimate_dose
+    monkeypatch.setattr(module, "estimate_dose", lambda counts: calls.append(1) or real(counts))
+    monkeypatch.setattr(type(w.model), "load", lambda _self, *args: args)  # no model needed
+    first = w._model_for(raw)
+    assert w._model_for(raw) == first and len(calls) == 1  # a second click reuses the estimate
+    assert first[0] == pytest.approx(real(raw.data))
+    raw.data = rng.poisson(4.0, (128, 128)).astype(np.uint16)  # new data: estimated again
+    again = w._model_for(raw)
+    assert len(calls) == 2 and again[0] > first[0]
