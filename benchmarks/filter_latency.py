@@ -1,7 +1,7 @@
 """Effective filter: a Shift-click in napari against the same library call, in one run.
 
     xvfb-run -a -s "-screen 0 1366x768x24" python benchmarks/filter_latency.py \
-        [--model default] [--clicks 7]
+        [--model auto] [--clicks 7]
 
 Opens napari (a real window, the laptop screen of the screenshots) with the
 Effective-filter dock on a 1024x1024 frame at 0.45 counts/pixel, and times, in
@@ -15,8 +15,13 @@ window's event loop runs: what the window still does after a click has drawn
 (its layer list, thumbnails) happens there, as between a user's clicks, and is
 reported apart, instead of landing inside the next click's computation (with
 ``--pause 0`` it does). The first of each is a warm-up and not counted.
-Writes docs/filter-latency.md (the goal: the dock costs at most 1.2x the
-library call).
+The dock runs with its default model choice, auto (what a user clicks with:
+the model auto picks for the frame, the bundled default at this dose), unless
+``--model`` names one. The same run also times one repaint of the canvas with
+nothing changed: under Xvfb, OpenGL is software on the same two cores, so that
+paint, which every click's overlays need, is a fixed cost of the display and not
+of the dock; the ratio is reported with it and without it. Writes
+docs/filter-latency.md (the goal: the dock costs at most 1.2x the library call).
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ GOAL_RATIO = 1.2
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="default", help="bundled name or checkpoint path")
+    parser.add_argument("--model", default="auto",
+                        help="auto (the dock's default), a bundled name or a checkpoint path")
     parser.add_argument("--clicks", type=int, default=7, help="timed clicks of each kind per round")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (each gives a ratio)")
     parser.add_argument("--pause", type=float, default=0.5,
@@ -61,13 +67,16 @@ def main() -> None:
     dock = FilterWidget(viewer)
     viewer.window.add_dock_widget(dock, name="Effective filter (SBD)")
     bundled = {name: label for label, name in BUNDLED_CHOICES.items()}
-    if args.model in bundled:
+    if args.model == "auto":
+        assert dock.model.is_auto  # the dock's default choice
+    elif args.model in bundled:
         dock.model.source.value = bundled[args.model]
     else:
         dock.model.source.value = FILE_CHOICE
         dock.model.file.value = args.model
     dock.raw_combo.value = raw
-    model = dock.model.load()
+    # the model the dock's clicks use: auto's pick for this frame
+    model = dock._model_for(raw)
     app = QApplication.instance()
     # where the dock's time goes: the worker's call, and the overlays' update on the GUI thread
     parts: dict[str, list[float]] = {"worker": [], "overlays": []}
@@ -125,6 +134,15 @@ def main() -> None:
         if i:  # the first pair warms up caches, threads and the overlays
             lib.append(t_lib)
             gui.append(t_gui)
+    # one paint of the canvas with nothing changed (the display's fixed cost per click)
+    canvas = viewer.window._qt_viewer.canvas.native
+    paints = []
+    for _ in range(args.clicks):
+        pause()
+        t0 = time.perf_counter()
+        canvas.update()
+        app.processEvents()
+        paints.append(time.perf_counter() - t0)
     viewer.close()
     # the ratio round by round: how much it moves on this shared machine
     per_round = [float(np.median(gui[k:k + args.clicks]) / np.median(lib[k:k + args.clicks]))
@@ -134,12 +152,14 @@ def main() -> None:
     med_lib, med_gui = float(np.median(lib)), float(np.median(gui))
     ratio = med_gui / med_lib
     load = os.getloadavg()[0]
-    argv = [f"--model {args.model}"] if args.model != "default" else []
+    paint = float(np.median(paints))
+    net_ratio = (med_gui - paint) / med_lib
+    argv = [f"--model {args.model}"] if args.model != "auto" else []
     if args.pause != 0.5:
         argv.append(f"--pause {args.pause:g}")
     # pauses alternate, before a library call and before a dock click: the ones before a
     # library call follow a dock click (from the second, the first click being the warm-up)
-    left = float(np.median(after[4::2])) if len(after) > 4 else float("nan")
+    left = float(np.median(after[4:2 * n + 2:2])) if len(after) > 4 else float("nan")
     lines = [
         *header("Effective filter: the dock against the library call",
                 [*argv, f"--clicks {args.clicks}", f"--rounds {args.rounds}"],
@@ -147,7 +167,7 @@ def main() -> None:
         ("Without a display, as here: under `xvfb-run -a -s \"-screen 0 1366x768x24\"` (napari "
          "in a real window at a laptop's size)."),
         "",
-        (f"Model: {model_label(model)}; device {model.device}. Frame {SIDE}x{SIDE} at 0.45 "
+        (f"Model: {args.model} ({model_label(model)}); device {model.device}. Frame {SIDE}x{SIDE} at 0.45 "
          f"counts/pixel; {args.rounds} rounds of {args.clicks} clicks of each kind at new "
          f"pixels, in turns, each after {args.pause:g} s of idle event loop (load "
          f"average at the end {load:.1f} on {os.cpu_count()} cores: compare the two columns, "
@@ -164,13 +184,20 @@ def main() -> None:
          "window's repaints (under Xvfb, software OpenGL on the same two cores as the "
          "computation)."),
         "",
+        (f"One paint of the canvas with nothing changed took {paint:.3f} s (median of "
+         f"{len(paints)}, same run): software OpenGL under Xvfb, a cost of the display that "
+         "any layer update pays, not of the dock; on a display with a GPU the GPU draws "
+         "it instead (not measured here)."),
+        "",
         *([(f"In the pause after a dock click the GUI thread still spent {left:.3f} s of CPU "
             "(median; its layer list and thumbnails catching up), not counted above: a hand "
             "moving to the next pixel hides it; clicks back to back (`--pause 0`) pay it "
             "inside the next click."), ""] if args.pause > 0 else []),
         (f"The dock costs {ratio:.3f}x the library call over all clicks (goal: at most "
          f"{GOAL_RATIO}x): " + ("met." if ratio <= GOAL_RATIO else "NOT met.")
-         + " Round by round: " + ", ".join(f"{r:.3f}x" for r in per_round) + "."),
+         + " Round by round: " + ", ".join(f"{r:.3f}x" for r in per_round) + ". "
+         + f"Without the one canvas paint: {net_ratio:.3f}x ("
+         + ("within" if net_ratio <= GOAL_RATIO else "over") + " the goal)."),
         "",
         ("The library call alone, on a quiet machine and beside the convolution ceiling: "
          "[speed.md](speed.md)."),
