@@ -139,6 +139,11 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     assert viewer.layers[FILTER_LAYER] is layer  # the same overlays, updated in place
     np.testing.assert_allclose(viewer.layers[PIXEL_LAYER].data, [[10, 10]])
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 0
+    # the crop stays inside the frame, so the update skipped the viewer's ranges: they are
+    # what a full recomputation gives
+    ranges = tuple(viewer.dims.range)
+    viewer._on_layers_change()
+    assert tuple(viewer.dims.range) == ranges
     # two quick clicks: the later one is what stays on screen
     qtbot.waitUntil(lambda: w.worker is None, timeout=30_000)
     w.compute_at((1, 50, 60))

@@ -162,14 +162,16 @@ def nice_limit(value: float) -> float:
 
 
 @contextlib.contextmanager
-def batched_update(viewer: Any, *layers: Any) -> Iterator[None]:
+def batched_update(viewer: Any, *layers: Any, ranges: bool = True) -> Iterator[None]:
     """Change ``layers`` in place, then re-slice each once and update the viewer's ranges once.
 
     napari re-slices a layer on each of its data, translate or contrast changes,
     and recomputes the viewer's ranges on each data or translate change of any
     layer (5-7 ms each here): overlays updated at every click paid that four to
-    six times. Both hooks are private napari API; where one is missing, that
-    part is not batched.
+    six times. ``ranges=False`` skips the update of the ranges altogether: for
+    overlays that stay inside another layer's extent, on its grid, the union of
+    the layers' extents cannot change. Both hooks are private napari API; where
+    one is missing, that part is not batched.
     """
     update = getattr(viewer, "_on_layers_change", None)
     with contextlib.ExitStack() as stack:
@@ -184,7 +186,7 @@ def batched_update(viewer: Any, *layers: Any) -> Iterator[None]:
     for layer in layers:
         if getattr(layer, "_block_refresh", None) is not None:
             layer.refresh()
-    if update is not None:
+    if update is not None and ranges:
         update()
 
 

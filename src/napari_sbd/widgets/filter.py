@@ -214,8 +214,13 @@ class FilterWidget(DockWidget):
         # one set of overlays, updated in place on every click (adding layers is the slow
         # part); the crop's outline is the filter layer's own bounding box (no layer to update)
         lay, dot = (own_layer(self.viewer, role) for role in (FILTER_LAYER, PIXEL_LAYER))
-        # the overlays change in place: one re-slice each and one update of the viewer's ranges
-        with batched_update(self.viewer, *(ly for ly in (lay, dot) if ly is not None)):
+        # the overlays change in place: one re-slice each and, only where they could leave
+        # the frame's extent (another grid, a crop past its edge), one update of the ranges
+        frame_h, frame_w = raw.data.shape[-2:]
+        inside = r0 >= 0 and c0 >= 0 and r0 + h <= frame_h and c0 + w <= frame_w
+        same_grid = all(ly is None or np.allclose(ly.scale, scale) for ly in (lay, dot))
+        with batched_update(self.viewer, *(ly for ly in (lay, dot) if ly is not None),
+                            ranges=not (inside and same_grid)):
             if lay is None:
                 lay = self.viewer.add_image(
                     filt, name=unique_layer_name(self.viewer, FILTER_LAYER),
