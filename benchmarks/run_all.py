@@ -3,6 +3,7 @@
     python benchmarks/run_all.py            # the full run (about 35 minutes on 2 cores)
     python benchmarks/run_all.py --quick --docs /tmp/bench   # under 10 min, docs/ untouched
     python benchmarks/run_all.py --only bar speed   # a subset (the others' pages are kept)
+    python benchmarks/run_all.py --assemble-only    # no run: gather the pages as they are
 
 Each step is a script of its own (run it alone for one page); each writes its
 page in docs/ and its plots in docs/images/ (or in --docs). This script runs them in fresh
@@ -69,6 +70,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="the < 10 minute version")
     parser.add_argument("--only", nargs="+", choices=[s[0] for s in STEPS], help="run these steps only")
+    parser.add_argument("--assemble-only", action="store_true",
+                        help="run nothing: rebuild benchmarks.md from the pages as they are now "
+                             "(after a page was regenerated on its own)")
     parser.add_argument("--docs", type=Path, default=DOCS,
                         help="folder for the pages and images/ (default: the repository's docs/; "
                              "point a --quick run elsewhere to keep the committed pages)")
@@ -80,7 +84,7 @@ def main() -> None:
     failed: list[str] = []
     t_all = time.perf_counter()
     for name, script, full, quick, _page, _what in STEPS:
-        if args.only and name not in args.only:
+        if args.assemble_only or (args.only and name not in args.only):
             continue
         cmd = [sys.executable, str(REPO / "benchmarks" / script), *(quick if args.quick else full)]
         if name in NEEDS_DISPLAY and not os.environ.get("DISPLAY") and shutil.which("xvfb-run"):
@@ -111,7 +115,8 @@ def main() -> None:
         ("Every number below was printed by a script in `benchmarks/` on this machine; each section "
         "names its own command. Test images are never trained or tuned on: the papers' four "
         "reference simulations (../shared/data/reference) and held-out simulated structures "
-        "(seeds 7000+); classical parameters are tuned on other held-out structures (seeds 7500+)."),
+        "(seeds 7000+, and 9000+ for structure recovery); classical parameters are tuned on "
+        "other held-out structures (seeds 7500+)."),
         "",
         "| section | what it answers | step time (this run) |",
         "|---|---|---|",
