@@ -110,7 +110,9 @@ def main() -> None:
         "This page was assembled by "
         f"`python benchmarks/run_all.py {' '.join(sys.argv[1:])}`".rstrip() + "  ",
         (f"Machine: {platform.machine()}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}; "
-        f"date {dt.date.today().isoformat()}; {mode} mode, {total / 60:.1f} min for the steps run now."),
+        f"date {dt.date.today().isoformat()}; "
+        + (f"{mode} mode, {total / 60:.1f} min for the steps run now." if times
+           else "no step run now (each section's own date says when it ran).")),
         "",
         ("Every number below was printed by a script in `benchmarks/` on this machine; each section "
         "names its own command. Test images are never trained or tuned on: the papers' four "
