@@ -41,8 +41,10 @@ def particle_columns(img: np.ndarray, support_row: int):
     return cols.subset(cols.centres[:, 0] < support_row - 8)
 
 
-def true_columns(atoms, info: dict, shape: tuple[int, int]) -> np.ndarray:
+def true_columns(atoms, info: dict, shape: tuple[int, int], element: int = 78) -> np.ndarray:
     """The particle's column centres in image pixels: Pt atoms projected along the beam.
+
+    (``element``: another atomic number, e.g. 58 for the support's Ce columns.)
 
     Atoms of one column (tilted by a few degrees, so spread along it by up to
     about 1 A) are grouped by single linkage within 0.8 A, less than half the
@@ -52,7 +54,7 @@ def true_columns(atoms, info: dict, shape: tuple[int, int]) -> np.ndarray:
     """
     from scipy.cluster.hierarchy import fcluster, linkage
 
-    pt = atoms.positions[atoms.numbers == 78][:, :2]
+    pt = atoms.positions[atoms.numbers == element][:, :2]
     label = fcluster(linkage(pt, "single"), 0.8, "distance")
     xy = np.array([pt[label == g].mean(axis=0) for g in np.unique(label)])
     ly = info["cell_a"][1]

@@ -83,9 +83,10 @@ def test_vacuum_floor_drops_texture_columns_and_keeps_real_ones():
     img += 0.012 * texture / texture.std()
     vacuum = np.zeros(img.shape, bool)
     vacuum[:250] = True
-    plain = detect_columns(img, vacuum_floor=None)
-    floored = detect_columns(img, vacuum=vacuum)
-    assert np.sum(plain.centres[:, 0] < 250) >= 5  # texture passes a fixed 0.03 threshold
+    # a permissive relative threshold, so that only the floor stands between texture and columns
+    plain = detect_columns(img, vacuum_floor=None, threshold=0.25)
+    floored = detect_columns(img, vacuum=vacuum, threshold=0.25)
+    assert np.sum(plain.centres[:, 0] < 250) >= 5  # texture passes without the floor
     assert np.sum(floored.centres[:, 0] < 250) <= 1
     assert recovery_metrics(real, floored.centres, match_distance_a=0.2).recall == 1.0
     assert floored.params["contrast_threshold"] > 0.03

@@ -163,14 +163,12 @@ def _defaults() -> tuple[dict[str, Any], dict[str, Any]]:
     """Defaults of detect_columns and link_columns, read from their signatures (one source)."""
     import inspect
 
-    from napari_sbd.core.columns import detect_columns
+    from napari_sbd.core.columns import detection_defaults
     from napari_sbd.core.tracking import link_columns
 
-    def of(f: Any) -> dict[str, Any]:
-        return {k: p.default for k, p in inspect.signature(f).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-
-    return of(detect_columns), of(link_columns)
+    link = {k: p.default for k, p in inspect.signature(link_columns).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+    return detection_defaults(), link
 
 
 def _analysis_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -24,6 +24,7 @@ from napari_sbd.core.analysis import (
     iter_analyse,
     write_columns_csv,
 )
+from napari_sbd.core.columns import detection_defaults
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.tracking import MAX_DISPLACEMENT_A, MEMORY_FRAMES
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
@@ -47,6 +48,8 @@ __all__ = ["ColumnsWidget"]
 
 # symmetric colour range of the LLR display: beyond +-0.02 every column is decided
 LLR_DISPLAY_LIMIT = 0.02
+
+DETECT = detection_defaults()  # the dock opens on the library's own defaults
 
 
 def analyse_frame_safely(raw: np.ndarray, denoised: np.ndarray, frame: int, pixel_size_pm: float,
@@ -105,11 +108,12 @@ class ColumnsWidget(DockWidget):
             tooltip="bright (HAADF, white-contrast HRTEM) or dark (black contrast) columns; "
             "auto decides from the frame")
         self.threshold_spin = FloatSpinBox(
-            label="min contrast (relative)", min=0.0, max=0.95, step=0.05, value=0.25,
+            label="min contrast (relative)", min=0.0, max=0.95, step=0.05,
+            value=DETECT["threshold"],
             tooltip="a column must reach this fraction of the contrast of the frame's strong "
             "columns (any intensity units) and stand above the frame's noise")
         self.floor_spin = FloatSpinBox(label="vacuum floor (sigmas, 0 = off)", min=0.0, max=20,
-                                       step=0.5, value=4.0)
+                                       step=0.5, value=DETECT["vacuum_floor"] or 0.0)
         self.floor_spin.tooltip = ("columns must also stand out by this many standard deviations of the "
                                    "denoised vacuum's texture (a network leaves a faint texture there)")
         self.radius_spin = FloatSpinBox(
