@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.phantom import pt_on_ceo2_phantom
-from napari_sbd.widgets._layers import nice_limit
+from napari_sbd.widgets._layers import batched_update, nice_limit
 from napari_sbd.widgets._model import FILE_CHOICE
 from napari_sbd.widgets.columns import ColumnsWidget
 from napari_sbd.widgets.filter import FILTER_LAYER, PIXEL_LAYER, FilterWidget
@@ -152,6 +154,21 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     qtbot.wait(200)  # any superseded result would have arrived by now
     assert viewer.layers[FILTER_LAYER].metadata["pixel"] == (70, 80)
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 2
+
+
+def test_batched_overlay_updates_through_a_plugins_viewer_are_quiet(make_napari_viewer):
+    # napari hands a plugin's dock a proxy of the viewer that warns on private access;
+    # the batching works without that API, so the user's terminal gets no FutureWarning
+    from napari.utils._proxies import PublicOnlyProxy
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 8)), name="overlay")
+    proxy = PublicOnlyProxy(viewer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with batched_update(proxy, proxy.layers["overlay"]):
+            proxy.layers["overlay"].data = np.ones((8, 8))
+    assert viewer.layers["overlay"].data.max() == 1
 
 
 def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer, qtbot, tiny_unet,

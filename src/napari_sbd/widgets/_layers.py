@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import functools
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,21 +174,33 @@ def batched_update(viewer: Any, *layers: Any, ranges: bool = True) -> Iterator[N
     the layers' extents cannot change. Both hooks are private napari API; where
     one is missing, that part is not batched.
     """
-    update = getattr(viewer, "_on_layers_change", None)
+    update = _private(viewer, "_on_layers_change")
+    blocks = [_private(layer, "_block_refresh") for layer in layers]
     with contextlib.ExitStack() as stack:
-        for layer in layers:
+        for layer, block in zip(layers, blocks):
             if update is not None:
                 for name in ("data", "translate", "scale"):
                     stack.enter_context(getattr(layer.events, name).blocker(update))
-            block = getattr(layer, "_block_refresh", None)
             if block is not None:
                 stack.enter_context(block())
         yield
-    for layer in layers:
-        if getattr(layer, "_block_refresh", None) is not None:
+    for layer, block in zip(layers, blocks):
+        if block is not None:
             layer.refresh()
     if update is not None and ranges:
         update()
+
+
+def _private(obj: Any, name: str) -> Any:
+    """``obj.name`` of private napari API, or None where napari no longer has it.
+
+    A plugin's viewer is a proxy that warns (FutureWarning, once per place) that
+    private access will go; the callers work without it, so the warning would
+    only alarm a user's terminal.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Private attribute access", FutureWarning)
+        return getattr(obj, name, None)
 
 
 def plane_geometry(layer: Any) -> dict[str, Any]:
