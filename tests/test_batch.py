@@ -382,7 +382,7 @@ def test_data_far_from_the_models_dose_get_a_warning(tmp_path, model_path, capsy
     err = capsys.readouterr().err
     assert "dose 5.44-5.45 counts/pixel per frame" in err
     assert "warning: model: the data have 5.4" in err and "trained at 0.45" in err
-    assert "frame(s) have a dose outside" not in err  # all of them: said once, above
+    assert "frames have a dose outside" not in err  # all of them: said once, above
 
 
 def test_detection_and_linking_options_are_part_of_the_job(movie, model_path, tmp_path, capsys):
@@ -452,7 +452,7 @@ def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_pat
     err = capsys.readouterr().err
     doses = zarr.open_group(str(out), mode="r")["dose"][:]
     np.testing.assert_allclose(doses, stack.reshape(6, -1).mean(axis=1), rtol=1e-9)
-    assert "3 of 6 frame(s) have a dose outside" in err and "frames 3, 4, 5;" in err
+    assert "3 of 6 frames have a dose outside" in err and "frames 3, 4, 5;" in err
     assert f"dose {doses.min():.3g}-{doses.max():.3g} counts/pixel per frame" in err
 
 
@@ -530,7 +530,7 @@ def test_a_damaged_frame_stops_the_job_or_is_skipped_when_asked(movie, model_pat
     assert sorted(p.name for p in (out / ".sbd" / "done").iterdir()) == [f"{i:06d}" for i in range(3)]
     assert main([*args, "--skip-bad-frames"]) == 0
     captured = capsys.readouterr()
-    assert "1 frame(s) could not be denoised and are left NaN" in captured.err
+    assert "1 frame could not be denoised and is left NaN" in captured.err
     assert "2 frames denoised now, 3 already done, 1 left empty (bad); store complete" in captured.out
     g = zarr.open_group(str(out), mode="r")
     den = g["denoised"][:]

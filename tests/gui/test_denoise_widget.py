@@ -47,7 +47,7 @@ def test_denoises_a_stack_into_a_new_layer(widget, qtbot, rng):
     # each frame's dose, and its span in the dock
     doses = out.metadata["sbd_dose"]
     np.testing.assert_allclose([doses[i] for i in range(3)], stack.reshape(3, -1).mean(axis=1))
-    assert "over the 3 frame(s) denoised" in " ".join(w.dose_note.value.split())
+    assert "over the 3 frames denoised" in " ".join(w.dose_note.value.split())
 
 
 def test_cancel_marks_the_layer_incomplete(widget, qtbot, rng):
@@ -346,7 +346,7 @@ def test_frames_whose_dose_drifts_out_of_the_models_are_named(widget, qtbot, rng
     w.layer_combo.value = viewer.layers["drift"]
     w.run()
     _wait(qtbot, w)
-    assert any("1 of 3 frame(s) have a dose outside" in m and "frames 2" in m for m in said), said
+    assert any("1 of 3 frames has a dose outside" in m and "frames 2" in m for m in said), said
 
 
 def test_auto_model_is_chosen_from_the_layer_and_the_filter_follows_it(make_napari_viewer, qtbot,

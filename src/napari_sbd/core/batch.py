@@ -67,6 +67,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
+from napari_sbd.core.text import counted, verb
 from napari_sbd.core.tracking import track_rows, write_tracks
 
 __all__ = ["BatchError", "BatchResult", "denoise_movie", "open_movie"]
@@ -400,12 +401,13 @@ def denoise_movie(
     if bad:
         shown = ", ".join(map(str, bad[:10])) + (" ..." if len(bad) > 10 else "")
         first = (bad_dir / f"{bad[0]:06d}").read_text().strip()
-        notes.append(f"{len(bad)} frame(s) could not be denoised and are left NaN, without "
+        notes.append(f"{counted(len(bad), 'frame')} could not be denoised and "
+                     f"{verb(len(bad), 'is', 'are')} left NaN, without "
                      f"columns: {shown} (frame {bad[0]}: {first}; each reason in "
                      f"{bad_dir})")
     if no_lattice:
         shown = ", ".join(map(str, no_lattice[:10])) + (" ..." if len(no_lattice) > 10 else "")
-        notes.append(f"no lattice found (no columns) in {len(no_lattice)} frame(s): {shown}")
+        notes.append(f"no lattice found (no columns) in {counted(len(no_lattice), 'frame')}: {shown}")
     good = [i for i in todo if i not in set(bad)]
     frame_doses = np.asarray(doses[:], dtype=np.float64)[good]
     span, outside = doses_outside(den, frame_doses, good)

@@ -29,6 +29,7 @@ import torch
 from napari_sbd.core.checkpoint import CheckpointError, ModelCard, load_checkpoint
 from napari_sbd.core.inputs import InputError, as_frame, check_stack_shape
 from napari_sbd.core.models import SBDNetwork, fold_batchnorm
+from napari_sbd.core.text import counted, verb
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 __all__ = [
@@ -994,5 +995,6 @@ def dose_warning(den: Denoiser, outside: list[int], total: int,
     trained = (f"{den.dose_range[0]:g}-{den.dose_range[1]:g}" if den.dose_range is not None
                else f"about {den.card.dose:g}")
     lo, hi = span or (float("nan"), float("nan"))
-    return (f"{len(outside)} of {total} frame(s) have a dose outside the model's ({trained} "
+    return (f"{len(outside)} of {counted(total, 'frame')} {verb(len(outside), 'has', 'have')} "
+            f"a dose outside the model's ({trained} "
             f"counts/pixel; frames span {lo:.3g}-{hi:.3g}): frames {shown}")

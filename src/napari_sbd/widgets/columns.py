@@ -26,6 +26,7 @@ from napari_sbd.core.analysis import (
 )
 from napari_sbd.core.columns import detection_defaults
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
+from napari_sbd.core.text import counted
 from napari_sbd.core.tracking import MAX_DISPLACEMENT_A, MEMORY_FRAMES
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.widgets._layers import (
@@ -386,8 +387,9 @@ class ColumnsWidget(DockWidget):
         n_tracks = len({r["track"] for r in rows})
         empty = sum(1 for f in frames if f.no_lattice)
         self.summary.value = wrap(
-            f"{len(rows)} columns in {len(frames)} frames, linked into {n_tracks} tracks"
-            + (f"; {empty} frame(s) without a lattice" if empty else "")
+            f"{counted(len(rows), 'column')} in {counted(len(frames), 'frame')}, linked into "
+            f"{counted(n_tracks, 'track')}"
+            + (f"; {counted(empty, 'frame')} without a lattice" if empty else "")
             + ". Save table... writes one row per column and frame (with its track).")
         # last: adding the layers above resets the layer choices (which forgets a movie table)
         self.movie_rows = rows

@@ -37,6 +37,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
+from napari_sbd.core.text import counted
 from napari_sbd.widgets._layers import (
     DockWidget,
     copy_geometry,
@@ -345,7 +346,7 @@ class DenoiseWidget(DockWidget):
             layer.refresh()
         if layer is not None and layer.metadata.get("sbd_frames_done") == self._total:
             layer.metadata["sbd_complete"] = True
-            show_info(f"denoised {self._total} frame(s) into '{layer.name}'")
+            show_info(f"denoised {counted(self._total, 'frame')} into '{layer.name}'")
         self._report_doses()
 
     def _report_doses(self) -> None:
@@ -359,7 +360,7 @@ class DenoiseWidget(DockWidget):
         if span is None:
             return
         self.dose_note.value = wrap(f"dose {span[0]:.3g}-{span[1]:.3g} electrons/pixel per frame "
-                                    f"over the {len(frames)} frame(s) denoised")
+                                    f"over the {counted(len(frames), 'frame')} denoised")
         if outside:
             show_warning(dose_warning(den, outside, len(frames), span))
 
