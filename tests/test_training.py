@@ -550,3 +550,43 @@ def test_a_resume_needs_only_the_data_and_the_folder(dataset, tmp_path, capsys):
     assert "patch: run has 48, now 64" in capsys.readouterr().err
     # the run's whole command again (list options included) resumes as before
     assert main([*first, "--epochs", "3", "--resume"]) == 0
+
+
+def test_weight_average_is_validated_saved_and_resumed(dataset, tmp_path):
+    out = tmp_path / "run"
+    args = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY]
+    # a run begun without the average switches it on at a resume (it starts from the weights)
+    assert main([*args, "--epochs", "1"]) == 0
+    assert main([*args, "--epochs", "3", "--resume", "--ema", "0.5"]) == 0
+    with open(out / "log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["val_psnr_raw"] == "" and all(np.isfinite(float(r["val_psnr_raw"]))
+                                                 for r in rows[1:])
+    st = torch.load(out / "state.pt", weights_only=True)
+    avg = {k.removeprefix("module."): v for k, v in st["ema"].items() if k.startswith("module.")}
+    assert int(st["ema"]["n_averaged"]) == 2 * 3  # every step of the two resumed epochs
+    last = torch.load(out / "last.pt", weights_only=True)["state_dict"]
+    # last.pt holds the average, which is not the raw weights
+    assert last.keys() == avg.keys()
+    for k in last:
+        torch.testing.assert_close(last[k], avg[k])
+    assert any(not torch.equal(avg[k], st["model"][k]) for k in avg)
+    # the logged validation is the average's; the raw weights' is beside it
+    assert float(rows[-1]["val_psnr"]) != float(rows[-1]["val_psnr_raw"])
+    # a resume continues the same average (not a fresh one from the weights)
+    assert main([*args, "--epochs", "4", "--resume", "--ema", "0.5"]) == 0
+    st2 = torch.load(out / "state.pt", weights_only=True)
+    assert int(st2["ema"]["n_averaged"]) == 3 * 3
+
+
+def test_weight_average_follows_its_decay():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    net = torch.nn.Linear(2, 1, bias=False)
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(0.9), use_buffers=True)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        ema.update_parameters(net)  # the first update takes the weights
+        net.weight.fill_(2.0)
+        ema.update_parameters(net)
+    torch.testing.assert_close(ema.module.weight, torch.full((1, 2), 0.9 * 1.0 + 0.1 * 2.0))

@@ -136,6 +136,12 @@ class TrainConfig:
                            "optimisation", type=int)
     early_stop: int = opt(10, "epochs without improvement before stopping", "optimisation",
                           type=int)
+    ema: float = opt(0.0, "keep an exponential moving average of the weights, DECAY per step "
+                     "(e.g. 0.999: about the last 1,000 steps); validation, the rate schedule, "
+                     "best.pt and last.pt use the average, the optimiser the raw weights, whose "
+                     "validation is logged beside it (val_psnr_raw). May be switched on when "
+                     "resuming (0: none)", "optimisation", metavar="DECAY",
+                     type=number(float, at_least=0, below=1))
     min_lr: float = 1e-6  # the plateau schedule's floor (not a command-line option)
     max_minutes: float = opt(0.0, "stop cleanly after this many minutes of training (0: no "
                              "limit)", "optimisation", type=float)

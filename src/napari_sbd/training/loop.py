@@ -4,7 +4,8 @@ Output folder layout (all written atomically)::
 
     OUT/best.pt     checkpoint of the best validation PSNR (napari-sbd format)
     OUT/last.pt     checkpoint after the last finished epoch
-    OUT/state.pt    everything --resume needs (weights, optimiser, scheduler, counters)
+    OUT/state.pt    everything --resume needs (weights, optimiser, scheduler, counters,
+                    the weights' moving average with --ema)
     OUT/log.csv     one row per epoch: loss, validation PSNR, lr, dead channels, wall seconds
                     of the epoch, the run's CPU seconds so far (all threads, all sessions)
                     (and the PSNR of each validation band, for an envelope run)
@@ -26,6 +27,13 @@ Each epoch draws its patches and noise from a generator seeded by
 (seed, epoch, rank), so a resumed run repeats exactly what an uninterrupted
 run would have done from that epoch on; a kill loses at most the epoch in
 progress.
+
+With ``ema`` (a decay per step) the run keeps an exponential moving average
+of the weights beside them: the optimiser moves the raw weights, and the
+average is what is validated, steers the rate schedule and early stopping,
+and is saved as best.pt and last.pt (an average over the last steps sits
+nearer the minimum than any one step's weights; log.csv adds the raw
+weights' validation, ``val_psnr_raw``, so the two compare epoch by epoch).
 
 Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in
 DistributedDataParallel (gloo on CPU, NCCL on CUDA); every rank trains on its
@@ -50,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from napari_sbd.core.checkpoint import save_checkpoint
 from napari_sbd.core.files import atomic_write
@@ -86,7 +95,7 @@ LOG_FIELDS = [
 # learned, and a resume with a different value would mix two runs in one.
 RESUMABLE_OPTIONS = frozenset({
     "data", "out", "resume", "restart_lr", "lr_patience", "max_minutes", "epochs", "early_stop",
-    "device", "amp", "progress", "init_from",
+    "device", "amp", "progress", "init_from", "ema",
 })
 
 
@@ -391,6 +400,7 @@ class EpochReport:
     patches_seen: int
     cpu_seconds: float
     bands: dict[str, float] = field(default_factory=dict)
+    val_psnr_raw: float | None = None  # the raw weights' validation, beside the average's
 
     def log_row(self) -> dict[str, Any]:
         """Return the log.csv row (fixed-precision text, one column per validation band)."""
@@ -404,6 +414,8 @@ class EpochReport:
         }
         if len(self.bands) > 1:
             row.update({f"val_{b}": f"{v:.4f}" for b, v in self.bands.items()})
+        if self.val_psnr_raw is not None:
+            row["val_psnr_raw"] = f"{self.val_psnr_raw:.4f}"
         return row
 
 
@@ -457,7 +469,8 @@ class ConsoleProgress(TrainingCallback):
             self._bar = None
         bands = ("  [" + " ".join(f"{b} {v:.2f}" for b, v in report.bands.items()) + "]"
                  if len(report.bands) > 1 else "")
-        print(f"epoch {report.epoch}: loss {report.train_loss:.3e}  val {report.val_psnr:.2f} dB  "
+        raw = f" (raw {report.val_psnr_raw:.2f})" if report.val_psnr_raw is not None else ""
+        print(f"epoch {report.epoch}: loss {report.train_loss:.3e}  val {report.val_psnr:.2f} dB{raw}  "
               f"best {report.best_val_psnr:.2f} dB  lr {report.lr:.2g}  dead {report.dead_fraction:.1%}"
               + bands, file=sys.stderr)
 
@@ -574,10 +587,19 @@ class Trainer:
         # CPU time of this process (all its threads) summed over every session of the run:
         # the x-axis of equal-budget comparisons, fair even when the machine is shared
         self.cpu_before = 0.0
+        self._ema_state: dict[str, Any] | None = None
         if cfg.resume and self.state_path.exists():
             self._resume()
         elif cfg.init_from:
             _init_weights(self.model, cfg)
+        # the weights' moving average starts from the weights (switched on at a resume: from
+        # the run's weights then) and continues from the state where the run kept one
+        self.ema: AveragedModel | None = None
+        if cfg.ema > 0:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema),
+                                     use_buffers=True)
+            if self._ema_state is not None:
+                self.ema.load_state_dict(self._ema_state)
         self.log_rows = _read_log(self.log_path, self.epoch) if self.rank == 0 else []
         self.net: nn.Module = self.model
         if self.world > 1:
@@ -618,6 +640,7 @@ class Trainer:
         # CUDA (float16) starts its scaler afresh; the other way the saved scale is unused
         if st["scaler"] or not self.scaler.is_enabled():
             self.scaler.load_state_dict(st["scaler"])
+        self._ema_state = st.get("ema")
         self.epoch, self.best, self.bad_epochs = st["epoch"], st["best"], st["bad_epochs"]
         self.global_step, self.patches_seen = st["global_step"], st["patches_seen"]
         self.cpu_before = float(st.get("cpu_seconds", math.nan))  # runs before the column: unknown
@@ -647,7 +670,9 @@ class Trainer:
             stop_now = False
             if self.rank == 0:
                 val_psnr, dead, per_band = self.validate()
-                report = self._finish_epoch(loss, val_psnr, dead, per_band, time.monotonic() - t0)
+                raw = _validate(self.model, self.vset, self.device)[0] if self.ema is not None else None
+                report = self._finish_epoch(loss, val_psnr, dead, per_band, time.monotonic() - t0,
+                                            raw)
                 self.save(report)
                 for cb in self.callbacks:
                     cb.on_epoch_end(self, report)
@@ -710,6 +735,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_grad)
             self.scaler.step(self.opt)
             self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             self.global_step += 1
             self.patches_seen += cfg.batch * self.world
             losses.append(float(loss.detach()))
@@ -718,8 +745,13 @@ class Trainer:
         self.epoch += 1
         return float(np.mean(losses))
 
+    @property
+    def kept(self) -> nn.Module:
+        """The weights that are validated and saved: the moving average where there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
     def validate(self) -> tuple[float, float, dict[str, float]]:
-        """Score the fixed validation crops.
+        """Score the fixed validation crops with :attr:`kept`.
 
         Returns
         -------
@@ -727,10 +759,10 @@ class Trainer:
             Mean PSNR over the bands (dB), fraction of dead activation
             channels, PSNR per band.
         """
-        return _validate(self.model, self.vset, self.device)
+        return _validate(self.kept, self.vset, self.device)
 
     def _finish_epoch(self, loss: float, val_psnr: float, dead: float, per_band: dict[str, float],
-                      seconds: float) -> EpochReport:
+                      seconds: float, raw: float | None = None) -> EpochReport:
         improved = val_psnr > self.best
         if improved:
             self.best, self.bad_epochs = val_psnr, 0
@@ -743,6 +775,7 @@ class Trainer:
             best_val_psnr=self.best, improved=improved, lr=float(self.opt.param_groups[0]["lr"]),
             dead_fraction=dead, epoch_seconds=seconds, patches_seen=self.patches_seen,
             cpu_seconds=self.cpu_before + time.process_time() - self._cpu_start, bands=per_band,
+            val_psnr_raw=raw,
         )
 
     def save(self, report: EpochReport) -> None:
@@ -753,12 +786,13 @@ class Trainer:
                               **self._card_extra,
                               **({"validation_bands": report.bands} if len(report.bands) > 1 else {}),
                               "train_config": _plain(asdict(cfg))})
-        save_checkpoint(self.out / "last.pt", self.model, validation_psnr=report.val_psnr, **ckpt_kw)
+        save_checkpoint(self.out / "last.pt", self.kept, validation_psnr=report.val_psnr, **ckpt_kw)
         if report.improved:
-            save_checkpoint(self.out / "best.pt", self.model, validation_psnr=report.val_psnr,
+            save_checkpoint(self.out / "best.pt", self.kept, validation_psnr=report.val_psnr,
                             **ckpt_kw)
         state = {
             "cpu_seconds": report.cpu_seconds,
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
             "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
             "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": report.epoch, "best": self.best, "bad_epochs": self.bad_epochs,
