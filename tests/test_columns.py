@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
@@ -329,3 +331,21 @@ def test_raw_counts_are_told_from_detector_units():
     # an absolute floor is in the frame's units: no transform then
     floored = detect_columns(counts, pixel_size_pm=40.0, spacing_a=1.5, min_contrast=1.0)
     assert floored.params["units"] == "frame"
+
+
+@pytest.mark.parametrize("kind", ["complex", "bool"])
+def test_complex_or_boolean_frames_are_refused_by_name(kind):
+    from napari_sbd.core.likelihood import column_log_likelihood_ratios
+    from napari_sbd.core.metrics import psnr
+
+    rng = np.random.default_rng(0)
+    real = rng.poisson(2.0, (64, 64)).astype(np.float64)
+    bad = real * (1 + 1j) if kind == "complex" else real > 2
+    word = "complex-valued" if kind == "complex" else "boolean"
+    calls = [lambda: detect_columns(bad), lambda: psnr(real, bad),
+             lambda: column_log_likelihood_ratios(bad, real, np.array([[32.0, 32.0]]), 0.45)]
+    for call in calls:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no ComplexWarning on the way: refused first
+            with pytest.raises(ValueError, match=word):
+                call()

@@ -19,6 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.spatial import ConvexHull, QhullError
 
 from napari_sbd.core.baselines import anscombe
+from napari_sbd.core.inputs import real_values
 from napari_sbd.core.lattice import (
     LatticeNotFound,
     column_polarity,
@@ -387,7 +388,7 @@ def detect_columns(
     """
     from skimage.feature import peak_local_max
 
-    img = np.asarray(image, dtype=np.float64)
+    img = real_values(image, "the frame")
     if img.ndim != 2:
         raise ValueError(f"detect_columns works on one (H, W) frame, got shape {img.shape}")
     if min(img.shape) < 8:

@@ -29,6 +29,37 @@ class NotCountsError(InputError):
     """The data are far brighter than counts at the model's dose: detector units, not electrons."""
 
 
+def real_values(values: Any, what: str = "the image") -> np.ndarray:
+    """Return ``values`` as float64, refusing data that are not real numbers.
+
+    numpy would drop a complex image's imaginary part with only a warning
+    (an FFT or an exit wave from a simulator, taken for intensities) and
+    read booleans as 0/1; each gets a message that names it instead.
+
+    Parameters
+    ----------
+    values : array_like
+        The data.
+    what : str
+        What they are, for the message ("the raw frame", "the estimate").
+
+    Raises
+    ------
+    InputError
+        Complex, boolean or non-numeric data.
+    """
+    arr = np.asarray(values)
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise InputError(f"{what} is complex-valued; it needs real intensities (an exit wave or "
+                         "an FFT: take its squared modulus, abs(x)**2, if that is what you mean)")
+    if kind == "b":
+        raise InputError(f"{what} is boolean (a mask?); it needs intensities")
+    if kind not in "uif":
+        raise InputError(f"{what} has dtype {arr.dtype}; it needs numbers")
+    return arr.astype(np.float64, copy=False)
+
+
 def check_stack_shape(shape: tuple[int, ...], dtype: Any) -> bool:
     """Validate the shape and dtype of an image or stack before reading it.
 

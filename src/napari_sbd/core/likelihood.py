@@ -23,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_sbd.core.columns import Columns
+from napari_sbd.core.inputs import real_values
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 from napari_sbd.core.vacuum import VacuumNotFound, estimate_vacuum_level, vacuum_mask
 
@@ -43,7 +44,7 @@ DEFAULT_RADIUS_A = 0.7
 
 
 def _check_counts(noisy: np.ndarray) -> np.ndarray:
-    y = np.asarray(noisy, dtype=np.float64)
+    y = real_values(noisy, "the raw frame")
     if not np.isfinite(y).all():
         raise ValueError("the raw frame has NaN or infinite values; the likelihood test needs counts")
     if y.min(initial=0) < 0:
@@ -130,9 +131,11 @@ def column_log_likelihood_ratios(
         (N,) LLR per column (nats per pixel).
     """
     y = _check_counts(noisy)
-    den = np.asarray(denoised, dtype=np.float64)
+    den = real_values(denoised, "the denoised frame")
     if y.shape != den.shape or y.ndim != 2:
         raise ValueError(f"raw {y.shape} and denoised {den.shape} must be the same (H, W) frame")
+    if y.size == 0:
+        raise ValueError(f"the frame is empty (shape {y.shape})")
     if not np.isfinite(den).all() or not den.mean() > 0:
         raise ValueError("the denoised frame must be finite counts per pixel with a positive "
                          "mean (the network's output, not a normalised or negated image)")

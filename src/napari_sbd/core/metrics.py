@@ -14,12 +14,13 @@ from __future__ import annotations
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from napari_sbd.core.inputs import real_values
+
 __all__ = ["psnr", "ssim"]
 
 
 def _pair(clean: np.ndarray, estimate: np.ndarray, clip: bool) -> tuple[np.ndarray, np.ndarray]:
-    a = np.asarray(clean, dtype=np.float64)
-    b = np.asarray(estimate, dtype=np.float64)
+    a, b = real_values(clean, "the clean image"), real_values(estimate, "the estimate")
     if a.shape != b.shape:
         raise ValueError(f"shapes differ: clean {a.shape}, estimate {b.shape}")
     if a.ndim not in (2, 3):
