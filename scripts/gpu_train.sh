@@ -28,6 +28,11 @@ TRAIN_ARGS=${TRAIN_ARGS:---scales 4 --base 64 --unshuffle 4 --centre-sigma 6 --a
 --norm none --patch 256 --batch 32 --steps-per-epoch 100 --val-images 6 --val-crop 512 --lr 5e-4 \
 --warmup-steps 100 --clip-grad 1.0 --lr-patience 4 --early-stop 20}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+# a new or empty folder only: OUT of an earlier run holds a checkpoint not yet copied back
+if [ -n "$(ls -A "$OUT" 2>/dev/null)" ]; then
+  echo "error: $OUT is not empty (an earlier run's checkpoint?); give a new folder" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 if ! "$PY" -c "import abtem, ase" 2>/dev/null; then
   echo ">> installing the simulator from ${WHEELS:-.gpu-wheels} (no network)"
@@ -40,7 +45,7 @@ t0=$(date +%s)
   --seed 1000 --workers "$(nproc)" 2>&1 | tail -n 2
 t1=$(date +%s)
 if [ -n "${RESUME_FROM:-}" ]; then
-  rm -rf "$OUT/run" && cp -r "$RESUME_FROM" "$OUT/run" && rm -f "$OUT/run/.lock"
+  cp -r "$RESUME_FROM" "$OUT/run" && rm -f "$OUT/run/.lock"
   # shellcheck disable=SC2086  # RESUME_ARGS is a list of options
   "$PY" -m napari_sbd.training.cli "$SIM_DIR" --out "$OUT/run" --resume \
     ${RESUME_ARGS:---lr-patience 10 --early-stop 25} --max-minutes "$MINUTES" --device auto --quiet

@@ -396,6 +396,12 @@ def test_gpu_campaign_script_runs_on_the_cpu_at_a_tiny_size(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     with open(tmp_path / "more" / "log.csv") as fh:
         assert [r["epoch"] for r in csv.DictReader(fh)] == ["1", "2"]
+    # a second run into a folder that holds one is refused before anything is written
+    before = (tmp_path / "more" / "best.pt").read_bytes()
+    proc = subprocess.run(["bash", str(repo / "scripts" / "gpu_train.sh"), str(tmp_path / "more")],
+                          capture_output=True, text=True, env=env2, timeout=900)
+    assert proc.returncode == 2 and "not empty" in proc.stderr
+    assert (tmp_path / "more" / "best.pt").read_bytes() == before
 
 
 def test_unet_options_with_a_fixed_comparison_network_are_refused(dataset, tmp_path, capsys):
