@@ -579,8 +579,10 @@ def test_weight_average_is_validated_saved_and_resumed(dataset, tmp_path):
     assert any(not torch.equal(avg[k], st["model"][k]) for k in avg)
     # the logged validation is the average's; the raw weights' is beside it
     assert float(rows[-1]["val_psnr"]) != float(rows[-1]["val_psnr_raw"])
-    # a resume continues the same average (not a fresh one from the weights)
-    assert main([*args, "--epochs", "4", "--resume", "--ema", "0.5"]) == 0
+    # a resume continues the same average (not a fresh one from the weights), also one that
+    # leaves --ema out (config.json now records it)
+    assert json.loads((out / "config.json").read_text())["ema"] == 0.5
+    assert main([str(dataset), "--out", str(out), "--resume", "--epochs", "4", "--quiet"]) == 0
     st2 = torch.load(out / "state.pt", weights_only=True)
     assert int(st2["ema"]["n_averaged"]) == 3 * 3
 

@@ -124,7 +124,9 @@ def _with_the_runs_options(cfg: TrainConfig, argv: Sequence[str] | None) -> Trai
                 f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
     given = {name for name, opts in flags.items()
              if any(t == o or t.startswith(o + "=") for t in tokens for o in opts)}
-    return with_run_options(cfg, saved, given, RESUMABLE_OPTIONS)
+    # the weight average may change on resume, but one left out keeps the run's (the trainer
+    # records the latest value in config.json), so a plain --resume does not drop it
+    return with_run_options(cfg, saved, given, RESUMABLE_OPTIONS - {"ema"})
 
 
 def _checkpoint_path(name: str | None) -> str | None:

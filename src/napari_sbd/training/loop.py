@@ -560,10 +560,18 @@ class Trainer:
                 stack.callback(dist.destroy_process_group)
             if self.rank == 0:
                 stack.enter_context(_lock_output(self.out))
-                if not (self.out / "config.json").exists():
+                path = self.out / "config.json"
+                record: dict[str, Any] | None = None
+                if not path.exists():
                     record = _config_record(self.cfg)
-                    atomic_write(self.out / "config.json",
-                                 lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+                else:
+                    with contextlib.suppress(OSError, ValueError):  # unreadable: left alone
+                        saved = json.loads(path.read_text())
+                        if saved.get("ema", 0.0) != self.cfg.ema:  # changed on resume: the
+                            record = {**saved, "ema": self.cfg.ema}  # next resume keeps it
+                if record is not None:
+                    text = json.dumps(record, indent=1)
+                    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
             return self._run()
 
     def _build(self) -> None:
