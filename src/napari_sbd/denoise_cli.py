@@ -161,14 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _defaults() -> tuple[dict[str, Any], dict[str, Any]]:
     """Defaults of detect_columns and link_columns, read from their signatures (one source)."""
-    import inspect
-
-    from napari_sbd.core.columns import detection_defaults
+    from napari_sbd.core.columns import detection_defaults, keyword_defaults
     from napari_sbd.core.tracking import link_columns
 
-    link = {k: p.default for k, p in inspect.signature(link_columns).parameters.items()
-            if p.default is not inspect.Parameter.empty}
-    return detection_defaults(), link
+    return detection_defaults(), keyword_defaults(link_columns)
 
 
 def _analysis_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

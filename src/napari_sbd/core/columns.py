@@ -491,12 +491,17 @@ def detect_columns(
                    intensity=2 * np.pi * amp * np.nan_to_num(sigma[idx], nan=spacing / 6) ** 2)
 
 
-def detection_defaults() -> dict[str, Any]:
-    """Return the keyword defaults of :func:`detect_columns` (one source: CLI and dock)."""
+def keyword_defaults(func: Any) -> dict[str, Any]:
+    """Return the defaults of ``func``'s keyword parameters, read from its signature."""
     import inspect
 
-    return {k: p.default for k, p in inspect.signature(detect_columns).parameters.items()
+    return {k: p.default for k, p in inspect.signature(func).parameters.items()
             if p.default is not inspect.Parameter.empty}
+
+
+def detection_defaults() -> dict[str, Any]:
+    """Return the keyword defaults of :func:`detect_columns` (one source: CLI and dock)."""
+    return keyword_defaults(detect_columns)
 
 
 def surface_mask(centres: np.ndarray, tolerance_px: float = 2.0) -> np.ndarray:
