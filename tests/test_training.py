@@ -331,6 +331,35 @@ def test_init_from_starts_from_a_checkpoints_weights(dataset, tmp_path, capsys):
     assert main([*base, "--out", str(tmp_path / "c"), "--init-from", str(first / "last.pt"),
                  "--base", "8", "--quiet"]) == 2
     assert "pass the same --arch" in capsys.readouterr().err
+    # the refused start left no record of a run that never began: the right options go
+    # into the same folder as a new run, not a resume of the wrong one
+    assert not (tmp_path / "c" / "config.json").exists()
+    assert main([*base, "--out", str(tmp_path / "c"), "--init-from", str(first / "last.pt")]) == 0
+
+
+def test_a_new_run_never_overwrites_files_it_did_not_continue(dataset, tmp_path, capsys):
+    base = [str(dataset), "--val-fraction", "0.25", *TINY, "--epochs", "1"]
+    out = tmp_path / "theirs"
+    out.mkdir()
+    (out / "log.csv").write_text("a user's own table\n")
+    (out / "best.pt").write_bytes(b"someone's model")
+    for extra in ([], ["--resume"]):  # no state.pt: nothing here can be continued
+        assert main([*base, "--out", str(out), *extra]) == 2
+        err = " ".join(capsys.readouterr().err.split())
+        assert "log.csv" in err and "best.pt" in err and "nothing was written" in err
+    assert (out / "log.csv").read_text() == "a user's own table\n"
+    assert (out / "best.pt").read_bytes() == b"someone's model"
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "log.csv"]
+    # a start killed in its first epoch leaves only config.json: --resume starts it afresh
+    # with the options recorded there; a new run is still refused
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    assert main([*base, "--out", str(tmp_path / "ref")]) == 0
+    (killed / "config.json").write_text((tmp_path / "ref" / "config.json").read_text())
+    assert main([*base, "--out", str(killed)]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert main([str(dataset), "--out", str(killed), "--resume", "--quiet"]) == 0
+    assert (killed / "state.pt").exists()
 
 
 def test_level_gains_grow_from_a_checkpoint_without_them(dataset, tmp_path, capsys):

@@ -148,6 +148,40 @@ def _check_resume_config(out: Path, cfg: TrainConfig) -> None:
         )
 
 
+# what a run writes into OUT (besides .lock, which holds nothing)
+RUN_FILES = ("state.pt", "config.json", "log.csv", "best.pt", "last.pt")
+
+
+def _check_output_folder(out: Path, cfg: TrainConfig) -> None:
+    """Refuse an OUT whose files a run would overwrite without continuing them.
+
+    A new run writes every file of :data:`RUN_FILES`: into a folder that holds
+    any of them (a finished run, a start killed in its first epoch, or files
+    of the same names that are not ours) it stops before writing anything. A
+    resume continues the run whose state.pt is there; one without state.pt
+    starts afresh only where nothing but a config.json (a first epoch that
+    never finished) would be replaced.
+    """
+    present = [name for name in RUN_FILES if (out / name).is_file()]
+    if cfg.resume and "state.pt" in present:
+        _check_resume_config(out, cfg)
+        return
+    if not present:
+        return
+    if not cfg.resume:
+        raise TrainingDataError(
+            f"{out} already holds a training run ({', '.join(present)}); pass --resume to "
+            "continue it, or choose another --out (nothing was written)"
+        )
+    if present != ["config.json"]:  # files of a run that cannot be continued
+        raise TrainingDataError(
+            f"cannot resume: {out} holds {', '.join(present)} but no state.pt, the run's "
+            "resumable state; choose another --out (--init-from OUT/best.pt keeps learned "
+            "weights); nothing was written"
+        )
+    _check_resume_config(out, cfg)  # a first epoch that never finished: its own options
+
+
 def _load_state(path: Path, device: torch.device) -> dict[str, Any]:
     try:
         st = torch.load(path, map_location=device, weights_only=True)
@@ -523,13 +557,7 @@ class Trainer:
         self.state_path = self.out / "state.pt"
         self.log_path = self.out / "log.csv"
         if self.rank == 0:
-            if cfg.resume and self.state_path.exists():
-                _check_resume_config(self.out, cfg)
-            elif self.state_path.exists():
-                raise TrainingDataError(
-                    f"{self.out} already holds a training run (state.pt); pass --resume to "
-                    "continue it or choose another --out"
-                )
+            _check_output_folder(self.out, cfg)
         self.device = resolve_device(cfg.device)
         self.callbacks = list(callbacks)
         if cfg.progress and self.rank == 0:
@@ -560,19 +588,26 @@ class Trainer:
                 stack.callback(dist.destroy_process_group)
             if self.rank == 0:
                 stack.enter_context(_lock_output(self.out))
-                path = self.out / "config.json"
-                record: dict[str, Any] | None = None
-                if not path.exists():
-                    record = _config_record(self.cfg)
-                else:
-                    with contextlib.suppress(OSError, ValueError):  # unreadable: left alone
-                        saved = json.loads(path.read_text())
-                        if saved.get("ema", 0.0) != self.cfg.ema:  # changed on resume: the
-                            record = {**saved, "ema": self.cfg.ema}  # next resume keeps it
-                if record is not None:
-                    text = json.dumps(record, indent=1)
-                    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
             return self._run()
+
+    def _record_config(self) -> None:
+        """Write OUT/config.json for a new run, or the decay a resume changed.
+
+        Called once the network is built (``--init-from`` read and matched): a
+        start that fails leaves no record of a run that never began.
+        """
+        path = self.out / "config.json"
+        record: dict[str, Any] | None = None
+        if not path.exists():
+            record = _config_record(self.cfg)
+        else:
+            with contextlib.suppress(OSError, ValueError):  # unreadable: left alone
+                saved = json.loads(path.read_text())
+                if saved.get("ema", 0.0) != self.cfg.ema:  # changed on resume: the
+                    record = {**saved, "ema": self.cfg.ema}  # next resume keeps it
+        if record is not None:
+            text = json.dumps(record, indent=1)
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     def _build(self) -> None:
         cfg, device = self.cfg, self.device
@@ -666,6 +701,8 @@ class Trainer:
     def _run(self) -> dict[str, Any]:
         cfg = self.cfg
         self._build()
+        if self.rank == 0:
+            self._record_config()
         for cb in self.callbacks:
             cb.on_train_begin(self)
         t_start, self._cpu_start = time.monotonic(), time.process_time()
