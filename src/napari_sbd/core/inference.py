@@ -121,19 +121,19 @@ BUNDLED = {
 
 # Where the single-point default beats the envelope model, derived on validation frames
 # (never the test images) by benchmarks/envelope.py (docs/envelope.md, "Where model auto
-# takes the default"; default96, envelope model of epoch 119): log-linear crossings
-# between the measured settings at 0.41 and 0.48 counts/pixel (0.3: envelope +5.8 dB;
-# 0.45: default +1.5; 0.6: envelope +4.6) and 5.39 and 7.40 pm (4.88: envelope +1.2;
-# 6.1: default +1.5; 8: envelope +0.6). Re-derive whenever a bundled model changes.
+# takes the default"; default96 of epoch 339, envelope model of epoch 119): log-linear
+# crossings between the measured settings at 0.41 and 0.48 counts/pixel (0.3: envelope
+# +6.6 dB; 0.45: default +1.8; 0.6: envelope +6.0) and 5.29 and 7.52 pm (4.88: envelope
+# +1.0; 6.1: default +1.8; 8: envelope +0.5). Re-derive whenever a bundled model changes.
 AUTO_DEFAULT_DOSE = (0.41, 0.48)
-AUTO_DEFAULT_PIXEL_PM = (5.4, 7.4)
+AUTO_DEFAULT_PIXEL_PM = (5.3, 7.5)
 # Outside the default's window, counts per pixel as the envelope models see them (a frame
 # finer than their range binned into it) from which the high-dose model beats the envelope
 # model, derived like the windows above (docs/envelope.md, "Where model auto takes the
-# high-dose model"; the leader's epoch 594): high-dose minus envelope on the validation
-# frames 0.9: -0.32 dB, 1.35: +0.01, 2: +0.42, 4: +0.82, and at 4 pm (binned 2x2 into
-# 8 pm, 1.8 counts per binned pixel) +1.54: the crossing is at 1.33 counts/pixel.
-AUTO_HIGH_DOSE = 1.33
+# high-dose model"; the leader's epoch 1141, its weight average): high-dose minus envelope
+# on the validation frames 0.6: -0.55 dB, 0.9: +0.05, 1.35: +0.38, 2: +0.75, 4: +1.08, and
+# at 4 pm (binned 2x2 into 8 pm) +2.10: the crossing is at 0.87 counts/pixel.
+AUTO_HIGH_DOSE = 0.87
 # The pixel-size range of both bundled envelope models (their cards; a test checks it).
 ENVELOPE_PIXEL_RANGE_PM = (4.8, 10.5)
 # The high-dose model's card: frames finer than 6 pm are binned into 6-10.5 pm where they
