@@ -110,6 +110,14 @@ def test_dataset_metadata_reproducibility_and_resume(tmp_path):
             simulate_dataset(out, 2, [4.0, 8.0], replace(FAST, dose=0.9), seed=7, fixed=SMALL,
                              workers=1)
     assert not (out / "s00009_df+04.0nm.tif").exists()
+    # a folder of someone else's files is not written into (an empty one is)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "metadata.csv").write_text("my own table\n")
+    with pytest.raises(ValueError, match=r"not a napari-sbd dataset.*nothing was written"):
+        simulate_dataset(theirs, 1, [4.0], FAST, seed=7, fixed=SMALL, workers=1)
+    assert [p.name for p in theirs.iterdir()] == ["metadata.csv"]
+    assert (theirs / "metadata.csv").read_text() == "my own table\n"
 
 
 def json_params(row: dict) -> StructureParams:

@@ -231,6 +231,15 @@ def _folder_options(out: Path) -> dict[str, Any] | None:
 def _check_same_dataset(out: Path, wanted: dict[str, Any]) -> None:
     have = _folder_options(out)
     if have is None:
+        # not a dataset of ours: a folder with files in it (metadata.csv is a common name)
+        # could lose them to ours; only a new or empty one is written into
+        theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.is_dir() else []
+        if theirs:
+            shown = ", ".join(theirs[:3]) + (f" and {len(theirs) - 3} more" if len(theirs) > 3 else "")
+            raise ValueError(
+                f"{out} holds files ({shown}) and is not a napari-sbd dataset (no dataset.json "
+                "or records/): simulate into a new or empty folder; nothing was written"
+            )
         return
     diffs = []
     if sorted(have.get("defoci_nm", [])) != sorted(wanted["defoci_nm"]):
