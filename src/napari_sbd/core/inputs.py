@@ -141,7 +141,7 @@ def as_frame(
     if src.dtype.kind == "f" and src.dtype.itemsize > 4 and src.size:
         finite = src[np.isfinite(src)]
         big = float(np.abs(finite).max(initial=0))
-        if big > np.finfo(np.float32).max:
+        if big > float(np.finfo(np.float32).max):  # compared as float64: no cast warning
             raise InputError(
                 f"the image has values up to {big:.3g}{where}, beyond what float32 holds; these "
                 "are not counts per pixel: check the file's scaling (gain, offset, units)"

@@ -309,7 +309,7 @@ class ColumnsWidget(DockWidget):
         self.worker = create_worker(
             _analyse_all, counts, den.data, self.pixel_spin.value, self._detect_options(),
             self.vacuum_spin.value or None, self.radius_spin.value,
-            _progress={"total": n, "desc": f"Columns of {n} frames"},
+            _progress={"desc": f"Columns of {n} frames"},  # "busy" only: see the Denoise dock
         )
         self.connect_worker(
             self.worker,

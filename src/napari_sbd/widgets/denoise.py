@@ -275,7 +275,11 @@ class DenoiseWidget(DockWidget):
             ensemble,
             current_frame_index(self.viewer, layer) if not lead else None,
             indices,
-            _progress={"total": total, "desc": f"Denoising {layer.name}"},
+            # napari's activity bar only as "busy": a determinate one runs a nested event loop
+            # at every frame (its setValue calls processEvents), which re-enters this dock's
+            # handler for the next queued frame; a fast stack of small frames then recursed
+            # past Python's limit. The dock's own bar counts the frames and the time left.
+            _progress={"desc": f"Denoising {layer.name}"},
         )
         self.connect_worker(self.worker, yielded=self._frame_done, errored=self._failed,
                             aborted=self._aborted, finished=self._finished)
