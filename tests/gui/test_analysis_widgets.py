@@ -10,7 +10,7 @@ import pytest
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.likelihood import LLR_REAL, LLR_SPURIOUS
 from napari_sbd.core.phantom import pt_on_ceo2_phantom
-from napari_sbd.widgets._layers import batched_update, nice_limit
+from napari_sbd.widgets._layers import batched_update, nice_limit, sticky_limit
 from napari_sbd.widgets._model import FILE_CHOICE
 from napari_sbd.widgets.columns import ColumnsWidget
 from napari_sbd.widgets.filter import FILTER_LAYER, PIXEL_LAYER, FilterWidget
@@ -119,9 +119,13 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     w.model.source.value = FILE_CHOICE
     w.model.file.value = path
     assert w.raw_combo.value.name == "movie"
+    viewer.layers.selection.active = viewer.layers["movie"]
     w.compute_at((1, 100, 120))
     qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers, timeout=30_000)
     layer = viewer.layers[FILTER_LAYER]
+    # the overlays are added without taking the user's selection (layer controls, keys)
+    assert viewer.layers.selection.active is viewer.layers["movie"]
+    assert set(viewer.layers.selection) == {viewer.layers["movie"]}
     expected, (r0, c0) = effective_filter(w.model.load(), viewer.layers["movie"].data[1], (100, 120))
     np.testing.assert_allclose(layer.data, expected)
     np.testing.assert_allclose(layer.translate, np.array([r0, c0]) * 0.061)
@@ -139,6 +143,11 @@ def test_click_shows_the_filter_over_its_crop(scene, qtbot, tiny_model_file):
     qtbot.waitUntil(lambda: viewer.layers[FILTER_LAYER].metadata["pixel"] == (10, 10), timeout=30_000)
     assert sum(ly.name == FILTER_LAYER for ly in viewer.layers) == 1
     assert viewer.layers[FILTER_LAYER] is layer  # the same overlays, updated in place
+    # the colour scale: the last click's while it fits, else the new round limit
+    second, _ = effective_filter(w.model.load(), viewer.layers["movie"].data[0], (10, 10))
+    p995 = float(np.percentile(np.abs(second), 99.5))
+    assert layer.contrast_limits[1] == pytest.approx(sticky_limit(p995, hi))
+    assert layer.contrast_limits[1] >= p995
     np.testing.assert_allclose(viewer.layers[PIXEL_LAYER].data, [[10, 10]])
     assert viewer.layers[FILTER_LAYER].metadata["frame"] == 0
     # the crop stays inside the frame, so the update skipped the viewer's ranges: they are
@@ -596,6 +605,19 @@ def test_a_slow_filter_says_it_is_computing(scene, qtbot, tiny_model_file, monke
                                               (0.02, 0.02), (7.0, 10.0), (0.0, 1.0)])
 def test_colour_limits_round_up_to_labelled_values(value, nice):
     assert nice_limit(value) == pytest.approx(nice)
+
+
+@pytest.mark.parametrize(("value", "current", "limit"), [
+    (0.03, None, 0.05),    # no scale yet: the round limit
+    (0.06, 0.05, 0.1),     # above the current scale: up at once, never saturating more
+    (0.05, 0.05, 0.05),
+    (0.015, 0.05, 0.05),   # just under the round limit below (0.02): kept
+    (0.013, 0.05, 0.02),   # under 0.7 x 0.02: down to its own round limit
+    (0.008, 0.02, 0.02),   # 0.7 x 0.01 = 0.007 <= 0.008: kept
+    (0.0004, 0.02, 0.0005),
+])
+def test_the_colour_scale_sticks_while_it_fits(value, current, limit):
+    assert sticky_limit(value, current) == pytest.approx(limit)
 
 
 def test_auto_estimates_a_layers_dose_once_not_per_click(make_napari_viewer, monkeypatch):

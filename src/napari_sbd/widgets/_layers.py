@@ -162,6 +162,22 @@ def nice_limit(value: float) -> float:
     return float(10 * decade)
 
 
+def sticky_limit(value: float, current: float | None, keep_down_to: float = 0.7) -> float:
+    """Return :func:`nice_limit` of ``value``, or ``current`` while it still fits.
+
+    A new value above ``current`` always takes the next round limit (the weights
+    would saturate); one below it keeps ``current`` until it falls under
+    ``keep_down_to`` times the round limit below ``current``. Filters at
+    neighbouring pixels then share one colour scale instead of flipping
+    between two round limits, and the colour bar is not redrawn on each click.
+    """
+    new = nice_limit(value)
+    if current is None or not np.isfinite(current) or current <= 0 or new >= current:
+        return new
+    below = nice_limit(current / 2.5)  # the round limit under current: 5 -> 2 -> 1 -> 0.5
+    return float(current) if value >= keep_down_to * below else new
+
+
 @contextlib.contextmanager
 def batched_update(viewer: Any, *layers: Any, ranges: bool = True) -> Iterator[None]:
     """Change ``layers`` in place, then re-slice each once and update the viewer's ranges once.

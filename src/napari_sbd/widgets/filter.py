@@ -22,7 +22,6 @@ from napari_sbd.widgets._layers import (
     diverging_overlay_colormap,
     dock_layout,
     image_layers,
-    nice_limit,
     own_layer,
     own_mark,
     pixel_size_pm,
@@ -30,6 +29,7 @@ from napari_sbd.widgets._layers import (
     qt_alive,
     raw_counts,
     show_colorbar,
+    sticky_limit,
     unique_layer_name,
 )
 from napari_sbd.widgets._model import Failure, ModelPicker, wrap
@@ -206,19 +206,25 @@ class FilterWidget(DockWidget):
         peak = float(np.abs(filt).max()) or 1.0
         # symmetric limits at a high percentile: the central peak saturates,
         # the weights the network gives to other columns stay visible; rounded
-        # up to 1, 2 or 5 x 10^k so that the colour bar labels its ends
-        lim = nice_limit(float(np.percentile(np.abs(filt), 99.5)) or peak)
+        # up to 1, 2 or 5 x 10^k so that the colour bar labels its ends, and kept from the
+        # last click while it fits (one scale across neighbouring pixels; no colour-bar redraw)
+        lay, dot = (own_layer(self.viewer, role) for role in (FILTER_LAYER, PIXEL_LAYER))
+        lim = sticky_limit(float(np.percentile(np.abs(filt), 99.5)) or peak,
+                           float(lay.contrast_limits[1]) if lay is not None else None)
         h, w = filt.shape
         origin = tuple(translate + np.array([r0, c0]) * scale)
         meta = {"frame": frame, "pixel": pixel, "origin": (r0, c0)}
         # one set of overlays, updated in place on every click (adding layers is the slow
         # part); the crop's outline is the filter layer's own bounding box (no layer to update)
-        lay, dot = (own_layer(self.viewer, role) for role in (FILTER_LAYER, PIXEL_LAYER))
         # the overlays change in place: one re-slice each and, only where they could leave
         # the frame's extent (another grid, a crop past its edge), one update of the ranges
         frame_h, frame_w = raw.data.shape[-2:]
         inside = r0 >= 0 and c0 >= 0 and r0 + h <= frame_h and c0 + w <= frame_w
         same_grid = all(ly is None or np.allclose(ly.scale, scale) for ly in (lay, dot))
+        # adding a layer selects it: the user's selection (what the layer controls show and
+        # keys act on) is given back, the overlays are not something to edit
+        selection = self.viewer.layers.selection
+        kept = (set(selection), selection.active) if lay is None or dot is None else None
         with batched_update(self.viewer, *(ly for ly in (lay, dot) if ly is not None),
                             ranges=not (inside and same_grid)):
             if lay is None:
@@ -247,6 +253,11 @@ class FilterWidget(DockWidget):
             else:
                 _place(dot, geo["scale"], geo["translate"])
                 dot.data = [pixel]
+        if kept is not None:
+            selection.clear()
+            selection.update(ly for ly in kept[0] if ly in self.viewer.layers)
+            if kept[1] in self.viewer.layers:
+                selection.active = kept[1]
         total = float(filt.sum())
         self.status.value = wrap(
             f"filter at ({pixel[0]}, {pixel[1]}), frame {frame}: crop {h}x{w} px from "
