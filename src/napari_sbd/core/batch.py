@@ -55,7 +55,6 @@ from napari_sbd.core.inference import (
     choose_bundled_model,
     dose_warning,
     doses_outside,
-    estimate_contrast,
     estimate_dose,
     load_model,
 )
@@ -67,6 +66,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
+from napari_sbd.core.selection import auto_contrast
 from napari_sbd.core.text import counted, verb
 from napari_sbd.core.tracking import track_rows, write_tracks
 
@@ -291,7 +291,8 @@ def denoise_movie(
     dose_est = estimate_dose(data)  # mean counts/pixel of the first frames
     model_choice = None
     if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
-        model, why = choose_bundled_model(dose_est, pixel_size, estimate_contrast(data, pixel_size))
+        contrast = auto_contrast(data, pixel_size, dose_est, device=device)
+        model, why = choose_bundled_model(dose_est, pixel_size, contrast)
         model_choice = f"auto chose the bundled '{model}' model: {why}"
     try:
         den = model if isinstance(model, Denoiser) else load_model(model, device=device)

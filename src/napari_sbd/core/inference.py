@@ -45,6 +45,7 @@ __all__ = [
     "doses_outside",
     "estimate_contrast",
     "estimate_dose",
+    "in_default_window",
     "load_model",
     "resolve_device",
 ]
@@ -166,6 +167,18 @@ def binning_into(pixel_size_pm: float | None, target_pm: float | None,
     return k
 
 
+def in_default_window(dose: float | None, pixel_size_pm: float | None) -> bool:
+    """Whether data of this dose and pixel size are where the default beats the envelope model.
+
+    :data:`AUTO_DEFAULT_DOSE` and :data:`AUTO_DEFAULT_PIXEL_PM`; an unknown dose
+    or pixel size counts as the default's own.
+    """
+    lo, hi = AUTO_DEFAULT_DOSE
+    plo, phi = AUTO_DEFAULT_PIXEL_PM
+    dose_ok = dose is None or not np.isfinite(dose) or lo <= dose <= hi
+    return dose_ok and (pixel_size_pm is None or plo <= pixel_size_pm <= phi)
+
+
 def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
                          contrast: str | None = None) -> tuple[str, str]:
     """Pick the bundled model that denoises data of this dose, pixel size and contrast best.
@@ -196,8 +209,7 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     """
     lo, hi = AUTO_DEFAULT_DOSE
     plo, phi = AUTO_DEFAULT_PIXEL_PM
-    dose_ok = dose is None or not np.isfinite(dose) or lo <= dose <= hi
-    pixel_ok = pixel_size_pm is None or plo <= pixel_size_pm <= phi
+    in_window = in_default_window(dose, pixel_size_pm)
     seen = ", ".join(
         ([f"{dose:.3g} counts/pixel"] if dose is not None and np.isfinite(dose) else [])
         + ([f"{pixel_size_pm:.3g} pm/pixel"] if pixel_size_pm is not None else [])
@@ -205,10 +217,10 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     ) or "dose and pixel size unknown"
     window = f"{lo:g}-{hi:g} counts/pixel and {plo:g}-{phi:g} pm"
     if contrast == "black" and bundled_model_path("black").exists():
-        if dose_ok and pixel_ok:
+        if in_window:
             return "black", f"the data have {seen}; the black-contrast model is best at {window}"
         seen += f" (the black-contrast model is trained at {window} only)"
-    if (dose_ok and pixel_ok) or not bundled_model_path("envelope").exists():
+    if in_window or not bundled_model_path("envelope").exists():
         return "default", f"the data have {seen}; the default is best at {window}"
     outside = f"the data have {seen}, outside {window} where the default is best"
     if not bundled_model_path("high-dose").exists():

@@ -18,6 +18,7 @@ from napari_sbd.core.inference import (
     choose_bundled_model,
     load_model,
 )
+from napari_sbd.core.selection import CONTRAST_MODELS
 
 AUTO_CHOICE = "auto (chosen from the data)"
 DEFAULT_CHOICE = "bundled default"
@@ -28,8 +29,9 @@ FILE_CHOICE = "checkpoint file..."
 # picker label -> bundled model name
 BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope",
                    HIGH_DOSE_CHOICE: "high-dose", BLACK_CHOICE: "black"}
-AUTO_TEXT = ("auto, from the layer: the default near 0.45 counts/pixel and 6.1 pm (its "
-             "black-contrast sibling for dark columns), else the envelope model, or the "
+AUTO_TEXT = ("auto, from the layer: the default near 0.45 counts/pixel and 6.1 pm (or its "
+             "black-contrast sibling, whichever better predicts counts held out of the first "
+             "frame), else the envelope model, or the "
              "high-dose one from {high:g} counts/pixel and where it bins a frame finer than "
              "6 pm that the envelope model would not)")
 
@@ -57,6 +59,7 @@ class ModelPicker(Container):
         super().__init__(widgets=[self.source, self.file, self.device, self.info])
         self._denoiser: Denoiser | None = None
         self._key: tuple | None = None
+        self._contrast_models: tuple[str, dict[str, Denoiser]] | None = None
         self.source.changed.connect(self._changed)
         self.file.changed.connect(self._changed)
         self.device.changed.connect(self._changed)
@@ -99,6 +102,20 @@ class ModelPicker(Container):
             self._denoiser = load_model(path, device=self.device.value)
             self._key = key
         return self._denoiser
+
+    def contrast_models(self) -> dict[str, Denoiser] | None:
+        """Return the bundled white- and black-contrast models auto chooses between (cached).
+
+        None where either is not installed (:func:`~napari_sbd.core.selection.auto_contrast`
+        then reads the skew of the counts).
+        """
+        if not all(bundled_model_path(n).exists() for n in CONTRAST_MODELS.values()):
+            return None
+        key = self.device.value
+        if self._contrast_models is None or self._contrast_models[0] != key:
+            self._contrast_models = (key, {c: load_model(n, device=key)
+                                           for c, n in CONTRAST_MODELS.items()})
+        return self._contrast_models[1]
 
     def _changed(self, _value: Any = None) -> None:
         self.file.visible = self.source.value == FILE_CHOICE

@@ -29,6 +29,7 @@ from napari_sbd.core.inference import (
     doses_outside,
     estimate_contrast,
     estimate_dose,
+    in_default_window,
 )
 from napari_sbd.core.inputs import (
     InputError,
@@ -37,6 +38,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
+from napari_sbd.core.selection import auto_contrast
 from napari_sbd.core.text import counted
 from napari_sbd.widgets._layers import (
     DockWidget,
@@ -188,8 +190,14 @@ class DenoiseWidget(DockWidget):
         note = f"{dose:.3g} electrons/pixel/frame on average (first frames)"
         pixel, contrast = float(self.pixel.value) or None, None
         if self.model.is_auto:  # which model auto will take, before anything runs
-            contrast = estimate_contrast(counts, pixel)
-            note += f"; auto will take the bundled '{choose_bundled_model(dose, pixel, contrast)[0]}' model"
+            if in_default_window(dose, pixel) and self.model.contrast_models() is not None:
+                # the choice runs both networks: said now, decided when it runs
+                note += ("; auto will take the bundled default or its black-contrast sibling, "
+                         "whichever better predicts counts held out of the first frame")
+            else:
+                contrast = estimate_contrast(counts, pixel)
+                note += (f"; auto will take the bundled "
+                         f"'{choose_bundled_model(dose, pixel, contrast)[0]}' model")
         try:  # what the model will say when it runs, said now (the picker caches the model)
             said = self.model.load(dose, pixel, contrast).compatibility_warnings(dose, pixel)
         except (CheckpointError, ValueError):  # no checkpoint chosen yet: the picker says so
@@ -213,7 +221,8 @@ class DenoiseWidget(DockWidget):
             data = calibrated(source, self.offset.value, self.gain.value)
             # read once: the model choice, the message and the warnings all use them
             dose, pixel = estimate_dose(data), (float(self.pixel.value) or None)
-            contrast = estimate_contrast(data, pixel) if self.model.is_auto else None
+            contrast = (auto_contrast(data, pixel, dose, models=self.model.contrast_models())
+                        if self.model.is_auto else None)
             den = self.load_denoiser(dose, pixel, contrast)
             self._denoiser = den
         except (InputError, CheckpointError, ValueError) as exc:

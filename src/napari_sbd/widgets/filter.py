@@ -13,8 +13,9 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import Denoiser, estimate_contrast, estimate_dose, load_model
+from napari_sbd.core.inference import Denoiser, estimate_dose, load_model
 from napari_sbd.core.jacobian import effective_filter
+from napari_sbd.core.selection import auto_contrast
 from napari_sbd.widgets._layers import (
     DockWidget,
     batched_update,
@@ -171,7 +172,8 @@ class FilterWidget(DockWidget):
             ref, px, values = self._estimated
             if ref() is counts and px == pixel:
                 return values
-        values = (estimate_dose(counts), estimate_contrast(counts, pixel))
+        dose = estimate_dose(counts)
+        values = (dose, auto_contrast(counts, pixel, dose, models=self.model.contrast_models()))
         try:
             self._estimated = (weakref.ref(counts), pixel, values)
         except TypeError:  # an array type without weak references: estimated per click

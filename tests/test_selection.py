@@ -1,0 +1,76 @@
+"""Choosing a model from held-out counts (binomial thinning) and auto's contrast."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sbd.core import selection
+from napari_sbd.core.inference import bundled_model_path
+from napari_sbd.core.phantom import gaussian_columns
+from napari_sbd.core.selection import auto_contrast, held_out_log_likelihood
+
+
+class _Fixed:
+    """A stand-in denoiser that returns a fixed image (scaled to the input's level)."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+
+    def denoise(self, frame: np.ndarray, pixel_size_pm: float | None = None) -> np.ndarray:
+        return (self.image * frame.mean() / self.image.mean()).astype(np.float32)
+
+
+def _columns(amplitude: float, side: int = 256) -> np.ndarray:
+    # columns 2.3 A apart at 6.1 pm, 0.45 counts/pixel in vacuum
+    centres = np.mgrid[20:side - 10:38, 20:side - 10:38].reshape(2, -1).T.astype(float)
+    return np.clip(gaussian_columns((side, side), centres, 6.0, amplitude, 0.45), 0.02, None)
+
+
+def test_the_truth_predicts_held_out_counts_better_than_a_wrong_image():
+    clean = _columns(0.25)
+    frame = np.random.default_rng(0).poisson(clean).astype(np.float32)
+    truth, flat = _Fixed(clean), _Fixed(np.full_like(clean, clean.mean()))
+    inverted = _Fixed(np.clip(2 * clean.mean() - clean, 0.02, None))
+    ll = {name: held_out_log_likelihood(m, frame) for name, m in
+          [("truth", truth), ("flat", flat), ("inverted", inverted)]}
+    assert ll["truth"] > ll["flat"] > ll["inverted"]
+    # the same frame and seed: the same split, the same score
+    assert held_out_log_likelihood(truth, frame) == ll["truth"]
+    assert held_out_log_likelihood(truth, frame, seed=1) != ll["truth"]
+    with pytest.raises(ValueError, match="keep must be between 0 and 1"):
+        held_out_log_likelihood(truth, frame, keep=1.0)
+
+
+def test_auto_contrast_takes_the_model_that_predicts_the_counts():
+    white, black = _columns(0.25), _columns(-0.25)
+    models = {"white": _Fixed(white), "black": _Fixed(black)}
+    rng = np.random.default_rng(3)
+    for clean, expected in [(white, "white"), (black, "black")]:
+        frames = rng.poisson(clean, size=(2, *clean.shape)).astype(np.float32)
+        # in the default's window: the models decide, from the first frame of a stack too
+        assert auto_contrast(frames[0], 6.1, 0.45, models=models) == expected
+        assert auto_contrast(frames, 6.1, 0.45, models=models) == expected
+        # a frame too small to tell two models apart: the skew of its counts
+        assert auto_contrast(frames[0, :40, :40], 6.1, 0.45, models=models) is None
+
+
+def test_outside_the_defaults_window_no_network_runs(monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("no model is needed where only white-contrast models exist")
+
+    monkeypatch.setattr(selection, "load_model", refuse)
+    clean = _columns(0.25, side=512) * 4
+    frame = np.random.default_rng(1).poisson(clean).astype(np.float32)
+    assert auto_contrast(frame, 6.1, 1.8) == "white"  # the skew of the counts
+    assert auto_contrast(frame, 12.0, 0.45) == "white"  # a pixel size outside the window
+
+
+@pytest.mark.skipif(not (bundled_model_path("default").exists()
+                         and bundled_model_path("black").exists()),
+                    reason="the bundled default and black-contrast models are needed")
+def test_the_bundled_pair_reads_bright_and_dark_columns():
+    rng = np.random.default_rng(4)
+    for amplitude, expected in [(0.25, "white"), (-0.25, "black")]:
+        frame = rng.poisson(_columns(amplitude)).astype(np.float32)
+        assert auto_contrast(frame, 6.1, 0.45, device="cpu") == expected
