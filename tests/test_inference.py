@@ -396,7 +396,8 @@ def test_bundled_models_outputs_are_unchanged():
     # (envelope: rewritten when the envelope run's epoch-119 model replaced epoch 63;
     # default: when default96, the same network trained on all 96 structures, replaced it,
     # and when its epoch 339 (warm restarts with a weight average) replaced epoch 145;
-    # high-dose: when the leader's epoch 1141 (its weight average) replaced epoch 594)
+    # high-dose: when the leader's epoch 1141 (its weight average) replaced epoch 594, and
+    # when its epoch 1247 replaced 1141)
     ref = np.load(Path(__file__).parent / "data" / "bundled_outputs.npz")
     # black, high-dose: written when each was bundled
     for name in ("default", "envelope", "black", "high-dose"):

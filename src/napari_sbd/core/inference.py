@@ -131,10 +131,10 @@ AUTO_DEFAULT_PIXEL_PM = (5.3, 7.5)
 # Outside the default's window, counts per pixel as the envelope models see them (a frame
 # finer than their range binned into it) from which the high-dose model beats the envelope
 # model, derived like the windows above (docs/envelope.md, "Where model auto takes the
-# high-dose model"; the leader's epoch 1141, its weight average): high-dose minus envelope
-# on the validation frames 0.6: -0.55 dB, 0.9: +0.05, 1.35: +0.38, 2: +0.75, 4: +1.08, and
-# at 4 pm (binned 2x2 into 8 pm) +2.10: the crossing is at 0.87 counts/pixel.
-AUTO_HIGH_DOSE = 0.87
+# high-dose model"; the leader's epoch 1247, its weight average): high-dose minus envelope
+# on the validation frames 0.6: -0.31 dB, 0.9: +0.12, 1.35: +0.51, 2: +0.85, 4: +1.22, and
+# at 4 pm (binned 2x2 into 8 pm) +2.30: the crossing is at 0.80 counts/pixel.
+AUTO_HIGH_DOSE = 0.80
 # The pixel-size range of both bundled envelope models (their cards; a test checks it).
 ENVELOPE_PIXEL_RANGE_PM = (4.8, 10.5)
 # The high-dose model's card: frames finer than 6 pm are binned into 6-10.5 pm where they
