@@ -39,12 +39,17 @@ from napari_sbd.core.inference import (
     load_model,
 )
 
-__all__ = ["KEEP_FRACTION", "auto_contrast", "held_out_log_likelihood"]
+__all__ = ["KEEP_FRACTION", "auto_contrast", "contrast_pair_installed", "held_out_log_likelihood"]
 
 KEEP_FRACTION = 0.9  # of the counts the model sees; the rest are held out
 SPLITS = 3  # thinnings summed: two network passes each
 MAX_SIDE = 1024  # pixels a side of the frame (centre) that the choice reads
 CONTRAST_MODELS = {"white": "default", "black": "black"}  # bundled model of each contrast
+
+
+def contrast_pair_installed() -> bool:
+    """Whether both bundled models auto chooses between by contrast are installed."""
+    return all(bundled_model_path(name).exists() for name in CONTRAST_MODELS.values())
 
 
 def held_out_log_likelihood(
@@ -128,8 +133,8 @@ def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float |
         "white" or "black"; None where :func:`estimate_contrast` cannot tell
         and no models decide.
     """
-    installed = all(bundled_model_path(name).exists() for name in CONTRAST_MODELS.values())
-    if not in_default_window(dose, pixel_size_pm) or (models is None and not installed):
+    if not in_default_window(dose, pixel_size_pm) or (models is None
+                                                      and not contrast_pair_installed()):
         return estimate_contrast(frames, pixel_size_pm)
     if models is None:
         models = {c: load_model(name, device=device) for c, name in CONTRAST_MODELS.items()}

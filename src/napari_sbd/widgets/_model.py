@@ -18,7 +18,7 @@ from napari_sbd.core.inference import (
     choose_bundled_model,
     load_model,
 )
-from napari_sbd.core.selection import CONTRAST_MODELS
+from napari_sbd.core.selection import CONTRAST_MODELS, contrast_pair_installed
 
 AUTO_CHOICE = "auto (chosen from the data)"
 DEFAULT_CHOICE = "bundled default"
@@ -109,7 +109,7 @@ class ModelPicker(Container):
         None where either is not installed (:func:`~napari_sbd.core.selection.auto_contrast`
         then reads the skew of the counts).
         """
-        if not all(bundled_model_path(n).exists() for n in CONTRAST_MODELS.values()):
+        if not contrast_pair_installed():
             return None
         key = self.device.value
         if self._contrast_models is None or self._contrast_models[0] != key:

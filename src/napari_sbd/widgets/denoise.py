@@ -38,7 +38,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
-from napari_sbd.core.selection import auto_contrast
+from napari_sbd.core.selection import auto_contrast, contrast_pair_installed
 from napari_sbd.core.text import counted
 from napari_sbd.widgets._layers import (
     DockWidget,
@@ -190,7 +190,7 @@ class DenoiseWidget(DockWidget):
         note = f"{dose:.3g} electrons/pixel/frame on average (first frames)"
         pixel, contrast = float(self.pixel.value) or None, None
         if self.model.is_auto:  # which model auto will take, before anything runs
-            if in_default_window(dose, pixel) and self.model.contrast_models() is not None:
+            if in_default_window(dose, pixel) and contrast_pair_installed():
                 # the choice runs both networks: said now, decided when it runs
                 note += ("; auto will take the bundled default or its black-contrast sibling, "
                          "whichever better predicts counts held out of the first frame")
