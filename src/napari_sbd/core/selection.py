@@ -17,12 +17,13 @@ black-contrast model, and the skew of the raw counts
 columns are faint. On 60 simulated frames of the training structures (20
 white, 20 black, 20 intermediate, 0.45 counts/pixel, 6.1 pm) the skew chose
 the worse of the two models on 25 and lost 0.19 dB on average against the
-better choice (0.52 dB on intermediate frames); the held-out likelihood of
-one split chose the worse on 14, losing 0.13 dB, the sum over three splits
-on 14, losing 0.07 dB (``p`` = 0.9; p = 0.5 lost 0.24 dB, the squared error
-of the held-out counts instead of their likelihood 0.15 dB; a second sample
-of 60 frames, one split: skew 0.25 dB, held-out 0.08 dB, a 512-pixel centre
-crop 0.22 dB). ``benchmarks/contrast_choice.py`` prints the comparison.
+better choice (0.52 dB on intermediate frames); the held-out likelihood,
+summed over three splits, chose the worse on 14, losing 0.07 dB
+(``benchmarks/contrast_choice.py``, docs/contrast-choice.md). One-off probes
+of session 18 on the same frames, not kept as scripts: one split alone lost
+0.13 dB, ``p`` = 0.5 0.24 dB, the squared error of the held-out counts
+instead of their likelihood 0.15 dB, a 512-pixel centre crop 0.22 dB (on a
+second sample).
 """
 
 from __future__ import annotations
