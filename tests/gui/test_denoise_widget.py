@@ -419,7 +419,21 @@ def test_auto_model_reads_dark_columns_and_picks_the_black_contrast_model(make_n
     assert ("auto will take the bundled default or its black-contrast sibling"
             in " ".join(w.dose_note.value.split()))
     w.run()
+    # the six network passes run in the worker, not on the GUI thread: run() returns at once
+    assert "choosing between" in " ".join(w.info.value.split())
+    assert viewer.layers["dark denoised"].metadata["sbd_model"] is None
+    _wait(qtbot, w)
     said = " ".join(w.info.value.split())
     assert "auto: the bundled 'black' model" in said and "black contrast" in said
+    out = viewer.layers["dark denoised"]
+    assert Path(out.metadata["sbd_model"]["path"]).name == "black.pt"
+    assert out.metadata["sbd_complete"] is True
+    np.testing.assert_allclose(out.data, w._denoiser.denoise(frames.astype(np.float32)),
+                               rtol=1e-5, atol=1e-6)
+    # cancelled while choosing: no frame, the layer says so
+    w.run()
+    w.cancel()
     _wait(qtbot, w)
-    assert Path(viewer.layers["dark denoised"].metadata["sbd_model"]["path"]).name == "black.pt"
+    stopped = viewer.layers[-1]  # the second result, the last layer added
+    assert stopped.name.startswith("dark denoised [2] (cancelled")
+    assert stopped.metadata["sbd_complete"] is False

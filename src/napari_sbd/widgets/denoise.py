@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,7 @@ class DenoiseWidget(DockWidget):
         super().__init__(napari_viewer)
         self.output_layer: Image | None = None
         self._denoiser: Denoiser | None = None  # the running (or last) job's model
+        self._setting: tuple[str, float, float | None] = ("", 0.0, None)  # layer, dose, pixel
 
         self.layer_combo = ComboBox(label="image", choices=lambda _w: image_layers(self.viewer),
                                     tooltip="the raw frame or stack to denoise (counts, or "
@@ -221,23 +223,25 @@ class DenoiseWidget(DockWidget):
             data = calibrated(source, self.offset.value, self.gain.value)
             # read once: the model choice, the message and the warnings all use them
             dose, pixel = estimate_dose(data), (float(self.pixel.value) or None)
-            contrast = (auto_contrast(data, pixel, dose, models=self.model.contrast_models())
-                        if self.model.is_auto else None)
-            den = self.load_denoiser(dose, pixel, contrast)
+            # the default or its black sibling: six network passes (seconds on a CPU), so
+            # they run in the worker, before the first frame; any other choice is instant
+            pair = (self.model.contrast_models()
+                    if self.model.is_auto and in_default_window(dose, pixel) else None)
+            den: Denoiser | None = None
+            if pair is None:
+                contrast = auto_contrast(data, pixel, dose) if self.model.is_auto else None
+                den = self.load_denoiser(dose, pixel, contrast)
             self._denoiser = den
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
             self.info.value = wrap(str(exc))
             return
-        if self.model.is_auto:
-            name, why = choose_bundled_model(dose, pixel, contrast)
-            self.info.value = wrap(f"auto: the bundled '{name}' model ({why})")
-        if pixel is None:  # said, not guessed in silence: binning and auto depend on it
-            show_warning(f"layer '{layer.name}' has no pixel size (its scale is in pixels): the "
-                         f"model's {den.pixel_size_pm:g} pm is assumed; enter the real one in "
-                         "'pixel size (pm)'")
-        for msg in den.compatibility_warnings(dose, pixel):
-            show_warning(msg)
+        self._setting = (layer.name, dose, pixel)
+        if den is not None:
+            self._announce(den, contrast)
+        else:
+            self.info.value = wrap("auto: choosing between the bundled default and its "
+                                   "black-contrast sibling (counts held out of the first frame)")
         try:
             indices = None if single else self._frames(int(data.shape[0]), layer)
         except InputError as exc:
@@ -262,7 +266,7 @@ class DenoiseWidget(DockWidget):
                    if k not in ("sbd_role", "sbd_for")},
                 # what the denoising assumed; the Columns dock reads it for a layer in pixels
                 **({"pixel_size_pm": pixel} if pixel else {}),
-                "sbd_model": den.metadata,
+                "sbd_model": den.metadata if den is not None else None,  # None: being chosen
                 "sbd_source_layer": layer.name,
                 "sbd_ensemble": ensemble,
                 "sbd_block": list(lead),
@@ -284,6 +288,8 @@ class DenoiseWidget(DockWidget):
             ensemble,
             current_frame_index(self.viewer, layer) if not lead else None,
             indices,
+            pair,
+            dose,
             # napari's activity bar only as "busy": a determinate one runs a nested event loop
             # at every frame (its setValue calls processEvents), which re-enters this dock's
             # handler for the next queued frame; a fast stack of small frames then recursed
@@ -294,7 +300,8 @@ class DenoiseWidget(DockWidget):
                             aborted=self._aborted, finished=self._finished)
         self.progress.setRange(0, total)
         self.progress.setValue(0)
-        self.progress.setFormat(f"0 of {total} frames")
+        self.progress.setFormat(f"0 of {total} frames" if den is not None
+                                else "choosing the model...")
         self.progress.setVisible(True)
         self._started = time.monotonic()
         self.run_button.enabled = False
@@ -303,6 +310,27 @@ class DenoiseWidget(DockWidget):
         self._first = True
         self._redrawn = 0.0
         self.worker.start()
+
+    def _announce(self, den: Denoiser, contrast: str | None) -> None:
+        """Say which model runs (auto: and why) and what it warns about these data."""
+        name, dose, pixel = self._setting
+        if self.model.is_auto:
+            bundled, why = choose_bundled_model(dose, pixel, contrast)
+            self.info.value = wrap(f"auto: the bundled '{bundled}' model ({why})")
+        if pixel is None:  # said, not guessed in silence: binning and auto depend on it
+            show_warning(f"layer '{name}' has no pixel size (its scale is in pixels): the "
+                         f"model's {den.pixel_size_pm:g} pm is assumed; enter the real one in "
+                         "'pixel size (pm)'")
+        for msg in den.compatibility_warnings(dose, pixel):
+            show_warning(msg)
+
+    def _chosen(self, item: Chosen) -> None:
+        """Record the model the worker chose for auto in the result, and say it."""
+        self._denoiser = item.denoiser
+        if self.output_layer is not None:
+            self.output_layer.metadata["sbd_model"] = item.denoiser.metadata
+        self._announce(item.denoiser, item.contrast)
+        self.progress.setFormat(f"0 of {self._total} frames")
 
     def _show_range(self, _value: Any = None) -> None:
         self.range_edit.visible = FRAME_CHOICES[self.frames_combo.value] == "range"
@@ -321,9 +349,12 @@ class DenoiseWidget(DockWidget):
         if self.worker is not None:
             self.worker.quit()
 
-    def _frame_done(self, item: tuple[int, np.ndarray, float] | Failure) -> None:
+    def _frame_done(self, item: tuple[int, np.ndarray, float] | Chosen | Failure) -> None:
         if isinstance(item, Failure):
             self._failed(item)
+            return
+        if isinstance(item, Chosen):
+            self._chosen(item)
             return
         index, frame, dose = item
         layer = self.output_layer
@@ -433,15 +464,32 @@ def result_array(shape: tuple[int, ...]) -> Any:
                              fill_value=0.0)
 
 
-def _denoise_frames(den: Denoiser, data: Any, tile: int, pixel_size: float | None = None,
+@dataclass(frozen=True)
+class Chosen:
+    """What the worker yields first when it chose auto's model itself."""
+
+    denoiser: Denoiser
+    contrast: str
+
+
+def _denoise_frames(den: Denoiser | None, data: Any, tile: int, pixel_size: float | None = None,
                     ensemble: bool = False, first: int | None = None,
-                    indices: list[int] | None = None):
+                    indices: list[int] | None = None,
+                    pair: dict[str, Denoiser] | None = None, dose: float | None = None):
     """Worker body: yield each denoised frame (runs off the GUI thread).
 
+    With ``den`` None, first choose it from ``pair`` (contrast -> model, see
+    :func:`~napari_sbd.core.selection.auto_contrast`) and yield the :class:`Chosen` one.
     A bad frame (NaN, negative, not counts) is yielded as the error itself, so
     the widget can report it as a notification instead of a crash.
     """
     try:
+        if den is None:
+            if pair is None:
+                raise ValueError("no model to denoise with")
+            contrast = auto_contrast(data, pixel_size, dose, models=pair)
+            den = pair[contrast]
+            yield Chosen(den, contrast)
         for i, result in den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
                                           ensemble=ensemble, first=first, indices=indices):
             # the frame's own dose (it drifts within a movie), read here, off the GUI thread
