@@ -639,3 +639,28 @@ def test_auto_estimates_a_layers_dose_once_not_per_click(make_napari_viewer, mon
     raw.data = rng.poisson(4.0, (128, 128)).astype(np.uint16)  # new data: estimated again
     again = w._model_for(raw)
     assert len(calls) == 2 and again[0] > first[0]
+
+
+def test_auto_reads_the_contrast_in_a_worker_before_the_first_filter(make_napari_viewer, qtbot):
+    # dark columns at the default's point, nothing denoised yet: auto must choose between the
+    # default and its black sibling (six network passes) off the GUI thread, then show the
+    # black model's filter, and keep the choice for the next click
+    from pathlib import Path
+
+    from napari_sbd.core.phantom import gaussian_columns
+
+    viewer = make_napari_viewer()
+    centres = np.mgrid[20:160:38, 20:160:38].reshape(2, -1).T.astype(float)
+    clean = gaussian_columns((160, 160), centres, 6.0, -0.25, 0.5)
+    frame = np.random.default_rng(7).poisson(np.clip(clean, 0, None)).astype(np.float32)
+    raw = viewer.add_image(frame, name="dark", scale=(0.061, 0.061), units=("angstrom", "angstrom"))
+    w = FilterWidget(viewer)
+    assert w.model.is_auto
+    w.compute_at((80, 80))
+    assert "choosing the model for 'dark'" in " ".join(w.status.value.split())
+    assert FILTER_LAYER not in viewer.layers  # nothing computed on the GUI thread
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and w.worker is None, timeout=60_000)
+    model = w._model_for(raw, wait=False)  # kept: no second reading
+    assert model is not None and Path(model.metadata["path"]).name == "black.pt"
+    expected, _ = effective_filter(model, frame, (80, 80), pixel_size_pm=6.1)
+    np.testing.assert_allclose(viewer.layers[FILTER_LAYER].data, expected, rtol=1e-4, atol=1e-6)

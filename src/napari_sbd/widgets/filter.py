@@ -92,8 +92,13 @@ class FilterWidget(DockWidget):
         data_pos = raw.world_to_data(event.position)
         self.compute_at(tuple(round(v) for v in data_pos))
 
-    def compute_at(self, position: tuple[int, ...]) -> None:
-        """Compute the filter at a data position of the raw layer ((t,) row, col)."""
+    def compute_at(self, position: tuple[int, ...],
+                   estimates: tuple[float, str | None] | None = None) -> None:
+        """Compute the filter at a data position of the raw layer ((t,) row, col).
+
+        ``estimates``: the raw counts' dose and contrast, read by a worker for auto
+        (:meth:`_estimate_then`); read first in a worker where auto needs them.
+        """
         raw = self.raw_combo.value
         # the result on view decides model, quality, pixel size and the counts the network
         # saw (the block of a 4-D layer, calibrated)
@@ -110,9 +115,12 @@ class FilterWidget(DockWidget):
         frame_index = pos[0] if counts.ndim == 3 else 0
         frame = np.asarray(counts[frame_index] if counts.ndim == 3 else counts, np.float32)
         try:
-            model = self._model_for(raw, den)
+            model = self._model_for(raw, den, estimates, wait=False)
         except (CheckpointError, ValueError) as exc:
             self._fail(str(exc))
+            return
+        if model is None:  # auto, before any denoising: the choice needs the network
+            self._estimate_then(raw, den, position)
             return
         if self.worker is not None:
             self.worker.quit()
@@ -138,10 +146,42 @@ class FilterWidget(DockWidget):
         if self.worker is worker and qt_alive(self):  # still running, still shown
             self.status.value = f"computing the filter at ({row}, {col})..."
 
-    def _model_for(self, raw: Any, den: Any = None) -> Denoiser:
+    def _estimate_then(self, raw: Any, den: Any, position: tuple[int, ...]) -> None:
+        """Read the dose and contrast auto needs in a worker, then compute the filter.
+
+        The contrast choice runs the default and its black sibling six times (seconds
+        on a CPU): never on the GUI thread. Once per layer (the result is kept).
+        """
+        counts, pixel = raw_counts(raw, den), self._pixel_of(raw, den)
+        if self.worker is not None:
+            self.worker.quit()
+        worker = create_worker(_estimate_safely, counts, pixel, self.model.contrast_models())
+        self.status.value = wrap(f"auto: choosing the model for '{raw.name}' from its counts "
+                                 "(once per layer)...")
+
+        def chosen(res: Any) -> None:
+            if isinstance(res, Failure):
+                if self.worker is worker:
+                    self._fail(str(res))
+                return
+            self._remember(counts, pixel, res)  # kept even for a superseded click
+            if self.worker is worker and self.raw_combo.value is raw:
+                self.compute_at(position, estimates=res)
+
+        self.connect_worker(worker, returned=chosen, errored=lambda exc: self._fail(str(exc)),
+                            finished=lambda: self._done(worker))
+        self.worker = worker
+        worker.start()
+
+    def _model_for(self, raw: Any, den: Any = None,
+                   estimates: tuple[float, str | None] | None = None,
+                   wait: bool = True) -> Denoiser | None:
         """Return the picked model; on auto, the one that denoised ``raw`` (or would).
 
         ``den`` is the result on view (:func:`denoised_from`; looked up when omitted).
+        ``estimates``: the raw counts' dose and contrast, where already read; else the
+        ones kept for these counts, else they are read here, or, with ``wait`` False,
+        None is returned (the caller reads them off the GUI thread).
 
         The filter must be the one of the network that made the denoised layer:
         with "auto" that is the model recorded in the layer the Denoise dock
@@ -158,11 +198,18 @@ class FilterWidget(DockWidget):
                 self._recorded[path] = load_model(path, device=self.model.device.value)
             return self._recorded[path]
         pixel = self._pixel_of(raw, den)
-        dose, contrast = self._estimates(raw_counts(raw, den), pixel)
+        counts = raw_counts(raw, den)
+        values = estimates or self._kept(counts, pixel)
+        if values is None:
+            if not wait:
+                return None
+            values = _estimates_of(counts, pixel, self.model.contrast_models())
+            self._remember(counts, pixel, values)
+        dose, contrast = values
         return self.model.load(dose, pixel, contrast)
 
-    def _estimates(self, counts: Any, pixel: float | None) -> tuple[float, str | None]:
-        """Dose and contrast of ``counts`` as auto reads them, computed once per array.
+    def _kept(self, counts: Any, pixel: float | None) -> tuple[float, str | None] | None:
+        """Dose and contrast of ``counts`` as auto read them, if kept (once per array).
 
         The same array object (a layer's data, not a calibrated view made per
         click) at the same pixel size gives the same estimates; the array is
@@ -172,13 +219,14 @@ class FilterWidget(DockWidget):
             ref, px, values = self._estimated
             if ref() is counts and px == pixel:
                 return values
-        dose = estimate_dose(counts)
-        values = (dose, auto_contrast(counts, pixel, dose, models=self.model.contrast_models()))
+        return None
+
+    def _remember(self, counts: Any, pixel: float | None,
+                  values: tuple[float, str | None]) -> None:
         try:
             self._estimated = (weakref.ref(counts), pixel, values)
         except TypeError:  # an array type without weak references: estimated per click
             self._estimated = None
-        return values
 
     @staticmethod
     def _pixel_of(raw: Any, den: Any) -> float | None:
@@ -281,6 +329,21 @@ def _place(layer: Any, scale: Any, translate: Any) -> None:
 def _modifiers(event: Any) -> set[str]:
     """Names of the keyboard modifiers held during a mouse event ("Shift", "Control"...)."""
     return {getattr(m, "name", str(m)) for m in (getattr(event, "modifiers", ()) or ())}
+
+
+def _estimates_of(counts: Any, pixel: float | None,
+                  models: dict[str, Denoiser] | None) -> tuple[float, str | None]:
+    """Return the dose and contrast auto reads from ``counts`` (:func:`auto_contrast`)."""
+    dose = estimate_dose(counts)
+    return dose, auto_contrast(counts, pixel, dose, models=models)
+
+
+def _estimate_safely(*args: Any) -> Any:
+    """Worker body of :func:`_estimates_of`: bad counts are returned as a value."""
+    try:
+        return _estimates_of(*args)
+    except ValueError as exc:
+        return Failure(exc)
 
 
 def _filter_safely(*args: Any, **kwargs: Any) -> Any:
