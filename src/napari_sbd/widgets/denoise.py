@@ -469,7 +469,7 @@ class Chosen:
     """What the worker yields first when it chose auto's model itself."""
 
     denoiser: Denoiser
-    contrast: str
+    contrast: str | None
 
 
 def _denoise_frames(den: Denoiser | None, data: Any, tile: int, pixel_size: float | None = None,
@@ -488,7 +488,7 @@ def _denoise_frames(den: Denoiser | None, data: Any, tile: int, pixel_size: floa
             if pair is None:
                 raise ValueError("no model to denoise with")
             contrast = auto_contrast(data, pixel_size, dose, models=pair)
-            den = pair[contrast]
+            den = pair[contrast or "white"]  # None: too small a frame to tell, the default
             yield Chosen(den, contrast)
         for i, result in den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
                                           ensemble=ensemble, first=first, indices=indices):
