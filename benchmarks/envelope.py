@@ -63,11 +63,13 @@ from napari_sbd.core.inference import (
     bin_counts,
     bundled_model_path,
     choose_bundled_model,
+    estimate_dose,
     load_model,
     unbin,
 )
 from napari_sbd.core.metrics import psnr
 from napari_sbd.core.noise import poisson_noise
+from napari_sbd.core.selection import auto_candidates, auto_read
 
 NOMINAL_DOSE = 0.45
 NOMINAL_PIXEL = 6.1
@@ -155,6 +157,14 @@ def main() -> None:
     models = [(p, load_model(p, device="auto")) for p in (args.model or white)]
     names = [f"bundled {p}" if p in BUNDLED else f"{Path(p).parent.name}/{Path(p).name}"
              for p, _ in models]
+    # model auto, as the tools run it, when all three white-contrast bundled models are in
+    # the run: the models it picks from by name (black too: auto may take it for a frame at
+    # the default's point)
+    auto_models = ({p: m for p, m in models if p in BUNDLED}
+                   if all(f"bundled {n}" in names for n in ("default", "envelope", "high-dose"))
+                   else {})
+    if auto_models and bundled_model_path("black").exists():
+        auto_models["black"] = load_model("black", device="auto")
     results = []  # one dict per setting
     for axis, dose, pixel in settings(args.quick):
         t0 = time.perf_counter()
@@ -172,9 +182,17 @@ def main() -> None:
                 continue
             row[f"bm3d_{key}"] = float(np.mean([scored(c, binned_vst_bm3d(n, b, s), dose)
                                                 for _, c, n in fr]))
-            for name, (_, model) in zip(names, models):
-                row[f"{name}_{key}"] = float(np.mean(
-                    [scored(c, model.denoise(n, pixel_size_pm=pixel), dose) for _, c, n in fr]))
+            per_frame = {name: [scored(c, model.denoise(n, pixel_size_pm=pixel), dose)
+                                for _, c, n in fr] for name, (_, model) in zip(names, models)}
+            for name, sc in per_frame.items():
+                row[f"{name}_{key}"] = float(np.mean(sc))
+            if auto_models:  # what auto takes for each frame, from its counts, and its score
+                picks = [auto_pick(n, pixel, auto_models) for _, _, n in fr]
+                row[f"auto_{key}"] = float(np.mean([
+                    per_frame[f"bundled {p}"][i] if f"bundled {p}" in per_frame  # black: not a column
+                    else scored(fr[i][1], auto_models[p].denoise(fr[i][2], pixel_size_pm=pixel), dose)
+                    for i, p in enumerate(picks)]))
+                row["auto_picks"] = row.get("auto_picks", []) + picks
         results.append(row)
         print(f"{axis} dose {dose:g} px {pixel:g}: " + ", ".join(
             f"{k} {v:.2f}" for k, v in row.items() if isinstance(v, float) and k not in
@@ -253,14 +271,22 @@ def binning_lines(rows: list[dict]) -> list[str]:
     return out
 
 
+def auto_pick(noisy: np.ndarray, pixel: float, models: dict) -> str:
+    """The bundled model auto takes for one frame: from its counts, as the tools do."""
+    dose = estimate_dose(noisy)
+    cands = {n: models[n] for n in auto_candidates(dose, pixel) if n in models}
+    reading = auto_read(noisy, pixel, dose, models=cands) if len(cands) == 2 else (None, None)
+    return choose_bundled_model(dose, pixel, *reading)[0]
+
+
 def with_auto(results: list[dict], names: list[str]) -> list[str]:
-    """Add what model "auto" gets at each setting (its pick's scores) when all it picks from ran."""
-    if not all(f"bundled {n}" in names for n in ("default", "envelope", "high-dose")):
+    """Name auto's column and word its picks per setting, when it ran (see ``auto_pick``)."""
+    if not all("auto_ref" in r for r in results):
         return names
-    for r in results:  # white contrast: the test frames' own
-        r["auto_pick"] = choose_bundled_model(r["dose"], r["pixel"], "white")[0]
-        for key in ("ref", "sim"):
-            r[f"auto_{key}"] = r[f"bundled {r['auto_pick']}_{key}"]
+    for r in results:
+        counts = {p: r["auto_picks"].count(p) for p in dict.fromkeys(r["auto_picks"])}
+        r["auto_pick"] = (next(iter(counts)) if len(counts) == 1 else
+                          ", ".join(f"{p} {k}" for p, k in counts.items()))
     return [*names, "auto"]
 
 
@@ -285,8 +311,9 @@ def write_page(args, names, models, results, test_set, val_set, binning, elapsed
                      + (f"; its card bins frames finer than {model.card.bin_to_pm:g} pm up to it, "
                         "inside the range" if pr and model.card.bin_to_pm else "") + ")")
     if "auto" in names:
-        lines.append("- auto: what model auto picks for the setting (white contrast; its pick "
-                     "in brackets), from the rows of the others")
+        lines.append("- auto: what model auto takes, frame by frame, from the frame's counts "
+                     "as the tools do (its picks in brackets, with the number of frames where "
+                     "they differ)")
     lines.append("")
     for axis, title in (("dose", "PSNR against the vacuum dose at 6.1 pm/pixel"),
                         ("pixel", "PSNR against the pixel size at 0.45 counts/pixel")):

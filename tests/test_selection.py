@@ -8,7 +8,12 @@ import pytest
 from napari_sbd.core import selection
 from napari_sbd.core.inference import bundled_model_path
 from napari_sbd.core.phantom import gaussian_columns
-from napari_sbd.core.selection import auto_contrast, held_out_log_likelihood
+from napari_sbd.core.selection import (
+    auto_candidates,
+    auto_contrast,
+    auto_read,
+    held_out_log_likelihood,
+)
 
 
 class _Fixed:
@@ -64,6 +69,50 @@ def test_outside_the_defaults_window_no_network_runs(monkeypatch):
     frame = np.random.default_rng(1).poisson(clean).astype(np.float32)
     assert auto_contrast(frame, 6.1, 1.8) == "white"  # the skew of the counts
     assert auto_contrast(frame, 12.0, 0.45) == "white"  # a pixel size outside the window
+
+
+def test_outside_the_window_the_envelope_model_that_predicts_the_counts_is_chosen():
+    from napari_sbd.core.inference import AUTO_HIGH_DOSE, choose_bundled_model
+
+    sharp = _columns(0.25)
+    blurred = np.full_like(sharp, sharp.mean()) * 0.5 + sharp * 0.5  # half the contrast
+    rng = np.random.default_rng(5)
+    # a pixel size outside the default's window, a dose under the rule's threshold
+    dose, px = 0.45, 10.0
+    assert auto_candidates(dose, px) == ("envelope", "high-dose")
+    assert auto_candidates(0.45, 6.1) == ("default", "black")
+    assert choose_bundled_model(dose, px)[0] == "envelope"  # the rule alone
+    for truth, expected in [(sharp, "high-dose"), (blurred, "envelope")]:
+        models = {"envelope": _Fixed(blurred), "high-dose": _Fixed(sharp)}
+        frame = rng.poisson(truth * 4).astype(np.float32)  # many counts: a clear verdict
+        contrast, envelope = auto_read(frame, px, dose, models=models)
+        assert envelope == expected
+        name, why = choose_bundled_model(dose, px, contrast, envelope)
+        assert name == expected and "held out" in why and "outside" in why
+    # too small to tell: no verdict, the dose rule decides
+    assert auto_read(frame[:40, :40], px, dose, models=models)[1] is None
+    assert choose_bundled_model(2 * AUTO_HIGH_DOSE, 6.1, None, None)[0] == "high-dose"
+    # inside the window the pair is the default's: the envelope models never decide there
+    pair = {"default": _Fixed(sharp), "black": _Fixed(np.clip(2 * sharp.mean() - sharp, 0.02,
+                                                                None))}
+    assert auto_read(rng.poisson(sharp).astype(np.float32), 6.1, 0.45, models=pair) == ("white",
+                                                                                          None)
+    assert choose_bundled_model(0.45, 6.1, "white", "high-dose")[0] == "default"
+
+
+def test_without_both_envelope_models_the_rule_decides(monkeypatch, tmp_path):
+    real = selection.bundled_model_path
+    monkeypatch.setattr(selection, "bundled_model_path",
+                        lambda name="default": tmp_path / "none.pt" if name == "high-dose"
+                        else real(name))
+    assert auto_candidates(0.45, 10.0) == ()
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("no model runs where the rules decide alone")
+
+    monkeypatch.setattr(selection, "load_model", refuse)
+    frame = np.random.default_rng(6).poisson(_columns(0.25, side=512)).astype(np.float32)
+    assert auto_read(frame, 10.0, 0.45) == ("white", None)
 
 
 @pytest.mark.skipif(not (bundled_model_path("default").exists()

@@ -357,6 +357,8 @@ def test_auto_model_is_chosen_from_the_layer_and_the_filter_follows_it(make_napa
                                                                          rng):
     from pathlib import Path
 
+    from napari_sbd.core.inference import choose_bundled_model
+    from napari_sbd.core.selection import auto_read
     from napari_sbd.widgets._model import AUTO_CHOICE
     from napari_sbd.widgets.filter import FilterWidget
 
@@ -366,18 +368,26 @@ def test_auto_model_is_chosen_from_the_layer_and_the_filter_follows_it(make_napa
     raw = viewer.add_image(rng.poisson(0.2, (2, 64, 64)).astype(np.float32), name="bright",
                            scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"))
     w.layer_combo.value = raw
-    # said on choosing the layer, before anything runs
-    assert "auto will take the bundled 'envelope' model" in " ".join(w.dose_note.value.split())
+    # said on choosing the layer, before anything runs: outside the default's window the
+    # envelope models compete on held-out counts
+    assert ("auto will take the bundled 'envelope' or 'high-dose' model, whichever better "
+            "predicts counts held out" in " ".join(w.dose_note.value.split()))
     w.model_combo.value = w.model_combo.choices[1]  # a bundled model: nothing to announce
     assert "auto will take" not in w.dose_note.value
     w.model_combo.value = AUTO_CHOICE
     w.run()
-    assert "auto: the bundled 'envelope' model" in " ".join(w.info.value.split())
+    assert "choosing between the bundled 'envelope' and 'high-dose'" in " ".join(
+        w.info.value.split())
     _wait(qtbot, w)
+    dose = float(raw.data[:2].mean())
+    expected = choose_bundled_model(dose, 6.1, *auto_read(raw.data, 6.1, dose))[0]
+    assert f"auto: the bundled '{expected}' model" in " ".join(w.info.value.split())
     out = viewer.layers["bright denoised"]
-    assert Path(out.metadata["sbd_model"]["path"]).name == "envelope.pt"
+    assert Path(out.metadata["sbd_model"]["path"]).name == f"{expected}.pt"
     filt = FilterWidget(viewer)  # on auto, the filter is the one of the network that denoised
-    assert Path(filt._model_for(raw).metadata["path"]).name == "envelope.pt"
+    assert Path(filt._model_for(raw).metadata["path"]).name == f"{expected}.pt"
+    viewer.layers.remove(out)  # nothing denoised: the filter's auto reads the counts the same way
+    assert Path(filt._model_for(raw).metadata["path"]).name == f"{expected}.pt"
 
 
 def test_a_mismatch_with_the_model_is_said_before_running(make_napari_viewer, rng):
@@ -416,7 +426,7 @@ def test_auto_model_reads_dark_columns_and_picks_the_black_contrast_model(make_n
                            units=("pixel", "angstrom", "angstrom"))
     w.layer_combo.value = raw
     # the choice runs both networks: said before, decided when it runs
-    assert ("auto will take the bundled default or its black-contrast sibling"
+    assert ("auto will take the bundled 'default' or 'black' model, whichever"
             in " ".join(w.dose_note.value.split()))
     w.run()
     # the six network passes run in the worker, not on the GUI thread: run() returns at once

@@ -66,7 +66,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
-from napari_sbd.core.selection import auto_contrast
+from napari_sbd.core.selection import auto_read
 from napari_sbd.core.text import counted, verb
 from napari_sbd.core.tracking import track_rows, write_tracks
 
@@ -207,7 +207,8 @@ def denoise_movie(
     output : path-like
         The zarr store to create (conventionally ``*.zarr``).
     model : str, path-like or Denoiser
-        "auto" (the bundled model for the movie's dose and pixel size:
+        "auto" (the bundled model for the movie's dose, pixel size and counts:
+        :func:`~napari_sbd.core.selection.auto_read`, then
         :func:`~napari_sbd.core.inference.choose_bundled_model`), "default",
         "envelope", "high-dose", "black", a checkpoint path, or a loaded model.
     device : str
@@ -291,8 +292,8 @@ def denoise_movie(
     dose_est = estimate_dose(data)  # mean counts/pixel of the first frames
     model_choice = None
     if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
-        contrast = auto_contrast(data, pixel_size, dose_est, device=device)
-        model, why = choose_bundled_model(dose_est, pixel_size, contrast)
+        reading = auto_read(data, pixel_size, dose_est, device=device)
+        model, why = choose_bundled_model(dose_est, pixel_size, *reading)
         model_choice = f"auto chose the bundled '{model}' model: {why}"
     try:
         den = model if isinstance(model, Denoiser) else load_model(model, device=device)

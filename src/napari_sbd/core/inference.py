@@ -180,12 +180,14 @@ def in_default_window(dose: float | None, pixel_size_pm: float | None) -> bool:
 
 
 def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
-                         contrast: str | None = None) -> tuple[str, str]:
+                         contrast: str | None = None,
+                         envelope: str | None = None) -> tuple[str, str]:
     """Pick the bundled model that denoises data of this dose, pixel size and contrast best.
 
     White contrast (or unknown): the single-point default where it wins
     (doses :data:`AUTO_DEFAULT_DOSE`, pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`);
-    elsewhere the high-dose model where a pixel the network sees (after the binning
+    elsewhere the envelope model the counts chose (``envelope``), or without that
+    the high-dose model where a pixel the network sees (after the binning
     its card asks for, :data:`HIGH_DOSE_BIN_TO_PM`) holds at least
     :data:`AUTO_HIGH_DOSE` counts or where it bins a frame the envelope model would
     not, the envelope model elsewhere (each when installed). Black contrast: the
@@ -199,7 +201,12 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     pixel_size_pm : float, optional
         The data's pixel size, picometres.
     contrast : {"white", "black"}, optional
-        Whether the columns are bright or dark (:func:`estimate_contrast`).
+        Whether the columns are bright or dark (:func:`estimate_contrast`, or
+        held-out counts: :func:`~napari_sbd.core.selection.auto_read`).
+    envelope : {"envelope", "high-dose"}, optional
+        Outside the default's window, the envelope model whose output better
+        predicts counts held out of the data (:func:`~napari_sbd.core.selection.auto_read`);
+        without it the dose rule above decides.
 
     Returns
     -------
@@ -225,6 +232,10 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     outside = f"the data have {seen}, outside {window} where the default is best"
     if not bundled_model_path("high-dose").exists():
         return "envelope", outside
+    if envelope in ("envelope", "high-dose"):
+        other = "high-dose" if envelope == "envelope" else "envelope"
+        return envelope, (f"{outside}; its output predicts counts held out of the first frame "
+                          f"better than the {other} model's")
     k = binning_into(pixel_size_pm, HIGH_DOSE_BIN_TO_PM, ENVELOPE_PIXEL_RANGE_PM)
     k_envelope = binning_into(pixel_size_pm, ENVELOPE_PIXEL_RANGE_PM[0])
     binned = f" ({k}x{k} binned)" if k > 1 else ""

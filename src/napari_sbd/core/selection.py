@@ -24,6 +24,16 @@ of session 18 on the same frames, not kept as scripts: one split alone lost
 0.13 dB, ``p`` = 0.5 0.24 dB, the squared error of the held-out counts
 instead of their likelihood 0.15 dB, a 512-pixel centre crop 0.22 dB (on a
 second sample).
+
+Outside the default's window auto chooses the same way between the two
+white-contrast envelope models (the envelope model and the larger high-dose
+one), which the dose rule of
+:func:`~napari_sbd.core.inference.choose_bundled_model` otherwise decides: on
+the 12 white validation frames of benchmarks/envelope.py at its 13 settings
+outside the window the rule lost 0.19 dB on average against the better of the
+two (0.80 and 0.99 dB at 8 and 10 pm, where a pixel holds few counts but the
+larger network is better), the held-out likelihood 0.03
+(``benchmarks/dose_choice.py``, docs/dose-choice.md).
 """
 
 from __future__ import annotations
@@ -40,17 +50,40 @@ from napari_sbd.core.inference import (
     load_model,
 )
 
-__all__ = ["KEEP_FRACTION", "auto_contrast", "contrast_pair_installed", "held_out_log_likelihood"]
+__all__ = [
+    "KEEP_FRACTION",
+    "auto_candidates",
+    "auto_contrast",
+    "auto_read",
+    "contrast_pair_installed",
+    "held_out_choice",
+    "held_out_log_likelihood",
+]
 
 KEEP_FRACTION = 0.9  # of the counts the model sees; the rest are held out
 SPLITS = 3  # thinnings summed: two network passes each
 MAX_SIDE = 1024  # pixels a side of the frame (centre) that the choice reads
 CONTRAST_MODELS = {"white": "default", "black": "black"}  # bundled model of each contrast
+ENVELOPE_MODELS = ("envelope", "high-dose")  # auto's choice outside the default's window
 
 
 def contrast_pair_installed() -> bool:
     """Whether both bundled models auto chooses between by contrast are installed."""
     return all(bundled_model_path(name).exists() for name in CONTRAST_MODELS.values())
+
+
+def auto_candidates(dose: float | None, pixel_size_pm: float | None) -> tuple[str, ...]:
+    """Bundled models auto chooses between by held-out counts for data of this dose and pixel size.
+
+    Inside the default's window
+    (:func:`~napari_sbd.core.inference.in_default_window`): the default and its
+    black-contrast sibling; outside it: the envelope and the high-dose model;
+    each pair only where both are installed. Empty: the rules of
+    :func:`~napari_sbd.core.inference.choose_bundled_model` decide alone (no network run).
+    """
+    names = (tuple(CONTRAST_MODELS.values()) if in_default_window(dose, pixel_size_pm)
+             else ENVELOPE_MODELS)
+    return names if all(bundled_model_path(n).exists() for n in names) else ()
 
 
 def held_out_log_likelihood(
@@ -101,6 +134,38 @@ def _first_frame(frames: Any) -> np.ndarray:
     return frame[r0:r0 + MAX_SIDE, c0:c0 + MAX_SIDE]
 
 
+def held_out_choice(frames: Any, models: dict[str, Denoiser],
+                    pixel_size_pm: float | None = None) -> str | None:
+    """Return the key of the model whose output best predicts held-out counts of the first frame.
+
+    :func:`held_out_log_likelihood` summed over :data:`SPLITS` thinnings of the
+    frame's centre :data:`MAX_SIDE` x :data:`MAX_SIDE` pixels at most (one network
+    pass per model and split); all models see the same splits.
+
+    Parameters
+    ----------
+    frames : array-like
+        (H, W) or (T, H, W) counts.
+    models : dict
+        The candidates, by any key.
+    pixel_size_pm : float, optional
+        The frames' pixel size, as given to :meth:`Denoiser.denoise`.
+
+    Returns
+    -------
+    str or None
+        The winning key; None where the frame is too small (under 64 pixels a
+        side) for the counts to tell models apart.
+    """
+    frame = _first_frame(frames)
+    if min(frame.shape) < 64:
+        return None
+    # one split's verdict is noisy where the models are close: summed over a few splits
+    scores = {k: sum(held_out_log_likelihood(m, frame, pixel_size_pm=pixel_size_pm, seed=s)
+                     for s in range(SPLITS)) for k, m in models.items()}
+    return max(scores, key=lambda k: scores[k])
+
+
 def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float | None = None,
                   *, device: str = "auto", models: dict[str, Denoiser] | None = None) -> str | None:
     """Return the contrast, "white" or "black", that model "auto" denoises ``frames`` as.
@@ -108,11 +173,9 @@ def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float |
     Where the data sit in the default's window
     (:func:`~napari_sbd.core.inference.in_default_window`) and both the default and the
     black-contrast model are installed, the one whose output better predicts
-    held-out counts of the first frame (:func:`held_out_log_likelihood` summed
-    over :data:`SPLITS` thinnings of its centre 1024 x 1024 pixels at most; two
-    network passes each). Elsewhere only
-    white-contrast models exist and the contrast only words auto's reason:
-    the skew of the counts (:func:`estimate_contrast`), no network run.
+    held-out counts of the first frame (:func:`held_out_choice`; six network
+    passes). Elsewhere only white-contrast models exist and the contrast only words
+    auto's reason: the skew of the counts (:func:`estimate_contrast`), no network run.
 
     Parameters
     ----------
@@ -139,10 +202,50 @@ def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float |
         return estimate_contrast(frames, pixel_size_pm)
     if models is None:
         models = {c: load_model(name, device=device) for c, name in CONTRAST_MODELS.items()}
-    frame = _first_frame(frames)
-    if min(frame.shape) < 64:  # too few counts to tell two models apart
-        return estimate_contrast(frames, pixel_size_pm)
-    # one split's verdict is noisy where the two models are close: summed over a few splits
-    scores = {c: sum(held_out_log_likelihood(m, frame, pixel_size_pm=pixel_size_pm, seed=s)
-                     for s in range(SPLITS)) for c, m in models.items()}
-    return max(scores, key=lambda c: scores[c])
+    return held_out_choice(frames, models, pixel_size_pm) or estimate_contrast(frames, pixel_size_pm)
+
+
+def auto_read(frames: Any, pixel_size_pm: float | None = None, dose: float | None = None,
+              *, device: str = "auto",
+              models: dict[str, Denoiser] | None = None) -> tuple[str | None, str | None]:
+    """Read from the counts what model "auto" chooses by: the contrast and the envelope model.
+
+    The two read values are :func:`~napari_sbd.core.inference.choose_bundled_model`'s
+    ``contrast`` and ``envelope``: ``choose_bundled_model(dose, pixel_size_pm,
+    *auto_read(frames, pixel_size_pm, dose))`` is auto's choice and its reason.
+    Where :func:`auto_candidates` names a pair, the one whose output better
+    predicts held-out counts of the first frame decides (:func:`held_out_choice`,
+    six network passes: seconds on a CPU); elsewhere the skew of the counts
+    words the contrast and no network runs.
+
+    Parameters
+    ----------
+    frames : array-like
+        (H, W) or (T, H, W) counts.
+    pixel_size_pm : float, optional
+        Pixel size, picometres (unknown: the default's own).
+    dose : float, optional
+        Mean counts per pixel (:func:`estimate_dose`; unknown: the default's own).
+    device : str
+        Where the models run when they are loaded here ("auto": CUDA when available).
+    models : dict, optional
+        The candidates already loaded, by bundled name (those of :func:`auto_candidates`);
+        loaded here when omitted.
+
+    Returns
+    -------
+    tuple
+        (contrast, envelope): "white", "black" or None (cannot tell), and
+        "envelope", "high-dose" or None (inside the default's window, a pair not
+        installed, or a frame too small to tell: the dose rule decides).
+    """
+    names = auto_candidates(dose, pixel_size_pm)
+    if models is None and names:
+        models = {n: load_model(n, device=device) for n in names}
+    if names and set(names) == set(CONTRAST_MODELS.values()) and models is not None:
+        by_contrast = {c: models[n] for c, n in CONTRAST_MODELS.items()}
+        return auto_contrast(frames, pixel_size_pm, dose, models=by_contrast), None
+    contrast = estimate_contrast(frames, pixel_size_pm)
+    if names and models is not None:
+        return contrast, held_out_choice(frames, {n: models[n] for n in names}, pixel_size_pm)
+    return contrast, None

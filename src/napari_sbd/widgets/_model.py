@@ -10,7 +10,6 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import (
-    AUTO_HIGH_DOSE,
     BUNDLED,
     Denoiser,
     available_devices,
@@ -18,7 +17,7 @@ from napari_sbd.core.inference import (
     choose_bundled_model,
     load_model,
 )
-from napari_sbd.core.selection import CONTRAST_MODELS, contrast_pair_installed
+from napari_sbd.core.selection import auto_candidates
 
 AUTO_CHOICE = "auto (chosen from the data)"
 DEFAULT_CHOICE = "bundled default"
@@ -30,10 +29,8 @@ FILE_CHOICE = "checkpoint file..."
 BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope",
                    HIGH_DOSE_CHOICE: "high-dose", BLACK_CHOICE: "black"}
 AUTO_TEXT = ("auto, from the layer: the default near 0.45 counts/pixel and 6.1 pm (or its "
-             "black-contrast sibling, whichever better predicts counts held out of the first "
-             "frame), else the envelope model, or the "
-             "high-dose one from {high:g} counts/pixel and where it bins a frame finer than "
-             "6 pm that the envelope model would not)")
+             "black-contrast sibling), else the envelope or the high-dose model; of each pair "
+             "the one whose output better predicts counts held out of the first frame")
 
 
 class ModelPicker(Container):
@@ -46,7 +43,7 @@ class ModelPicker(Container):
         sources = ([AUTO_CHOICE] if len(bundled) > 1 else []) + bundled + [FILE_CHOICE]
         self.source = ComboBox(
             label="model", choices=sources, value=sources[0],
-            tooltip=AUTO_TEXT.format(high=AUTO_HIGH_DOSE) + " when it runs\n"
+            tooltip=AUTO_TEXT + " when it runs\n"
             + "\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
             + "\nor a checkpoint file trained with napari-sbd-train")
         self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt",
@@ -59,16 +56,16 @@ class ModelPicker(Container):
         super().__init__(widgets=[self.source, self.file, self.device, self.info])
         self._denoiser: Denoiser | None = None
         self._key: tuple | None = None
-        self._contrast_models: tuple[str, dict[str, Denoiser]] | None = None
+        self._bundled: dict[tuple[str, str], Denoiser] = {}  # auto's candidates, by (name, device)
         self.source.changed.connect(self._changed)
         self.file.changed.connect(self._changed)
         self.device.changed.connect(self._changed)
         self._changed()
 
     def _path(self, dose: float | None = None, pixel_size_pm: float | None = None,
-              contrast: str | None = None) -> str | Path:
+              contrast: str | None = None, envelope: str | None = None) -> str | Path:
         if self.source.value == AUTO_CHOICE:
-            return choose_bundled_model(dose, pixel_size_pm, contrast)[0]
+            return choose_bundled_model(dose, pixel_size_pm, contrast, envelope)[0]
         value = self.file.value  # one path: the edit is in EXISTING_FILE mode
         return BUNDLED_CHOICES.get(self.source.value) or Path(str(value or ""))
 
@@ -78,23 +75,24 @@ class ModelPicker(Container):
         return self.source.value == AUTO_CHOICE
 
     def load(self, dose: float | None = None, pixel_size_pm: float | None = None,
-             contrast: str | None = None) -> Denoiser:
+             contrast: str | None = None, envelope: str | None = None) -> Denoiser:
         """Return the selected model on the selected device (cached).
 
         Parameters
         ----------
         dose, pixel_size_pm : float, optional
             The data's, for the auto choice (unknown: the default's own).
-        contrast : {"white", "black"}, optional
-            The data's (:func:`~napari_sbd.core.inference.estimate_contrast`), for the
-            auto choice (unknown: white).
+        contrast, envelope : str, optional
+            What auto read from the data's counts
+            (:func:`~napari_sbd.core.selection.auto_read`; unknown: white, and the dose
+            rule of :func:`~napari_sbd.core.inference.choose_bundled_model`).
 
         Raises
         ------
         CheckpointError
             Nothing usable is selected.
         """
-        path = self._path(dose, pixel_size_pm, contrast)
+        path = self._path(dose, pixel_size_pm, contrast, envelope)
         key = (str(path), self.device.value)
         if self._denoiser is None or self._key != key:
             if path not in BUNDLED and (str(path) in ("", ".") or Path(path).is_dir()):
@@ -103,19 +101,24 @@ class ModelPicker(Container):
             self._key = key
         return self._denoiser
 
-    def contrast_models(self) -> dict[str, Denoiser] | None:
-        """Return the bundled white- and black-contrast models auto chooses between (cached).
+    def candidate_models(self, dose: float | None,
+                         pixel_size_pm: float | None) -> dict[str, Denoiser] | None:
+        """Return the bundled models auto chooses between for these data, by name (cached).
 
-        None where either is not installed (:func:`~napari_sbd.core.selection.auto_contrast`
-        then reads the skew of the counts).
+        The pair of :func:`~napari_sbd.core.selection.auto_candidates` (default and
+        black inside the default's window, envelope and high-dose outside), loaded
+        on the selected device; None where auto's rules decide alone.
         """
-        if not contrast_pair_installed():
+        names = auto_candidates(dose, pixel_size_pm)
+        if not names:
             return None
-        key = self.device.value
-        if self._contrast_models is None or self._contrast_models[0] != key:
-            self._contrast_models = (key, {c: load_model(n, device=key)
-                                           for c, n in CONTRAST_MODELS.items()})
-        return self._contrast_models[1]
+        device = self.device.value
+        # another device chosen: the models on the old one are let go
+        self._bundled = {k: m for k, m in self._bundled.items() if k[1] == device}
+        for name in names:
+            if (name, device) not in self._bundled:
+                self._bundled[name, device] = load_model(name, device=device)
+        return {name: self._bundled[name, device] for name in names}
 
     def _changed(self, _value: Any = None) -> None:
         self.file.visible = self.source.value == FILE_CHOICE
@@ -126,9 +129,7 @@ class ModelPicker(Container):
             unset = self.source.value == FILE_CHOICE and str(self.file.value) in ("", ".")
             self.info.value = "choose a checkpoint file" if unset else wrap(str(exc))
             return
-        self.info.value = wrap(
-            AUTO_TEXT.format(high=AUTO_HIGH_DOSE)
-            if self.is_auto else den.describe())
+        self.info.value = wrap(AUTO_TEXT if self.is_auto else den.describe())
 
 
 def wrap(text: str, width: int = 44) -> str:

@@ -30,7 +30,6 @@ from napari_sbd.core.inference import (
     doses_outside,
     estimate_contrast,
     estimate_dose,
-    in_default_window,
 )
 from napari_sbd.core.inputs import (
     InputError,
@@ -39,7 +38,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
-from napari_sbd.core.selection import auto_contrast, contrast_pair_installed
+from napari_sbd.core.selection import auto_candidates, auto_read
 from napari_sbd.core.text import counted
 from napari_sbd.widgets._layers import (
     DockWidget,
@@ -151,9 +150,9 @@ class DenoiseWidget(DockWidget):
         return self.model.info
 
     def load_denoiser(self, dose: float | None = None, pixel_size_pm: float | None = None,
-                      contrast: str | None = None) -> Denoiser:
+                      contrast: str | None = None, envelope: str | None = None) -> Denoiser:
         """Return the selected model (see :meth:`ModelPicker.load`; auto: for these data)."""
-        return self.model.load(dose, pixel_size_pm, contrast)
+        return self.model.load(dose, pixel_size_pm, contrast, envelope)
 
     def _reset_layers(self, _event: Any = None) -> None:
         self.layer_combo.reset_choices()
@@ -192,9 +191,9 @@ class DenoiseWidget(DockWidget):
         note = f"{dose:.3g} electrons/pixel/frame on average (first frames)"
         pixel, contrast = float(self.pixel.value) or None, None
         if self.model.is_auto:  # which model auto will take, before anything runs
-            if in_default_window(dose, pixel) and contrast_pair_installed():
-                # the choice runs both networks: said now, decided when it runs
-                note += ("; auto will take the bundled default or its black-contrast sibling, "
+            pair = auto_candidates(dose, pixel)
+            if pair:  # the choice runs both networks: said now, decided when it runs
+                note += (f"; auto will take the bundled '{pair[0]}' or '{pair[1]}' model, "
                          "whichever better predicts counts held out of the first frame")
             else:
                 contrast = estimate_contrast(counts, pixel)
@@ -223,14 +222,14 @@ class DenoiseWidget(DockWidget):
             data = calibrated(source, self.offset.value, self.gain.value)
             # read once: the model choice, the message and the warnings all use them
             dose, pixel = estimate_dose(data), (float(self.pixel.value) or None)
-            # the default or its black sibling: six network passes (seconds on a CPU), so
-            # they run in the worker, before the first frame; any other choice is instant
-            pair = (self.model.contrast_models()
-                    if self.model.is_auto and in_default_window(dose, pixel) else None)
+            # a choice between two models by held-out counts: six network passes (seconds
+            # on a CPU), so they run in the worker, before the first frame; any other
+            # choice is instant
+            pair = self.model.candidate_models(dose, pixel) if self.model.is_auto else None
             den: Denoiser | None = None
             if pair is None:
-                contrast = auto_contrast(data, pixel, dose) if self.model.is_auto else None
-                den = self.load_denoiser(dose, pixel, contrast)
+                reading = auto_read(data, pixel, dose) if self.model.is_auto else (None, None)
+                den = self.load_denoiser(dose, pixel, *reading)
             self._denoiser = den
         except (InputError, CheckpointError, ValueError) as exc:
             show_error(str(exc))
@@ -238,10 +237,11 @@ class DenoiseWidget(DockWidget):
             return
         self._setting = (layer.name, dose, pixel)
         if den is not None:
-            self._announce(den, contrast)
+            self._announce(den, reading)
         else:
-            self.info.value = wrap("auto: choosing between the bundled default and its "
-                                   "black-contrast sibling (counts held out of the first frame)")
+            names = " and ".join(f"'{n}'" for n in (pair or {}))
+            self.info.value = wrap(f"auto: choosing between the bundled {names} models "
+                                   "(counts held out of the first frame)")
         try:
             indices = None if single else self._frames(int(data.shape[0]), layer)
         except InputError as exc:
@@ -311,11 +311,11 @@ class DenoiseWidget(DockWidget):
         self._redrawn = 0.0
         self.worker.start()
 
-    def _announce(self, den: Denoiser, contrast: str | None) -> None:
+    def _announce(self, den: Denoiser, reading: tuple[str | None, str | None]) -> None:
         """Say which model runs (auto: and why) and what it warns about these data."""
         name, dose, pixel = self._setting
         if self.model.is_auto:
-            bundled, why = choose_bundled_model(dose, pixel, contrast)
+            bundled, why = choose_bundled_model(dose, pixel, *reading)
             self.info.value = wrap(f"auto: the bundled '{bundled}' model ({why})")
         if pixel is None:  # said, not guessed in silence: binning and auto depend on it
             show_warning(f"layer '{name}' has no pixel size (its scale is in pixels): the "
@@ -329,7 +329,7 @@ class DenoiseWidget(DockWidget):
         self._denoiser = item.denoiser
         if self.output_layer is not None:
             self.output_layer.metadata["sbd_model"] = item.denoiser.metadata
-        self._announce(item.denoiser, item.contrast)
+        self._announce(item.denoiser, item.reading)
         self.progress.setFormat(f"0 of {self._total} frames")
 
     def _show_range(self, _value: Any = None) -> None:
@@ -469,7 +469,7 @@ class Chosen:
     """What the worker yields first when it chose auto's model itself."""
 
     denoiser: Denoiser
-    contrast: str | None
+    reading: tuple[str | None, str | None]  # auto_read's (contrast, envelope)
 
 
 def _denoise_frames(den: Denoiser | None, data: Any, tile: int, pixel_size: float | None = None,
@@ -478,8 +478,8 @@ def _denoise_frames(den: Denoiser | None, data: Any, tile: int, pixel_size: floa
                     pair: dict[str, Denoiser] | None = None, dose: float | None = None):
     """Worker body: yield each denoised frame (runs off the GUI thread).
 
-    With ``den`` None, first choose it from ``pair`` (contrast -> model, see
-    :func:`~napari_sbd.core.selection.auto_contrast`) and yield the :class:`Chosen` one.
+    With ``den`` None, first choose it from ``pair`` (auto's two candidates by bundled
+    name, see :func:`~napari_sbd.core.selection.auto_read`) and yield the :class:`Chosen` one.
     A bad frame (NaN, negative, not counts) is yielded as the error itself, so
     the widget can report it as a notification instead of a crash.
     """
@@ -487,9 +487,10 @@ def _denoise_frames(den: Denoiser | None, data: Any, tile: int, pixel_size: floa
         if den is None:
             if pair is None:
                 raise ValueError("no model to denoise with")
-            contrast = auto_contrast(data, pixel_size, dose, models=pair)
-            den = pair[contrast or "white"]  # None: too small a frame to tell, the default
-            yield Chosen(den, contrast)
+            reading = auto_read(data, pixel_size, dose, models=pair)
+            # a frame too small to tell (None read): the rules' own pick, also one of the pair
+            den = pair[choose_bundled_model(dose, pixel_size, *reading)[0]]
+            yield Chosen(den, reading)
         for i, result in den.iter_denoise(data, tile_size=tile, pixel_size_pm=pixel_size,
                                           ensemble=ensemble, first=first, indices=indices):
             # the frame's own dose (it drifts within a movie), read here, off the GUI thread

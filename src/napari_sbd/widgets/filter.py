@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from qtpy.QtCore import QTimer
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import Denoiser, estimate_dose, load_model
 from napari_sbd.core.jacobian import effective_filter
-from napari_sbd.core.selection import auto_contrast
+from napari_sbd.core.selection import auto_read
 from napari_sbd.widgets._layers import (
     DockWidget,
     batched_update,
@@ -34,6 +35,9 @@ from napari_sbd.widgets._layers import (
     unique_layer_name,
 )
 from napari_sbd.widgets._model import Failure, ModelPicker, wrap
+
+# what auto reads from a layer's counts: dose, then auto_read's contrast and envelope model
+Estimates = tuple[float, str | None, str | None]
 
 __all__ = ["FilterWidget"]
 
@@ -60,7 +64,7 @@ class FilterWidget(DockWidget):
         self._recorded: dict[str, Denoiser] = {}  # models named by denoised layers (auto)
         # auto before any denoising: the estimates of the last counts clicked on, kept for
         # the next click (about 20 ms of GUI thread per click on a 1024^2 frame)
-        self._estimated: tuple[Any, float | None, tuple[float, str | None]] | None = None
+        self._estimated: tuple[Any, float | None, Estimates] | None = None
         self.active = CheckBox(label="Shift-click shows the filter", value=True,
                                tooltip="Shift-click a pixel of the raw or denoised layer to see "
                                "the weights the network gives the raw counts around it")
@@ -93,10 +97,10 @@ class FilterWidget(DockWidget):
         self.compute_at(tuple(round(v) for v in data_pos))
 
     def compute_at(self, position: tuple[int, ...],
-                   estimates: tuple[float, str | None] | None = None) -> None:
+                   estimates: Estimates | None = None) -> None:
         """Compute the filter at a data position of the raw layer ((t,) row, col).
 
-        ``estimates``: the raw counts' dose and contrast, read by a worker for auto
+        ``estimates``: what auto read from the raw counts (:data:`Estimates`), read by a worker for auto
         (:meth:`_estimate_then`); read first in a worker where auto needs them.
         """
         raw = self.raw_combo.value
@@ -147,15 +151,15 @@ class FilterWidget(DockWidget):
             self.status.value = f"computing the filter at ({row}, {col})..."
 
     def _estimate_then(self, raw: Any, den: Any, position: tuple[int, ...]) -> None:
-        """Read the dose and contrast auto needs in a worker, then compute the filter.
+        """Read the dose and the counts auto chooses by in a worker, then compute the filter.
 
-        The contrast choice runs the default and its black sibling six times (seconds
+        The choice between two bundled models runs each three times (seconds
         on a CPU): never on the GUI thread. Once per layer (the result is kept).
         """
         counts, pixel = raw_counts(raw, den), self._pixel_of(raw, den)
         if self.worker is not None:
             self.worker.quit()
-        worker = create_worker(_estimate_safely, counts, pixel, self.model.contrast_models())
+        worker = create_worker(_estimate_safely, counts, pixel, self.model.candidate_models)
         self.status.value = wrap(f"auto: choosing the model for '{raw.name}' from its counts "
                                  "(once per layer)...")
 
@@ -174,12 +178,12 @@ class FilterWidget(DockWidget):
         worker.start()
 
     def _model_for(self, raw: Any, den: Any = None,
-                   estimates: tuple[float, str | None] | None = None,
+                   estimates: Estimates | None = None,
                    wait: bool = True) -> Denoiser | None:
         """Return the picked model; on auto, the one that denoised ``raw`` (or would).
 
         ``den`` is the result on view (:func:`denoised_from`; looked up when omitted).
-        ``estimates``: the raw counts' dose and contrast, where already read; else the
+        ``estimates``: what auto read from the raw counts, where already read; else the
         ones kept for these counts, else they are read here, or, with ``wait`` False,
         None is returned (the caller reads them off the GUI thread).
 
@@ -203,13 +207,12 @@ class FilterWidget(DockWidget):
         if values is None:
             if not wait:
                 return None
-            values = _estimates_of(counts, pixel, self.model.contrast_models())
+            values = _estimates_of(counts, pixel, self.model.candidate_models)
             self._remember(counts, pixel, values)
-        dose, contrast = values
-        return self.model.load(dose, pixel, contrast)
+        return self.model.load(values[0], pixel, *values[1:])
 
-    def _kept(self, counts: Any, pixel: float | None) -> tuple[float, str | None] | None:
-        """Dose and contrast of ``counts`` as auto read them, if kept (once per array).
+    def _kept(self, counts: Any, pixel: float | None) -> Estimates | None:
+        """Return what auto read from ``counts`` (:data:`Estimates`), if kept (once per array).
 
         The same array object (a layer's data, not a calibrated view made per
         click) at the same pixel size gives the same estimates; the array is
@@ -222,7 +225,7 @@ class FilterWidget(DockWidget):
         return None
 
     def _remember(self, counts: Any, pixel: float | None,
-                  values: tuple[float, str | None]) -> None:
+                  values: Estimates) -> None:
         try:
             self._estimated = (weakref.ref(counts), pixel, values)
         except TypeError:  # an array type without weak references: estimated per click
@@ -332,10 +335,15 @@ def _modifiers(event: Any) -> set[str]:
 
 
 def _estimates_of(counts: Any, pixel: float | None,
-                  models: dict[str, Denoiser] | None) -> tuple[float, str | None]:
-    """Return the dose and contrast auto reads from ``counts`` (:func:`auto_contrast`)."""
+                  candidates: Callable[[float, float | None], dict[str, Denoiser] | None],
+                  ) -> Estimates:
+    """Return the dose, contrast and envelope model auto reads from ``counts`` (:func:`auto_read`).
+
+    ``candidates`` gives the loaded models auto chooses between for a dose and pixel size
+    (:meth:`ModelPicker.candidate_models`).
+    """
     dose = estimate_dose(counts)
-    return dose, auto_contrast(counts, pixel, dose, models=models)
+    return (dose, *auto_read(counts, pixel, dose, models=candidates(dose, pixel)))
 
 
 def _estimate_safely(*args: Any) -> Any:
