@@ -53,7 +53,7 @@ from _common import (
 from napari_sbd.core import baselines as B
 from napari_sbd.core.inference import choose_bundled_model, estimate_dose, load_model
 from napari_sbd.core.noise import poisson_noise
-from napari_sbd.core.selection import CONTRAST_MODELS, auto_contrast
+from napari_sbd.core.selection import auto_candidates, auto_read
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 CLASSES = ("white", "intermediate", "black")
@@ -219,14 +219,17 @@ def main() -> None:
     loaded: dict = {}
     picks: dict[str, dict[str, int]] = {s: {} for s in sets}
 
-    contrast_models = {c: load_model(n) for c, n in CONTRAST_MODELS.items()}
-
     def auto(noisy: np.ndarray, s: str) -> np.ndarray:
-        # each frame stands for a movie of its own: the choice, six passes where the
-        # contrast decides, is in the frame's time (a movie pays it once)
+        # each frame stands for a movie of its own: the choice, six passes where held-out
+        # counts decide, is in the frame's time (a movie pays it once)
         dose = estimate_dose(noisy)
-        contrast = auto_contrast(noisy, PAPERS_PIXEL_SIZE_PM, dose, models=contrast_models)
-        name, _ = choose_bundled_model(dose, PAPERS_PIXEL_SIZE_PM, contrast)
+        names = auto_candidates(dose, PAPERS_PIXEL_SIZE_PM)
+        for n in names:
+            if n not in loaded:
+                loaded[n] = load_model(n)
+        reading = auto_read(noisy, PAPERS_PIXEL_SIZE_PM, dose,
+                            models={n: loaded[n] for n in names})
+        name, _ = choose_bundled_model(dose, PAPERS_PIXEL_SIZE_PM, *reading)
         picks[s][name] = picks[s].get(name, 0) + 1
         if name not in loaded:
             loaded[name] = load_model(name)
@@ -355,7 +358,7 @@ def main() -> None:
         "same limit for a network trained on one contrast). The bundled `black` model is the same "
         "network fine-tuned on black contrast (its row, where given, shows what it costs on white); "
         "model \"auto\" gives it the frames where it predicts counts held out of the frame "
-        "better than the default does (`auto_contrast`: binomial thinning, 90% of the counts "
+        "better than the default does (`auto_read`: binomial thinning, 90% of the counts "
         "denoised, the other 10% scored by their Poisson likelihood, three splits; its six "
         "passes are in "
         "auto's time per frame here, once per movie in use)."),
