@@ -176,20 +176,8 @@ def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float |
     held-out counts of the first frame (:func:`held_out_choice`; six network
     passes). Elsewhere only white-contrast models exist and the contrast only words
     auto's reason: the skew of the counts (:func:`estimate_contrast`), no network run.
-
-    Parameters
-    ----------
-    frames : array-like
-        (H, W) or (T, H, W) counts.
-    pixel_size_pm : float, optional
-        Pixel size, picometres (unknown: the default's own).
-    dose : float, optional
-        Mean counts per pixel (:func:`estimate_dose`; unknown: the default's own).
-    device : str
-        Where the two models run ("auto": CUDA when available).
-    models : dict, optional
-        The loaded models by contrast, {"white": ..., "black": ...} (the
-        bundled ones when omitted).
+    The parameters are :func:`auto_read`'s, except that ``models`` are keyed by
+    contrast, {"white": ..., "black": ...} (the bundled ones when omitted).
 
     Returns
     -------
