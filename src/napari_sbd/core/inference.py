@@ -120,20 +120,22 @@ BUNDLED = {
 }
 
 
-# Where the single-point default beats the envelope model, derived on validation frames
-# (never the test images) by benchmarks/envelope.py (docs/envelope.md, "Where model auto
-# takes the default"; default96 of epoch 339, envelope model of epoch 119): log-linear
-# crossings between the measured settings at 0.41 and 0.48 counts/pixel (0.3: envelope
-# +6.6 dB; 0.45: default +1.8; 0.6: envelope +6.0) and 5.29 and 7.52 pm (4.88: envelope
-# +1.0; 6.1: default +1.8; 8: envelope +0.5). Re-derive whenever a bundled model changes.
+# Where the single-point default beats what auto takes outside it (the better of the
+# envelope and the high-dose model: auto chooses between them by held-out counts), derived
+# on validation frames (never the test images) by benchmarks/envelope.py (docs/envelope.md,
+# "Where model auto takes the default"; default96 of epoch 644): log-linear crossings
+# between the measured settings at 0.41 and 0.48 counts/pixel (0.3: -7.9 dB; 0.45: default
+# +2.2; 0.6: -7.7) and 5.61 and 7.30 pm (4.88: -3.7, the high-dose model; 6.1: default +2.2;
+# 8: -1.1, the high-dose model). Re-derive whenever a bundled model changes.
 AUTO_DEFAULT_DOSE = (0.41, 0.48)
-AUTO_DEFAULT_PIXEL_PM = (5.3, 7.5)
-# Outside the default's window, counts per pixel as the envelope models see them (a frame
-# finer than their range binned into it) from which the high-dose model beats the envelope
-# model, derived like the windows above (docs/envelope.md, "Where model auto takes the
-# high-dose model"; the leader's epoch 1247, its weight average): high-dose minus envelope
-# on the validation frames 0.6: -0.31 dB, 0.9: +0.12, 1.35: +0.51, 2: +0.85, 4: +1.22, and
-# at 4 pm (binned 2x2 into 8 pm) +2.30: the crossing is at 0.80 counts/pixel.
+AUTO_DEFAULT_PIXEL_PM = (5.6, 7.3)
+# Outside the default's window, for frames too small for the held-out choice (under 64
+# pixels a side): counts per pixel as the envelope models see them (a frame finer than their
+# range binned into it) from which the high-dose model beats the envelope model, derived
+# like the windows above (docs/envelope.md, "Where model auto takes the high-dose model";
+# the leader's epoch 1247, its weight average): high-dose minus envelope on the validation
+# frames 0.6: -0.31 dB, 0.9: +0.12, 1.35: +0.51, 2: +0.85, 4: +1.22, and at 4 pm (binned
+# 2x2 into 8 pm) +2.30: the crossing is at 0.80 counts/pixel.
 AUTO_HIGH_DOSE = 0.80
 # The pixel-size range of both bundled envelope models (their cards; a test checks it).
 ENVELOPE_PIXEL_RANGE_PM = (4.8, 10.5)
