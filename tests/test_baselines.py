@@ -61,3 +61,17 @@ def test_median_filter_is_useless_at_this_dose(pair):
     _clean, noisy = pair
     # the median of Poisson(0.45) is 0: the 3x3 median is mostly zeros
     assert np.mean(bl.median_filter(noisy) == 0) > 0.5
+
+
+def test_bm3d_on_too_small_an_image_is_a_clear_error_not_a_crash():
+    pytest.importorskip("bm3d")
+    from napari_sbd.core.baselines import binned_vst_bm3d, vst_bm3d
+
+    frame = np.random.default_rng(0).poisson(0.45, (100, 120)).astype(np.float32)
+    # 100 px binned 10 x 10 is 10 px a side: the bm3d package can crash on so few blocks
+    with pytest.raises(ValueError, match=r"10 x 12 after 10 x 10 binning: use a bin factor of "
+                                         r"at most 6"):
+        binned_vst_bm3d(frame, factor=10)
+    with pytest.raises(ValueError, match="at least 16 x 16 pixels; this one is 8 x 8"):
+        vst_bm3d(frame[:8, :8])
+    assert binned_vst_bm3d(frame, factor=6).shape == frame.shape  # 17 x 20 binned: allowed

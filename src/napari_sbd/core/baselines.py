@@ -111,7 +111,15 @@ def inverse_anscombe_unbiased(d: np.ndarray) -> np.ndarray:
     return 0.25 * d**2 + 0.25 * s / d - 11.0 / 8.0 / d**2 + 5.0 / 8.0 * s / d**3 - 1.0 / 8.0
 
 
-def _bm3d(z: np.ndarray, sigma: float) -> np.ndarray:
+# the bm3d package's compiled code can crash the process on images of a few of its 8-pixel
+# blocks (seen with an 8 x 8 image): smaller inputs get an error instead
+BM3D_MIN_SIDE = 16
+
+
+def _bm3d(z: np.ndarray, sigma: float, hint: str = "") -> np.ndarray:
+    if min(z.shape) < BM3D_MIN_SIDE:
+        raise ValueError(f"BM3D needs an image of at least {BM3D_MIN_SIDE} x {BM3D_MIN_SIDE} "
+                         f"pixels; this one is {z.shape[0]} x {z.shape[1]}{hint}")
     try:
         import bm3d
     except ImportError:
@@ -151,7 +159,9 @@ def binned_vst_bm3d(noisy: np.ndarray, factor: int = 12, sigma: float = 1.0) -> 
     ph, pw = (-h) % b, (-w) % b
     yp = np.pad(y, ((0, ph), (0, pw)), mode="reflect")
     binned = yp.reshape(yp.shape[0] // b, b, yp.shape[1] // b, b).sum(axis=(1, 3))
-    est = inverse_anscombe_unbiased(_bm3d(anscombe(binned), sigma)) / (b * b)
+    hint = (f" after {b} x {b} binning: use a bin factor of at most "
+            f"{max(1, min(h, w) // BM3D_MIN_SIDE)} or a larger frame")
+    est = inverse_anscombe_unbiased(_bm3d(anscombe(binned), sigma, hint)) / (b * b)
     # cubic upsampling on the bin-centre grid, then crop the padding
     up = ndimage.zoom(est, b, order=3, mode="nearest", grid_mode=True)
     return np.clip(up[:h, :w], 0, None).astype(np.float32)
