@@ -51,9 +51,9 @@ from _common import (
 )
 
 from napari_sbd.core import baselines as B
-from napari_sbd.core.inference import choose_bundled_model, estimate_dose, load_model
+from napari_sbd.core.inference import estimate_dose, load_model
 from napari_sbd.core.noise import poisson_noise
-from napari_sbd.core.selection import auto_candidates, auto_read
+from napari_sbd.core.selection import auto_candidates, auto_model
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 CLASSES = ("white", "intermediate", "black")
@@ -223,13 +223,10 @@ def main() -> None:
         # each frame stands for a movie of its own: the choice, six passes where held-out
         # counts decide, is in the frame's time (a movie pays it once)
         dose = estimate_dose(noisy)
-        names = auto_candidates(dose, PAPERS_PIXEL_SIZE_PM)
-        for n in names:
+        for n in auto_candidates(dose, PAPERS_PIXEL_SIZE_PM):
             if n not in loaded:
                 loaded[n] = load_model(n)
-        reading = auto_read(noisy, PAPERS_PIXEL_SIZE_PM, dose,
-                            models={n: loaded[n] for n in names})
-        name, _ = choose_bundled_model(dose, PAPERS_PIXEL_SIZE_PM, *reading)
+        name, _ = auto_model(noisy, PAPERS_PIXEL_SIZE_PM, dose, models=loaded)
         picks[s][name] = picks[s].get(name, 0) + 1
         if name not in loaded:
             loaded[name] = load_model(name)
@@ -358,7 +355,7 @@ def main() -> None:
         "same limit for a network trained on one contrast). The bundled `black` model is the same "
         "network fine-tuned on black contrast (its row, where given, shows what it costs on white); "
         "model \"auto\" gives it the frames where it predicts counts held out of the frame "
-        "better than the default does (`auto_read`: binomial thinning, 90% of the counts "
+        "better than the default does (`auto_model`: binomial thinning, 90% of the counts "
         "denoised, the other 10% scored by their Poisson likelihood, three splits; its six "
         "passes are in "
         "auto's time per frame here, once per movie in use)."),

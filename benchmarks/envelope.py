@@ -62,14 +62,13 @@ from napari_sbd.core.inference import (
     HIGH_DOSE_BIN_TO_PM,
     bin_counts,
     bundled_model_path,
-    choose_bundled_model,
     estimate_dose,
     load_model,
     unbin,
 )
 from napari_sbd.core.metrics import psnr
 from napari_sbd.core.noise import poisson_noise
-from napari_sbd.core.selection import auto_candidates, auto_read
+from napari_sbd.core.selection import auto_model
 
 NOMINAL_DOSE = 0.45
 NOMINAL_PIXEL = 6.1
@@ -273,10 +272,7 @@ def binning_lines(rows: list[dict]) -> list[str]:
 
 def auto_pick(noisy: np.ndarray, pixel: float, models: dict) -> str:
     """The bundled model auto takes for one frame: from its counts, as the tools do."""
-    dose = estimate_dose(noisy)
-    cands = {n: models[n] for n in auto_candidates(dose, pixel) if n in models}
-    reading = auto_read(noisy, pixel, dose, models=cands) if len(cands) == 2 else (None, None)
-    return choose_bundled_model(dose, pixel, *reading)[0]
+    return auto_model(noisy, pixel, estimate_dose(noisy), models=models)[0]
 
 
 def with_auto(results: list[dict], names: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from napari_sbd.core.phantom import gaussian_columns
 from napari_sbd.core.selection import (
     auto_candidates,
     auto_contrast,
+    auto_model,
     auto_read,
     held_out_log_likelihood,
 )
@@ -89,6 +90,9 @@ def test_outside_the_window_the_envelope_model_that_predicts_the_counts_is_chose
         assert envelope == expected
         name, why = choose_bundled_model(dose, px, contrast, envelope)
         assert name == expected and "held out" in why and "outside" in why
+        # the tools' one call: the same choice, from a superset of loaded models too
+        assert auto_model(frame, px, dose, models={**models, "default": _Fixed(sharp)}) == (
+            name, why)
     # too small to tell: no verdict, the dose rule decides
     assert auto_read(frame[:40, :40], px, dose, models=models)[1] is None
     assert choose_bundled_model(2 * AUTO_HIGH_DOSE, 6.1, None, None)[0] == "high-dose"

@@ -52,7 +52,6 @@ from napari_sbd.core.files import atomic_write
 from napari_sbd.core.inference import (
     DEFAULT_TILE,
     Denoiser,
-    choose_bundled_model,
     dose_warning,
     doses_outside,
     estimate_dose,
@@ -66,7 +65,7 @@ from napari_sbd.core.inputs import (
     check_stack_shape,
     frame_range,
 )
-from napari_sbd.core.selection import auto_read
+from napari_sbd.core.selection import auto_model
 from napari_sbd.core.text import counted, verb
 from napari_sbd.core.tracking import track_rows, write_tracks
 
@@ -208,8 +207,7 @@ def denoise_movie(
         The zarr store to create (conventionally ``*.zarr``).
     model : str, path-like or Denoiser
         "auto" (the bundled model for the movie's dose, pixel size and counts:
-        :func:`~napari_sbd.core.selection.auto_read`, then
-        :func:`~napari_sbd.core.inference.choose_bundled_model`), "default",
+        :func:`~napari_sbd.core.selection.auto_model`), "default",
         "envelope", "high-dose", "black", a checkpoint path, or a loaded model.
     device : str
         "auto", "cpu" or "cuda[:N]".
@@ -292,8 +290,7 @@ def denoise_movie(
     dose_est = estimate_dose(data)  # mean counts/pixel of the first frames
     model_choice = None
     if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
-        reading = auto_read(data, pixel_size, dose_est, device=device)
-        model, why = choose_bundled_model(dose_est, pixel_size, *reading)
+        model, why = auto_model(data, pixel_size, dose_est, device=device)
         model_choice = f"auto chose the bundled '{model}' model: {why}"
     try:
         den = model if isinstance(model, Denoiser) else load_model(model, device=device)

@@ -137,6 +137,9 @@ AUTO_DEFAULT_PIXEL_PM = (5.6, 7.3)
 # frames 0.6: -0.31 dB, 0.9: +0.12, 1.35: +0.51, 2: +0.85, 4: +1.22, and at 4 pm (binned
 # 2x2 into 8 pm) +2.30: the crossing is at 0.80 counts/pixel.
 AUTO_HIGH_DOSE = 0.80
+# The bundled white-contrast models over the envelope that auto chooses between outside the
+# default's window (by held-out counts: napari_sbd.core.selection.auto_read)
+ENVELOPE_MODELS = ("envelope", "high-dose")
 # The pixel-size range of both bundled envelope models (their cards; a test checks it).
 ENVELOPE_PIXEL_RANGE_PM = (4.8, 10.5)
 # The high-dose model's card: frames finer than 6 pm are binned into 6-10.5 pm where they
@@ -234,8 +237,8 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     outside = f"the data have {seen}, outside {window} where the default is best"
     if not bundled_model_path("high-dose").exists():
         return "envelope", outside
-    if envelope in ("envelope", "high-dose"):
-        other = "high-dose" if envelope == "envelope" else "envelope"
+    if envelope in ENVELOPE_MODELS:
+        other = next(n for n in ENVELOPE_MODELS if n != envelope)
         return envelope, (f"{outside}; its output predicts counts held out of the first frame "
                           f"better than the {other} model's")
     k = binning_into(pixel_size_pm, HIGH_DOSE_BIN_TO_PM, ENVELOPE_PIXEL_RANGE_PM)

@@ -43,8 +43,10 @@ from typing import Any
 import numpy as np
 
 from napari_sbd.core.inference import (
+    ENVELOPE_MODELS,
     Denoiser,
     bundled_model_path,
+    choose_bundled_model,
     estimate_contrast,
     in_default_window,
     load_model,
@@ -54,6 +56,7 @@ __all__ = [
     "KEEP_FRACTION",
     "auto_candidates",
     "auto_contrast",
+    "auto_model",
     "auto_read",
     "contrast_pair_installed",
     "held_out_choice",
@@ -64,7 +67,6 @@ KEEP_FRACTION = 0.9  # of the counts the model sees; the rest are held out
 SPLITS = 3  # thinnings summed: two network passes each
 MAX_SIDE = 1024  # pixels a side of the frame (centre) that the choice reads
 CONTRAST_MODELS = {"white": "default", "black": "black"}  # bundled model of each contrast
-ENVELOPE_MODELS = ("envelope", "high-dose")  # auto's choice outside the default's window
 
 
 def contrast_pair_installed() -> bool:
@@ -237,3 +239,20 @@ def auto_read(frames: Any, pixel_size_pm: float | None = None, dose: float | Non
     if names and models is not None:
         return contrast, held_out_choice(frames, {n: models[n] for n in names}, pixel_size_pm)
     return contrast, None
+
+
+def auto_model(frames: Any, pixel_size_pm: float | None = None, dose: float | None = None,
+               *, device: str = "auto",
+               models: dict[str, Denoiser] | None = None) -> tuple[str, str]:
+    """Return the bundled model auto takes for ``frames``, and why, as the tools choose it.
+
+    :func:`auto_read`, then :func:`~napari_sbd.core.inference.choose_bundled_model`.
+    ``models``: bundled models already loaded, by name (any superset of the pair
+    :func:`auto_candidates` names; a pair not all there is loaded here); the other
+    parameters are :func:`auto_read`'s.
+    """
+    names = auto_candidates(dose, pixel_size_pm)
+    pair = ({n: models[n] for n in names} if models is not None and all(n in models for n in names)
+            else None)
+    return choose_bundled_model(dose, pixel_size_pm,
+                                *auto_read(frames, pixel_size_pm, dose, device=device, models=pair))
