@@ -188,4 +188,9 @@ def model_label(model) -> str:
                 f"norm {p.get('norm', 'batch')}")
     else:
         desc = arch
-    return f"{name} ({desc}; {m.get('patches_seen', '?')} patches)"
+    # a run grown from other weights counts only its own patches: say of what size and from what
+    tc = m.get("train_config") or {}
+    seen = f"{m.get('patches_seen', '?')} patches" + (f" of {tc['patch']} px" if tc.get("patch") else "")
+    if tc.get("init_from"):
+        seen += f" after --init-from {Path(str(tc['init_from'])).name}"
+    return f"{name} ({desc}; {seen})"
