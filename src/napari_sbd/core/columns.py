@@ -311,7 +311,7 @@ def detect_columns(
     *,
     spacing_a: float | None = None,
     polarity: str = "auto",
-    threshold: float = 0.35,
+    threshold: float = 0.4,
     min_contrast: float | None = None,
     vacuum_floor: float | None = 4.0,
     vacuum: np.ndarray | None = None,
