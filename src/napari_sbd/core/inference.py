@@ -123,12 +123,13 @@ BUNDLED = {
 # Where the single-point default beats what auto takes outside it (the better of the
 # envelope and the high-dose model: auto chooses between them by held-out counts), derived
 # on validation frames (never the test images) by benchmarks/envelope.py (docs/envelope.md,
-# "Where model auto takes the default"; default96 of epoch 644): log-linear crossings
-# between the measured settings at 0.41 and 0.48 counts/pixel (0.3: -7.9 dB; 0.45: default
-# +2.2; 0.6: -7.7) and 5.61 and 7.30 pm (4.88: -3.7, the high-dose model; 6.1: default +2.2;
-# 8: -1.1, the high-dose model). Re-derive whenever a bundled model changes.
-AUTO_DEFAULT_DOSE = (0.41, 0.48)
-AUTO_DEFAULT_PIXEL_PM = (5.6, 7.3)
+# "Where model auto takes the default"; the default of session 21, 512-px patches):
+# log-linear crossings between the measured settings at 0.40 and 0.49 counts/pixel (0.3:
+# -6.0 dB; 0.45: default +2.3; 0.6: -5.7) and 5.59 and 7.35 pm (4.88: -3.7, the high-dose
+# model; 6.1: default +2.3; 8: -1.1, the high-dose model). Re-derive whenever a bundled
+# model changes.
+AUTO_DEFAULT_DOSE = (0.40, 0.49)
+AUTO_DEFAULT_PIXEL_PM = (5.6, 7.35)
 # Outside the default's window, for frames too small for the held-out choice (under 64
 # pixels a side): counts per pixel as the envelope models see them (a frame finer than their
 # range binned into it) from which the high-dose model beats the envelope model, derived
