@@ -347,6 +347,11 @@ def test_detector_units_are_calibrated_into_counts(movie, model_path, tmp_path, 
     assert main(args) == 2  # in detector units they are not counts: refused
     err = capsys.readouterr().err
     assert "do not look like counts" in err and "--electrons-per-count" in err  # names the fix
+    # model auto (the CLI's default) denoises while it chooses: the same message, with the file
+    assert main([*args[:3], "--quiet", "--frames", "0:2"]) == 2
+    err = capsys.readouterr().err
+    assert str(raw) in err and "do not look like counts" in err and "--electrons-per-count" in err
+    assert not out.exists()  # nothing created for a refused job
     assert main([*args, "--offset", "100", "--electrons-per-count", "0.25"]) == 0
     g = zarr.open_group(str(out), mode="r")
     expected = load_model(model_path, device="cpu").denoise(stack[:2].astype(np.float32))

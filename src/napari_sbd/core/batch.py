@@ -288,19 +288,18 @@ def denoise_movie(
     if out.resolve() == input_path.resolve():
         raise BatchError(f"the output {out} is the input itself: choose a new file name")
     dose_est = estimate_dose(data)  # mean counts/pixel of the first frames
-    model_choice = None
-    if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
-        model, why = auto_model(data, pixel_size, dose_est, device=device)
-        model_choice = f"auto chose the bundled '{model}' model: {why}"
-    try:
-        den = model if isinstance(model, Denoiser) else load_model(model, device=device)
-    except ValueError as exc:
-        raise BatchError(str(exc)) from None
-    protected = [input_path] + ([Path(den.metadata["path"])] if den.metadata.get("path") else [])
-    columns = columns or likelihood
     todo = _parse_frames(frames, n)
-    # check the first frame of the range before creating anything
+    model_choice = None
+    # auto's choice denoises the movie's first frames, and then the first frame of the range
+    # is checked, before anything is created: both say how to calibrate data not in counts
     try:
+        if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
+            model, why = auto_model(data, pixel_size, dose_est, device=device)
+            model_choice = f"auto chose the bundled '{model}' model: {why}"
+        try:
+            den = model if isinstance(model, Denoiser) else load_model(model, device=device)
+        except ValueError as exc:
+            raise BatchError(str(exc)) from None
         as_frame(data[todo[0]], index=todo[0], model_dose=den.max_dose)
     except NotCountsError as exc:
         raise BatchError(
@@ -310,6 +309,8 @@ def denoise_movie(
             f"{electrons_per_count:g}") from None
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
+    protected = [input_path] + ([Path(den.metadata["path"])] if den.metadata.get("path") else [])
+    columns = columns or likelihood
     detect, link = dict(detect or {}), dict(link or {})
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble,
                       (offset, electrons_per_count), {**detect, **link}, pixel_size_pm, block)
