@@ -448,7 +448,8 @@ def test_each_frames_dose_is_kept_and_frames_outside_the_model_are_named(tmp_pat
     clean, _ = clean_frame()
     clean = clean[:96, 200:296]
     rng = np.random.default_rng(3)
-    scale = np.array([1.0, 1.0, 1.0, 3.0, 3.0, 0.2])  # x3 and /5: outside the tiny model's 2x
+    # /3 and /5: outside the tiny model's 2x; x3 is split into parts at its dose (not named)
+    scale = np.array([1.0, 3.0, 1.0, 0.3, 0.3, 0.2])
     stack = rng.poisson(clean[None] * scale[:, None, None]).astype(np.uint16)
     path = tmp_path / "drift.tif"
     tifffile.imwrite(path, stack)

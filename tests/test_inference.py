@@ -250,9 +250,14 @@ def test_load_model_from_a_checkpoint(tmp_path, tiny_unet, rng):
 
 
 def test_compatibility_warnings(denoiser):
-    assert denoiser.compatibility_warnings(0.5, 6.0) == []
-    (dose_msg,) = denoiser.compatibility_warnings(5.0, None)
-    assert "trained at 0.45" in dose_msg
+    assert denoiser.compatibility_warnings(0.455, 6.0) == []
+    (low,) = denoiser.compatibility_warnings(0.2, None)
+    assert "trained at 0.45" in low and "poor" in low
+    # more counts than the model knows: said, and what is done about it (frames are split)
+    (thin,) = denoiser.compatibility_warnings(0.5, 6.0)
+    assert "thinned at random to 0.45 counts/pixel" in thin
+    (many,) = denoiser.compatibility_warnings(5.0, None)
+    assert "11 parts of 0.45 counts/pixel" in many and "exact for Poisson counts" in many
     (pix_msg,) = denoiser.compatibility_warnings(None, 12.2)
     assert "pm/pixel" in pix_msg and "+100%" in pix_msg
 
@@ -283,8 +288,10 @@ def test_envelope_models_warn_only_outside_their_ranges(denoiser):
     assert env.dose_range == (0.1, 5.0) and env.pixel_size_range_pm == (5.0, 10.0)
     assert env.compatibility_warnings(4.0, 9.5) == []  # far from 0.45 and 6.1, inside the card
     assert env.compatibility_warnings(0.1, 5.0) == []  # the ends are inside
-    (d,) = env.compatibility_warnings(8.0, None)
+    (d,) = env.compatibility_warnings(0.05, None)
     assert "outside the 0.1-5" in d
+    (above,) = env.compatibility_warnings(8.0, None)  # above the range: parts inside it
+    assert "2 parts of 4 counts/pixel" in above
     (fine,) = env.compatibility_warnings(None, 3.0)
     assert "binned 2x2" in fine
     (coarse,) = env.compatibility_warnings(None, 12.0)
@@ -364,8 +371,10 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
     assert plo <= 4.88 and phi >= 10.0
     assert env.compatibility_warnings(2.0, 9.0) == []  # inside its envelope
     default = load_model("default", device="cpu")
-    (msg,) = default.compatibility_warnings(2.0, None)
+    (msg,) = default.compatibility_warnings(0.15, None)
     assert "model='envelope'" in msg
+    (msg,) = default.compatibility_warnings(2.0, None)  # more counts: split, not refused
+    assert "4 parts of 0.45" in msg
     # the high-dose model covers the same envelope, which auto's binning rule assumes
     from napari_sbd.core.inference import ENVELOPE_PIXEL_RANGE_PM
 
@@ -408,16 +417,19 @@ def test_bundled_models_outputs_are_unchanged():
 
 
 def test_auto_picks_the_default_only_where_it_beats_the_envelope_models():
-    from napari_sbd.core.inference import AUTO_HIGH_DOSE, choose_bundled_model
+    from napari_sbd.core.inference import AUTO_DEFAULT_DOSE, AUTO_HIGH_DOSE, choose_bundled_model
 
     assert choose_bundled_model(0.45, 6.1)[0] == "default"
     assert choose_bundled_model(None, None)[0] == "default"  # unknown: the default's own
+    # more counts than the default's dose: it splits them, and wins up to its window's top
+    assert choose_bundled_model(0.9, 6.1)[0] == "default"
     below = 0.95 * AUTO_HIGH_DOSE
-    for dose, px in [(below, 6.1), (0.2, 6.1), (0.45, 8.0), (0.45, 5.28), (below / 4, 4.0)]:
+    for dose, px in [(below, 8.0), (0.2, 6.1), (0.45, 8.0), (0.45, 5.28), (below / 4, 4.0)]:
         name, why = choose_bundled_model(dose, px)
         assert name == "envelope" and "outside" in why, (dose, px)
     # many counts per pixel: the high-dose model, also for a fine frame that binning fills
-    for dose, px in [(1.05 * AUTO_HIGH_DOSE, 6.1), (4.0, None), (0.3 * AUTO_HIGH_DOSE, 4.0)]:
+    for dose, px in [(1.05 * AUTO_DEFAULT_DOSE[1], 6.1), (1.05 * AUTO_HIGH_DOSE, 8.0),
+                     (4.0, None), (0.3 * AUTO_HIGH_DOSE, 4.0)]:
         name, why = choose_bundled_model(dose, px)
         assert name == "high-dose" and "high-dose model is best" in why, (dose, px)
     assert "2x2 binned" in choose_bundled_model(0.3 * AUTO_HIGH_DOSE, 4.0)[1]
@@ -470,3 +482,67 @@ def test_auto_picks_the_black_contrast_model_for_black_data_at_its_point(monkeyp
     assert inference.choose_bundled_model(0.45, 6.1)[0] == "default"
     name, why = inference.choose_bundled_model(0.2, 6.1, "black")
     assert name == "envelope" and "trained at" in why
+
+
+def test_split_counts_gives_independent_poisson_parts():
+    from napari_sbd.core.inference import split_counts
+
+    lam = 2.7
+    y = np.random.default_rng(5).poisson(lam, (400, 400)).astype(np.float32)
+    parts = split_counts(y, 3, 0.6, np.random.default_rng(6))
+    assert len(parts) == 3 and all(p.dtype == np.float32 and p.shape == y.shape for p in parts)
+    total = np.sum(parts, axis=0)
+    assert np.all(total <= y) and np.all(np.rint(total) == total)  # thinned counts, dealt out
+    want = lam * 0.6 / 3
+    for p in parts:  # Poisson at keep * lambda / parts: mean and variance both
+        assert p.mean() == pytest.approx(want, rel=0.02)
+        assert p.var() == pytest.approx(want, rel=0.04)
+    # independent parts (a multinomial split of Poisson counts), unlike the kept total
+    assert abs(np.corrcoef(parts[0].ravel(), parts[1].ravel())[0, 1]) < 0.01
+    np.testing.assert_array_equal(split_counts(y, 1, 1.0, np.random.default_rng(0))[0], y)
+    with pytest.raises(ValueError, match="parts >= 1"):
+        split_counts(y, 0, 0.5, np.random.default_rng(0))
+
+
+def test_frames_above_the_models_dose_are_split_into_parts_at_it(denoiser, rng):
+    from napari_sbd.core.inference import DIHEDRAL, dihedral_inverse
+
+    frame = rng.poisson(0.45 * 2.5, (64, 64)).astype(np.float32)
+    parts, keep = denoiser.dose_split(frame)
+    assert parts == 2 and keep * frame.mean() / parts == pytest.approx(0.45)
+    entries, norm = denoiser.split_plan(frame)
+    assert norm == keep and len(entries) == 2  # one split: 2 passes
+    expected = sum(denoiser._network_frame(p, None) for _, _, p in entries) / keep
+    out = denoiser.denoise(frame, tile_size=None)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(out, denoiser.denoise(frame.copy(), tile_size=None))  # seeded
+    # "best": one split for each of the 8 rotations and flips
+    entries, _ = denoiser.split_plan(frame, ensemble=True)
+    assert len(entries) == 2 * len(DIHEDRAL)
+    best = sum(dihedral_inverse(denoiser._network_frame(p, None), t, f)
+               for t, f, p in entries) / (len(DIHEDRAL) * keep)
+    np.testing.assert_allclose(denoiser.denoise(frame, tile_size=None, ensemble=True), best,
+                               rtol=1e-5, atol=1e-6)
+    # 1.5x: thinned to one part, twice (at least 2 passes), the two estimates averaged
+    one = rng.poisson(0.45 * 1.5, (64, 64)).astype(np.float32)
+    assert denoiser.dose_split(one)[0] == 1
+    entries, norm = denoiser.split_plan(one)
+    assert len(entries) == 2 and norm == pytest.approx(2 * 0.45 / one.mean())
+    assert not np.array_equal(entries[0][2], entries[1][2])  # two different thinnings
+    # just under 2x (a frame's mean is a little under its vacuum's): 2 parts, nothing thrown
+    near = rng.poisson(0.45 * 1.99, (256, 256)).astype(np.float32)
+    assert denoiser.dose_split(near) == (2, 1.0)
+    # at the model's dose, and for data that are not integer counts: as they are
+    assert denoiser.dose_split(np.full((32, 32), 0.45, np.float32)) is None
+    assert denoiser.dose_split(frame + 0.25) is None
+    np.testing.assert_array_equal(denoiser.denoise(frame + 0.25, tile_size=None),
+                                  denoiser._network_frame(frame + 0.25, None))
+
+
+def test_a_dose_range_model_splits_only_above_its_range(denoiser, rng):
+    import copy
+
+    env = copy.copy(denoiser)
+    env.metadata = {**denoiser.metadata, "dose_range": [0.1, 5.0]}
+    assert env.dose_split(rng.poisson(4.0, (64, 64)).astype(np.float32)) is None
+    assert env.dose_split(rng.poisson(12.0, (64, 64)).astype(np.float32)) == (3, 1.0)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sbd.core.inference import EDGE_PAD, Denoiser
-from napari_sbd.core.jacobian import effective_filter, filter_crop
+from napari_sbd.core.inference import EDGE_PAD, Denoiser, dihedral, dihedral_inverse
+from napari_sbd.core.jacobian import _filter, effective_filter, filter_crop
 from napari_sbd.core.models import BiasFreeUNet
 
 from .conftest import randomise_bn, randomise_gain
@@ -87,7 +87,8 @@ def test_ensemble_filter_identity_and_symmetry(model, frame):
                          ids=["binned-2x2", "binned-3x3", "binned-ensemble"])
 def test_filter_of_a_frame_binned_into_the_models_range(model, frame, pixel_pm, ensemble):
     """Finer than the model's range: the filter of bin -> network -> interpolation back."""
-    env = Denoiser(model.network, {"dose": 0.45, "pixel_size_range_pm": [5.0, 10.0]})
+    env = Denoiser(model.network, {"dose": 0.45, "dose_range": [0.1, 5.0],  # binned: not split
+                                   "pixel_size_range_pm": [5.0, 10.0]})
     assert env.binning_for(pixel_pm) == int(np.ceil(5.0 / pixel_pm))
     den = env.denoise(frame, tile_size=None, pixel_size_pm=pixel_pm, ensemble=ensemble)
     rng = np.random.default_rng(0)
@@ -149,3 +150,35 @@ def test_no_memory_for_the_filter_is_one_clear_error(model, frame, monkeypatch):
         RuntimeError("bad")))
     with pytest.raises(RuntimeError, match="bad"):  # other errors are not memory: raised as is
         effective_filter(model, frame, (75, 86))
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["fast", "best"])
+def test_filter_of_a_frame_split_to_the_models_dose(model, ensemble):
+    """Above the model's dose: the parts' filters, averaged; the identity holds for every part."""
+    frame = np.random.default_rng(4).poisson(0.45 * 2.4, (150, 173)).astype(np.float32)
+    entries, norm = model.split_plan(frame, ensemble)
+    den = model.denoise(frame, tile_size=None, ensemble=ensemble)
+    for pixel in [(75, 86), (0, 0), (149, 172)]:
+        filt, (r0, c0) = effective_filter(model, frame, pixel, ensemble=ensemble)
+        crop = (slice(r0, r0 + filt.shape[0]), slice(c0, c0 + filt.shape[1]))
+        # exact: the output is the sum over the parts of each part's filter times the part
+        parts_value = 0.0
+        placed = np.zeros(frame.shape)
+        index = np.arange(frame.size).reshape(frame.shape)
+        for turns, flip, t_frame in entries:  # the network's own filter on each (turned) part
+            t_index = dihedral(index, turns, flip)
+            tp = tuple(int(v[0]) for v in np.nonzero(t_index == pixel[0] * frame.shape[1] + pixel[1]))
+            one, (q0, s0) = _filter(model, t_frame, tp)
+            parts_value += float((one.astype(np.float64)
+                                  * t_frame[q0 : q0 + one.shape[0], s0 : s0 + one.shape[1]]).sum())
+            t_full = np.zeros(t_frame.shape)
+            t_full[q0 : q0 + one.shape[0], s0 : s0 + one.shape[1]] = one
+            placed += dihedral_inverse(t_full, turns, flip)
+        assert parts_value / norm == pytest.approx(float(den[pixel]), rel=1e-4)
+        # the filter shown is the average of the parts' filters ...
+        full = np.zeros(frame.shape)
+        full[crop] = filt
+        np.testing.assert_allclose(full, placed / len(entries), atol=1e-6 * np.abs(full).max())
+        # ... and applied to the frame itself it gives the output to the noise of the split
+        assert float((filt.astype(np.float64) * frame[crop]).sum()) == pytest.approx(
+            float(den[pixel]), rel=0.15)

@@ -95,7 +95,7 @@ def test_outside_the_window_the_envelope_model_that_predicts_the_counts_is_chose
             name, why)
     # too small to tell: no verdict, the dose rule decides
     assert auto_read(frame[:40, :40], px, dose, models=models)[1] is None
-    assert choose_bundled_model(2 * AUTO_HIGH_DOSE, 6.1, None, None)[0] == "high-dose"
+    assert choose_bundled_model(2 * AUTO_HIGH_DOSE, 8.0, None, None)[0] == "high-dose"
     # inside the window the pair is the default's: the envelope models never decide there
     pair = {"default": _Fixed(sharp), "black": _Fixed(np.clip(2 * sharp.mean() - sharp, 0.02,
                                                                 None))}

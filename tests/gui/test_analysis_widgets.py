@@ -188,7 +188,8 @@ def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer,
 
     path = save_checkpoint(tmp_path / "env.pt", tiny_unet, architecture="bf_unet",
                            params={"scales": 2, "base": 4}, dose=0.45, pixel_size_pm=6.1,
-                           contrast="white", extra={"pixel_size_range_pm": [5.0, 10.0]})
+                           contrast="white", extra={"pixel_size_range_pm": [5.0, 10.0],
+                                                    "dose_range": [0.1, 5.0]})  # binned: not split
     viewer = make_napari_viewer()
     frame = np.random.default_rng(1).poisson(0.45, (96, 96)).astype(np.float32)
     raw = viewer.add_image(frame, name="fine")  # in pixels: the Denoise dock is told 3.05 pm

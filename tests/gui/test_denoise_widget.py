@@ -345,7 +345,7 @@ def test_frames_whose_dose_drifts_out_of_the_models_are_named(widget, qtbot, rng
     said = []
     monkeypatch.setattr(module, "show_warning", said.append)
     viewer, w = widget
-    stack = rng.poisson(0.45 * np.array([1, 1, 4.0])[:, None, None] * np.ones((3, 48, 40)))
+    stack = rng.poisson(0.45 * np.array([1, 1, 0.15])[:, None, None] * np.ones((3, 48, 40)))
     viewer.add_image(stack.astype(np.float32), name="drift")
     w.layer_combo.value = viewer.layers["drift"]
     w.run()

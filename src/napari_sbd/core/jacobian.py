@@ -24,6 +24,14 @@ k x k blocks, U interpolates back bilinearly and divides by k^2; both linear):
 its filter is the filters of f at the (at most four) binned pixels U reads,
 weighted as U weights them, then spread back over each bin's k x k pixels. The
 identity f(y) = J(y) y holds for that pipeline too.
+
+A frame with more counts than the model knows is split into parts y_k at its
+dose (:meth:`Denoiser.split_plan`: binomial thinning, random, seeded by the
+frame) and estimated as sum_k f(y_k) / keep. Each part's f(y_k) = J_k y_k
+holds exactly, and each part is keep / parts of the frame on average, so the
+filter shown is the average of the parts' filters (each split of the
+ensemble transformed back): the identity holds for every part, and for the
+frame to the noise of the split.
 """
 
 from __future__ import annotations
@@ -114,9 +122,19 @@ def effective_filter(
     k = model.binning_for(pixel_size_pm)
     if k > 1:
         return _binned_filter(model, frame, (r, c), k, ensemble)
+    return _frame_filter(model, frame, (r, c), ensemble)
+
+
+def _frame_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int],
+                  ensemble: bool) -> tuple[np.ndarray, tuple[int, int]]:
+    """Return the filter of ``Denoiser.denoise_frame`` on a frame it does not bin (module docstring)."""
+    plan = model.split_plan(frame, ensemble)
+    if plan is not None:
+        return _average_filter(model, plan[0], pixel, frame.shape)
     if ensemble:
-        return _ensemble_filter(model, frame, (r, c))
-    return _filter(model, frame, (r, c))
+        return _average_filter(model, [(turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
+                                       for turns, flip in DIHEDRAL], pixel, frame.shape)
+    return _filter(model, frame, pixel)
 
 
 def _unbin_weights(p: int, k: int, n_binned: int) -> list[tuple[int, float]]:
@@ -141,10 +159,9 @@ def _binned_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int], k
     binned = bin_counts(frame, k)
     hb, wb = binned.shape
     acc = np.zeros((hb, wb), np.float64)
-    one = _ensemble_filter if ensemble else _filter
     for qr, wr in _unbin_weights(pixel[0], k, hb):
         for qc, wc in _unbin_weights(pixel[1], k, wb):
-            filt, (r0, c0) = one(model, binned, (qr, qc))
+            filt, (r0, c0) = _frame_filter(model, binned, (qr, qc), ensemble)
             acc[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] += wr * wc * filt
     acc /= k * k
     # each bin summed its k x k pixels (the frame mirror-padded to a multiple of k, as
@@ -161,21 +178,24 @@ def _binned_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int], k
     return full[r0:r1, c0:c1].astype(np.float32), (int(r0), int(c0))
 
 
-def _ensemble_filter(model: Denoiser, frame: np.ndarray,
-                     pixel: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
-    """Average of the 8 transformed filters, on the union of their crops."""
-    h, w = frame.shape
+def _average_filter(model: Denoiser, entries: list[tuple[int, bool, np.ndarray]],
+                    pixel: tuple[int, int],
+                    shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Average of the filters on transformed frames, transformed back, on the union of their crops.
+
+    ``entries``: (turns, flip, the transformed frame) as in ``Denoiser.split_plan``.
+    """
+    h, w = shape
     index = np.arange(h * w).reshape(h, w)
     acc = np.zeros((h, w), np.float64)
-    for turns, flip in DIHEDRAL:
+    for turns, flip, t_frame in entries:
         t_index = dihedral(index, turns, flip)
         tr, tc = (int(v[0]) for v in np.nonzero(t_index == pixel[0] * w + pixel[1]))
-        filt, (r0, c0) = _filter(model, np.ascontiguousarray(dihedral(frame, turns, flip)),
-                                 (tr, tc))
+        filt, (r0, c0) = _filter(model, t_frame, (tr, tc))
         full = np.zeros(t_index.shape, np.float64)
         full[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] = filt
         acc += dihedral_inverse(full, turns, flip)
-    acc /= len(DIHEDRAL)
+    acc /= len(entries)
     rows, cols = np.nonzero(acc)
     if len(rows) == 0:
         return np.zeros((1, 1), np.float32), pixel

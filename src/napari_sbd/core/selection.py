@@ -121,7 +121,9 @@ def held_out_log_likelihood(
     counts = np.rint(np.clip(np.asarray(frame, dtype=np.float64), 0, None)).astype(np.int64)
     kept = np.random.default_rng(seed).binomial(counts, keep)
     held = counts - kept
-    pred = model.denoise((kept / keep).astype(np.float32), pixel_size_pm=pixel_size_pm)
+    # the kept counts as counts (a bias-free network: f(kept) / keep = f(kept / keep)), so that
+    # a model splits them to its dose as it splits a frame (Denoiser.dose_split)
+    pred = model.denoise(kept.astype(np.float32), pixel_size_pm=pixel_size_pm) / np.float32(keep)
     # the network can output zero or a little below where a pixel is dark: a floor far under
     # any count rate keeps the logarithm finite without changing which model wins
     mu = np.clip(pred.astype(np.float64), 1e-4, None) * (1 - keep)
