@@ -7,17 +7,16 @@ extended by a margin at least the network's receptive radius: every output
 pixel then sees exactly the inputs it would see in a whole-frame pass, and
 tiled and whole-frame results agree to float rounding.
 
-A frame with more counts than the model was trained at is split into
-independent frames at the model's dose (:func:`split_counts`): each count is
+A frame with more counts than a single-dose model was trained at is split
+into independent frames at its dose (:func:`split_counts`): each count is
 kept with one probability and the kept counts dealt at random into equal
 parts. Thinning and splitting Poisson counts gives independent Poisson counts
 at the lower means, exactly, so each part is what the model knows; the sum
-of the parts' results, divided by the kept fraction, estimates the frame. A
-single-dose model is split to its own dose (measured on validation frames:
-the default on frames of 0.6 counts/pixel, 36.65 dB where it gives 30.04
-as they are; docs/envelope.md); a model trained over a dose range only above
-its range. Frames that are not integer counts are left as they are (thinning
-needs counts).
+of the parts' results, divided by the kept fraction, estimates the frame
+(validation frames at 0.6 counts/pixel: the default 37.58 dB split, 30.04 as
+they are; docs/envelope.md). Frames that are not integer counts are left as
+they are (thinning needs counts), and so are frames for a model trained over
+a dose range (:meth:`Denoiser.dose_split`).
 
 Stacks are processed one frame at a time (:meth:`Denoiser.iter_denoise`), so
 memory does not grow with the number of frames; a memory-mapped or lazy stack
@@ -142,10 +141,10 @@ BUNDLED = {
 # -6.0 dB; 0.45: default +2.3; 0.6: -5.7) and 5.59 and 7.35 pm (4.88: -3.7, the high-dose
 # model; 6.1: default +2.3; 8: -1.1, the high-dose model). Re-derive whenever a bundled
 # model changes. Session 22: frames above the default's dose are split into parts at it
-# (split_counts), which moves the upper end up: on 6 validation frames the split default
-# minus the high-dose model 0.6: +1.0 dB, 0.9: +1.1, 1.35: +0.4, 2: -0.5, crossing at about
-# 1.6 counts/pixel (a first estimate, before benchmarks/envelope.py re-derived it).
-AUTO_DEFAULT_DOSE = (0.40, 1.6)
+# (split_counts), which moves the upper end up: the split default minus the better of the
+# two 0.6: +1.70 dB, 0.9: +1.78, 1.35: +1.23, 2: -0.11, 4: -1.26; crossing at 1.94
+# counts/pixel (envelope.py ran with a first estimate, 1.6: no setting lies between).
+AUTO_DEFAULT_DOSE = (0.40, 1.94)
 AUTO_DEFAULT_PIXEL_PM = (5.6, 7.35)
 # Outside the default's window, for frames too small for the held-out choice (under 64
 # pixels a side): counts per pixel as the envelope models see them (a frame finer than their
@@ -619,20 +618,19 @@ class Denoiser:
     def dose_split(self, frame: np.ndarray) -> tuple[int, float] | None:
         """How a frame with more counts than the model knows is split: (parts, kept fraction).
 
-        A single-dose model: frames whose mean is clearly above its dose (by
-        :data:`SPLIT_ABOVE`, and beyond the mean's Poisson noise) are thinned to a
-        whole number of parts at its dose (parts of down to
-        :data:`SPLIT_PART_LOW` times it are dealt without thinning).
-        A model trained over a dose range: frames above the range are dealt into
-        the fewest parts inside it (nothing thinned). None: the frame is denoised
-        as it is (also when it is not integer counts: see :func:`split_counts`).
+        Only a single-dose model splits: frames whose mean is clearly above its
+        dose (by :data:`SPLIT_ABOVE`, and beyond the mean's Poisson noise) are
+        thinned to a whole number of parts at its dose (parts of down to
+        :data:`SPLIT_PART_LOW` times it are dealt without thinning). None: the
+        frame is denoised as it is (also when it is not integer counts: see
+        :func:`split_counts`). Models trained over a dose range do better a little
+        above it than split into it (docs/envelope.md, binning at 2.5 pm: 4x4-binned
+        frames of 7.2 counts/pixel, 37.44 dB as they are, 37.02 dealt into 2 parts,
+        for the envelope model; 39.29 and 38.91 for the high-dose model).
         """
-        mean = float(np.mean(frame, dtype=np.float64))
         if self.dose_range is not None:
-            hi = self.dose_range[1]
-            if not _above(mean, frame.size, hi) or not _is_counts(frame):
-                return None
-            return math.ceil(mean / hi), 1.0
+            return None
+        mean = float(np.mean(frame, dtype=np.float64))
         d = self.card.dose
         if not d or not _above(mean, frame.size, d) or not _is_counts(frame):
             return None
@@ -698,13 +696,14 @@ class Denoiser:
     def dose_fits(self, dose: float, dose_tolerance: float = 2.0) -> bool:
         """Whether frames of ``dose`` counts/pixel are within what the model was trained for.
 
-        From the lower end of the card's dose range up for a model trained over
-        one, and from ``1 / dose_tolerance`` times the training dose up for a
-        single-dose model: frames with more counts are split into parts the model
-        knows (:meth:`dose_split`); always for a model whose card has no dose.
+        Inside the card's dose range for a model trained over one; from
+        ``1 / dose_tolerance`` times the training dose up for a single-dose model
+        (frames with more counts are split into parts it knows:
+        :meth:`dose_split`); always for a model whose card has no dose.
         """
         if self.dose_range is not None:
-            return dose >= self.dose_range[0]
+            lo, hi = self.dose_range
+            return lo <= dose <= hi
         mdose = self.card.dose
         if not mdose:
             return True
@@ -748,22 +747,16 @@ class Denoiser:
         # a NaN or infinite estimate (bad pixels) says nothing about the dose: the frame
         # checks report those pixels themselves ("nanx" used to reach the user)
         dose = dose if dose is not None and np.isfinite(dose) else None
-        top = self.dose_range[1] if self.dose_range is not None else mdose
+        top = None if self.dose_range is not None else mdose
         if dose is not None and top and dose > top * SPLIT_ABOVE:  # said, not done in silence
-            if self.dose_range is not None:  # the fewest parts inside the range
-                parts = math.ceil(dose / top)
-                how = f"dealt at random into {counted(parts, 'part')} of {dose / parts:.3g}"
-                trained = f"above the {self.dose_range[0]:g}-{top:g} the model was trained over"
-            else:  # thinned to a whole number of parts at the dose
-                parts = max(1, math.floor(dose / (top * SPLIT_PART_LOW) + 1e-9))
-                how = (f"thinned at random to {counted(parts, 'part')} of {top:g}" if parts > 1
-                       else f"thinned at random to {top:g}")
-                trained = f"the model was trained at {top:g} ({dose / top:.2g}x)"
+            parts = max(1, math.floor(dose / (top * SPLIT_PART_LOW) + 1e-9))
+            how = (f"split at random into {counted(parts, 'part')} of {top:g}" if parts > 1
+                   else f"thinned at random to {top:g}")
             out.append(
-                f"the data have {dose:.3g} counts/pixel per frame on average, {trained}: each "
-                f"frame of integer counts is {how} counts/pixel (exact for Poisson counts) and "
-                "the parts' results combined; frames that are not integer counts are denoised "
-                "as they are, and may come out poor"
+                f"the data have {dose:.3g} counts/pixel per frame on average, the model was "
+                f"trained at {top:g} ({dose / top:.2g}x): frames of integer counts are {how} "
+                "counts/pixel (exact for Poisson counts) and the results combined; other "
+                "frames may come out poor"
             )
         if dose is not None and self.dose_fits(dose, dose_tolerance):
             dose = None  # nothing more to say about it

@@ -403,8 +403,9 @@ class DenoiseWidget(DockWidget):
         span, outside = doses_outside(den, np.array([doses[f] for f in frames]), frames)
         if span is None:
             return
-        self.dose_note.value = wrap(f"dose {span[0]:.3g}-{span[1]:.3g} electrons/pixel per frame "
-                                    f"over the {counted(len(frames), 'frame')} denoised")
+        lo, hi = f"{span[0]:.3g}", f"{span[1]:.3g}"
+        self.dose_note.value = wrap(f"dose {lo if lo == hi else f'{lo}-{hi}'} electrons/pixel per "
+                                    f"frame over the {counted(len(frames), 'frame')} denoised")
         if outside:
             show_warning(dose_warning(den, outside, len(frames), span))
 
