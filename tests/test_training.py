@@ -587,6 +587,33 @@ def test_a_resume_needs_only_the_data_and_the_folder(dataset, tmp_path, capsys):
     assert main([*first, "--epochs", "3", "--resume"]) == 0
 
 
+def test_a_plain_resume_keeps_the_runs_patience_and_early_stop(dataset, tmp_path, monkeypatch):
+    import json
+
+    import napari_sbd.training.loop as loop
+
+    out = tmp_path / "run"
+    args = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY, "--quiet"]
+    assert main([*args, "--epochs", "1", "--early-stop", "40", "--lr-patience", "9"]) == 0
+    seen = {}
+
+    def capture(cfg, **_kw):  # the config the resumed run is built with
+        seen["cfg"] = cfg
+        return {"best_val_psnr": 0.0, "stopped": "epochs", "out": str(out), "epochs": 1}
+
+    with monkeypatch.context() as m:
+        m.setattr(loop, "train", capture)
+        assert main([str(dataset), "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
+    assert (seen["cfg"].early_stop, seen["cfg"].lr_patience) == (40, 9)  # not the defaults 10, 3
+    # given on a resume: used, and recorded for the next one; the schedule takes the patience
+    assert main([str(dataset), "--out", str(out), "--resume", "--epochs", "2", "--quiet",
+                 "--early-stop", "20", "--lr-patience", "4"]) == 0
+    record = json.loads((out / "config.json").read_text())
+    assert (record["early_stop"], record["lr_patience"]) == (20, 4)
+    st = torch.load(out / "state.pt", weights_only=True)
+    assert st["scheduler"]["patience"] == 4
+
+
 def test_weight_average_is_validated_saved_and_resumed(dataset, tmp_path):
     out = tmp_path / "run"
     args = [str(dataset), "--out", str(out), "--val-fraction", "0.25", *TINY]

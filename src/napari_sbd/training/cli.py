@@ -30,7 +30,8 @@ A resumed run keeps the options that shape what is learned (data filters,
 noise, augmentation, model, optimiser): those not written on the command line
 are taken from the run's config.json, and one written with another value is
 refused, naming each difference. These may change on resume: the data folder's path, --max-minutes,
---epochs, --early-stop, --restart-lr, --lr-patience, --device, --no-amp, --quiet.
+--epochs, --early-stop, --restart-lr, --lr-patience, --ema, --device, --no-amp, --quiet
+(--early-stop, --lr-patience and --ema left out keep the run's last values).
 
 Units: doses in counts (electrons) per pixel per frame in vacuum; pixel sizes
 in picometres; patch sizes in pixels; angles in degrees.
@@ -108,7 +109,7 @@ def _with_the_runs_options(cfg: TrainConfig, argv: Sequence[str] | None) -> Trai
     from pathlib import Path
 
     from napari_sbd.training.config import TrainConfig, with_run_options
-    from napari_sbd.training.loop import RESUMABLE_OPTIONS
+    from napari_sbd.training.loop import KEPT_ON_RESUME, RESUMABLE_OPTIONS
 
     path = Path(cfg.out) / "config.json"
     try:
@@ -124,9 +125,10 @@ def _with_the_runs_options(cfg: TrainConfig, argv: Sequence[str] | None) -> Trai
                 f.metadata.get("flag") or "--" + f.name.replace("_", "-"))
     given = {name for name, opts in flags.items()
              if any(t == o or t.startswith(o + "=") for t in tokens for o in opts)}
-    # the weight average may change on resume, but one left out keeps the run's (the trainer
-    # records the latest value in config.json), so a plain --resume does not drop it
-    return with_run_options(cfg, saved, given, RESUMABLE_OPTIONS - {"ema"})
+    # the weight average and the plateau schedule's knobs may change on resume, but one left
+    # out keeps the run's (the trainer records the latest values in config.json), so a plain
+    # --resume neither drops the average nor stops the run at the default's patience
+    return with_run_options(cfg, saved, given, RESUMABLE_OPTIONS - KEPT_ON_RESUME)
 
 
 def _checkpoint_path(name: str | None) -> str | None:

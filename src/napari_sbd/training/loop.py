@@ -97,6 +97,11 @@ RESUMABLE_OPTIONS = frozenset({
     "data", "out", "resume", "restart_lr", "lr_patience", "max_minutes", "epochs", "early_stop",
     "device", "amp", "progress", "init_from", "ema",
 })
+# Of those, the ones a plain --resume keeps from the run (its config.json) rather than
+# resetting to the command's defaults: a run begun with --early-stop 40 resumed without the
+# flag stopped after 10 epochs without a gain (the default), at 0.003 dB per epoch of gain.
+# Given on a resume, the new value is recorded, so the next resume keeps it.
+KEPT_ON_RESUME = frozenset({"ema", "lr_patience", "early_stop"})
 
 
 def cpu_has_native_bfloat16() -> bool:
@@ -591,7 +596,7 @@ class Trainer:
             return self._run()
 
     def _record_config(self) -> None:
-        """Write OUT/config.json for a new run, or the decay a resume changed.
+        """Write OUT/config.json for a new run, or the kept options a resume changed.
 
         Called once the network is built (``--init-from`` read and matched): a
         start that fails leaves no record of a run that never began.
@@ -603,8 +608,9 @@ class Trainer:
         else:
             with contextlib.suppress(OSError, ValueError):  # unreadable: left alone
                 saved = json.loads(path.read_text())
-                if saved.get("ema", 0.0) != self.cfg.ema:  # changed on resume: the
-                    record = {**saved, "ema": self.cfg.ema}  # next resume keeps it
+                now = {k: getattr(self.cfg, k) for k in sorted(KEPT_ON_RESUME)}
+                if any(saved.get(k) != v for k, v in now.items()):  # changed on resume: the
+                    record = {**saved, **now}  # next resume keeps them
         if record is not None:
             text = json.dumps(record, indent=1)
             atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -679,6 +685,7 @@ class Trainer:
         self.model.load_state_dict(st["model"])
         self.opt.load_state_dict(st["optimizer"])
         self.sched.load_state_dict(st["scheduler"])
+        self.sched.patience = cfg.lr_patience  # the run's, or the one this resume gives
         # a run begun where no loss scaling was used (CPU: float32 or bfloat16) and resumed on
         # CUDA (float16) starts its scaler afresh; the other way the saved scale is unused
         if st["scaler"] or not self.scaler.is_enabled():
