@@ -665,3 +665,38 @@ def test_auto_reads_the_contrast_in_a_worker_before_the_first_filter(make_napari
     assert model is not None and Path(model.metadata["path"]).name == "black.pt"
     expected, _ = effective_filter(model, frame, (80, 80), pixel_size_pm=6.1)
     np.testing.assert_allclose(viewer.layers[FILTER_LAYER].data, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_the_filter_of_a_frame_split_to_the_models_dose_says_so(make_napari_viewer, qtbot,
+                                                                 tiny_model_file):
+    """2.5x the model's dose: denoised as 2 parts; the filter is theirs, and the dock says so."""
+    from napari_sbd.core.inference import load_model
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    viewer = make_napari_viewer()
+    frame = np.random.default_rng(8).poisson(0.45 * 2.5, (96, 96)).astype(np.float32)
+    raw = viewer.add_image(frame, name="bright")
+    den_w = DenoiseWidget(viewer)
+    den_w.model_combo.value = FILE_CHOICE
+    den_w.model_file.value = tiny_model_file
+    den_w.layer_combo.value = raw
+    den_w.run()
+    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    denoised = np.asarray(viewer.layers["bright denoised"].data)
+    model = load_model(tiny_model_file, device="cpu")
+    np.testing.assert_allclose(denoised, model.denoise(frame), rtol=1e-6)  # split, as the API
+    w = FilterWidget(viewer)
+    w.model.source.value = FILE_CHOICE
+    w.model.file.value = tiny_model_file
+    w.raw_combo.value = raw
+    w.compute_at((40, 50))
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and w.worker is None, timeout=30_000)
+    status = " ".join(w.status.value.split())
+    assert "was denoised as 2 parts at it" in status and "the parts' average" in status
+    # the filter of the parts the denoising ran on (core.jacobian tests its identities)
+    from napari_sbd.core.jacobian import effective_filter
+
+    want, origin = effective_filter(model, frame, (40, 50))
+    assert tuple(viewer.layers[FILTER_LAYER].metadata["origin"]) == origin
+    np.testing.assert_allclose(np.asarray(viewer.layers[FILTER_LAYER].data), want, rtol=1e-5,
+                               atol=1e-7)

@@ -17,6 +17,7 @@ from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import Denoiser, estimate_dose, load_model
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.selection import auto_read
+from napari_sbd.core.text import counted
 from napari_sbd.widgets._layers import (
     DockWidget,
     batched_update,
@@ -136,9 +137,12 @@ class FilterWidget(DockWidget):
         # a fast one, redrawing the dock twice per click cost more than the label was worth
         QTimer.singleShot(COMPUTING_NOTE_MS, lambda: self._computing(worker, row, col))
         # a superseded click's worker may still finish: only the latest one shows
+        # a frame with more counts than the model's dose was denoised as parts: say so with it
+        split = model.dose_split(frame) if model.binning_for(self._pixel_of(raw, den)) == 1 \
+            else None
         self.connect_worker(
             worker,
-            returned=lambda res: (self._show(res, frame_index, (row, col))
+            returned=lambda res: (self._show(res, frame_index, (row, col), split)
                                   if self.worker is worker else None),
             errored=lambda exc: self._fail(str(exc)),
             finished=lambda: self._done(worker),
@@ -248,7 +252,8 @@ class FilterWidget(DockWidget):
         show_error(message)
         self.status.value = wrap(message)
 
-    def _show(self, res: Any, frame: int, pixel: tuple[int, int]) -> None:
+    def _show(self, res: Any, frame: int, pixel: tuple[int, int],
+              split: tuple[int, float] | None = None) -> None:
         if isinstance(res, Failure):
             self._fail(str(res))
             return
@@ -318,6 +323,11 @@ class FilterWidget(DockWidget):
             f"preserves the local mean), largest weight {peak:.3g}; colours (weight per "
             f"input count) from -{lim:.2g} (blue) to +{lim:.2g} (red), the central peak "
             "saturates"
+            + ("" if split is None else
+               f"; this frame holds more counts than the model's dose and was denoised as "
+               f"{counted(split[0], 'part')} at it (its counts dealt at random"
+               + ("" if split[1] >= 1 else f", {split[1]:.0%} of them kept")
+               + "): the filter is the parts' average, exact for each part")
         )
 
 
