@@ -184,7 +184,6 @@ def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer,
                                                              tmp_path):
     """A frame finer than the model's range was binned: the filter is of that computation."""
     from napari_sbd.core.checkpoint import save_checkpoint
-    from napari_sbd.widgets.denoise import DenoiseWidget
 
     path = save_checkpoint(tmp_path / "env.pt", tiny_unet, architecture="bf_unet",
                            params={"scales": 2, "base": 4}, dose=0.45, pixel_size_pm=6.1,
@@ -193,13 +192,7 @@ def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer,
     viewer = make_napari_viewer()
     frame = np.random.default_rng(1).poisson(0.45, (96, 96)).astype(np.float32)
     raw = viewer.add_image(frame, name="fine")  # in pixels: the Denoise dock is told 3.05 pm
-    den_w = DenoiseWidget(viewer)
-    den_w.model_combo.value = FILE_CHOICE
-    den_w.model_file.value = path
-    den_w.layer_combo.value = raw
-    den_w.pixel.value = 3.05
-    den_w.run()
-    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    _denoise_with_file(viewer, qtbot, raw, path, pixel=3.05)
     denoised = np.asarray(viewer.layers["fine denoised"].data)
     w = FilterWidget(viewer)
     w.model.source.value = FILE_CHOICE
@@ -218,20 +211,13 @@ def test_filter_and_likelihood_see_the_counts_the_network_saw(make_napari_viewer
                                                               tiny_model_file):
     """Detector units calibrated in the Denoise dock: the other docks apply the same calibration."""
     from napari_sbd.core.analysis import analyse_frame
-    from napari_sbd.widgets.denoise import DenoiseWidget
 
     viewer = make_napari_viewer()
     ph = pt_on_ceo2_phantom((128, 128), particle_radius_a=4.0, seed=2)
     counts = np.random.default_rng(3).poisson(np.broadcast_to(ph.image, (2, 128, 128)))
     raw = viewer.add_image((counts * 2.0 + 100.0).astype(np.float32), name="detector",
                            scale=(1, 0.061, 0.061), units=("pixel", "angstrom", "angstrom"))
-    den_w = DenoiseWidget(viewer)
-    den_w.model_combo.value = FILE_CHOICE
-    den_w.model_file.value = tiny_model_file
-    den_w.layer_combo.value = raw
-    den_w.offset.value, den_w.gain.value = 100.0, 0.5
-    den_w.run()
-    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    _denoise_with_file(viewer, qtbot, raw, tiny_model_file, offset=100.0, gain=0.5)
     den = viewer.layers["detector denoised"]
     filt_w = FilterWidget(viewer)
     filt_w.model.source.value = FILE_CHOICE
@@ -260,7 +246,6 @@ def test_filter_and_likelihood_see_the_counts_the_network_saw(make_napari_viewer
 def test_a_4d_layers_denoised_block_is_what_the_other_docks_read(make_napari_viewer, qtbot,
                                                                  tiny_model_file):
     """(position, T, H, W): columns and filter follow the block the Denoise dock denoised."""
-    from napari_sbd.widgets.denoise import DenoiseWidget
 
     viewer = make_napari_viewer()
     ph = pt_on_ceo2_phantom((128, 128), particle_radius_a=4.0, seed=2)
@@ -268,12 +253,7 @@ def test_a_4d_layers_denoised_block_is_what_the_other_docks_read(make_napari_vie
     raw = viewer.add_image(data.astype(np.float32), name="series",
                            scale=(1, 1, 0.061, 0.061), units=("pixel",) * 2 + ("angstrom",) * 2)
     viewer.dims.set_current_step(0, 1)
-    den_w = DenoiseWidget(viewer)
-    den_w.model_combo.value = FILE_CHOICE
-    den_w.model_file.value = tiny_model_file
-    den_w.layer_combo.value = raw
-    den_w.run()
-    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    _denoise_with_file(viewer, qtbot, raw, tiny_model_file)
     den = viewer.layers["series [1] denoised"]
     col_w = ColumnsWidget(viewer)
     col_w.denoised_combo.value = den
@@ -671,17 +651,11 @@ def test_the_filter_of_a_frame_split_to_the_models_dose_says_so(make_napari_view
                                                                  tiny_model_file):
     """2.5x the model's dose: denoised as 2 parts; the filter is theirs, and the dock says so."""
     from napari_sbd.core.inference import load_model
-    from napari_sbd.widgets.denoise import DenoiseWidget
 
     viewer = make_napari_viewer()
     frame = np.random.default_rng(8).poisson(0.45 * 2.5, (96, 96)).astype(np.float32)
     raw = viewer.add_image(frame, name="bright")
-    den_w = DenoiseWidget(viewer)
-    den_w.model_combo.value = FILE_CHOICE
-    den_w.model_file.value = tiny_model_file
-    den_w.layer_combo.value = raw
-    den_w.run()
-    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    _denoise_with_file(viewer, qtbot, raw, tiny_model_file)
     denoised = np.asarray(viewer.layers["bright denoised"].data)
     model = load_model(tiny_model_file, device="cpu")
     np.testing.assert_allclose(denoised, model.denoise(frame), rtol=1e-6)  # split, as the API
@@ -700,3 +674,18 @@ def test_the_filter_of_a_frame_split_to_the_models_dose_says_so(make_napari_view
     assert tuple(viewer.layers[FILTER_LAYER].metadata["origin"]) == origin
     np.testing.assert_allclose(np.asarray(viewer.layers[FILTER_LAYER].data), want, rtol=1e-5,
                                atol=1e-7)
+
+
+def _denoise_with_file(viewer, qtbot, raw, path, **settings):
+    """Denoise ``raw`` in a Denoise dock with the checkpoint ``path``; ``settings``: its fields."""
+    from napari_sbd.widgets.denoise import DenoiseWidget
+
+    den_w = DenoiseWidget(viewer)
+    den_w.model_combo.value = FILE_CHOICE
+    den_w.model_file.value = path
+    den_w.layer_combo.value = raw
+    for name, value in settings.items():
+        getattr(den_w, name).value = value
+    den_w.run()
+    qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
+    return den_w
