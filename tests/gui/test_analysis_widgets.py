@@ -194,12 +194,7 @@ def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer,
     raw = viewer.add_image(frame, name="fine")  # in pixels: the Denoise dock is told 3.05 pm
     _denoise_with_file(viewer, qtbot, raw, path, pixel=3.05)
     denoised = np.asarray(viewer.layers["fine denoised"].data)
-    w = FilterWidget(viewer)
-    w.model.source.value = FILE_CHOICE
-    w.model.file.value = path
-    w.raw_combo.value = raw
-    w.compute_at((40, 50))
-    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and w.worker is None, timeout=30_000)
+    _filter_with_file(viewer, qtbot, raw, path, (40, 50))
     layer = viewer.layers[FILTER_LAYER]
     r0, c0 = layer.metadata["origin"]
     filt = np.asarray(layer.data, np.float64)
@@ -659,12 +654,7 @@ def test_the_filter_of_a_frame_split_to_the_models_dose_says_so(make_napari_view
     denoised = np.asarray(viewer.layers["bright denoised"].data)
     model = load_model(tiny_model_file, device="cpu")
     np.testing.assert_allclose(denoised, model.denoise(frame), rtol=1e-6)  # split, as the API
-    w = FilterWidget(viewer)
-    w.model.source.value = FILE_CHOICE
-    w.model.file.value = tiny_model_file
-    w.raw_combo.value = raw
-    w.compute_at((40, 50))
-    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and w.worker is None, timeout=30_000)
+    w = _filter_with_file(viewer, qtbot, raw, tiny_model_file, (40, 50))
     status = " ".join(w.status.value.split())
     assert "was denoised as 2 parts at it" in status and "the parts' average" in status
     # the filter of the parts the denoising ran on (core.jacobian tests its identities)
@@ -689,3 +679,14 @@ def _denoise_with_file(viewer, qtbot, raw, path, **settings):
     den_w.run()
     qtbot.waitUntil(lambda: den_w.run_button.enabled, timeout=30_000)
     return den_w
+
+
+def _filter_with_file(viewer, qtbot, raw, path, pixel):
+    """Show the effective filter at ``pixel`` of ``raw`` with the checkpoint ``path``."""
+    w = FilterWidget(viewer)
+    w.model.source.value = FILE_CHOICE
+    w.model.file.value = path
+    w.raw_combo.value = raw
+    w.compute_at(pixel)
+    qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and w.worker is None, timeout=30_000)
+    return w
