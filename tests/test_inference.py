@@ -509,6 +509,7 @@ def test_frames_above_the_models_dose_are_split_into_parts_at_it(denoiser, rng):
     parts, keep = denoiser.dose_split(frame)
     assert parts == 2 and keep * frame.mean() / parts == pytest.approx(0.45)
     entries, norm = denoiser.split_plan(frame)
+    entries = list(entries)
     assert norm == keep and len(entries) == 2  # one split: 2 passes
     expected = sum(denoiser._network_frame(p, None) for _, _, p in entries) / keep
     out = denoiser.denoise(frame, tile_size=None)
@@ -516,6 +517,7 @@ def test_frames_above_the_models_dose_are_split_into_parts_at_it(denoiser, rng):
     np.testing.assert_array_equal(out, denoiser.denoise(frame.copy(), tile_size=None))  # seeded
     # "best": one split for each of the 8 rotations and flips
     entries, _ = denoiser.split_plan(frame, ensemble=True)
+    entries = list(entries)
     assert len(entries) == 2 * len(DIHEDRAL)
     best = sum(dihedral_inverse(denoiser._network_frame(p, None), t, f)
                for t, f, p in entries) / (len(DIHEDRAL) * keep)
@@ -525,6 +527,7 @@ def test_frames_above_the_models_dose_are_split_into_parts_at_it(denoiser, rng):
     one = rng.poisson(0.45 * 1.5, (64, 64)).astype(np.float32)
     assert denoiser.dose_split(one)[0] == 1
     entries, norm = denoiser.split_plan(one)
+    entries = list(entries)
     assert len(entries) == 2 and norm == pytest.approx(2 * 0.45 / one.mean())
     assert not np.array_equal(entries[0][2], entries[1][2])  # two different thinnings
     # just under 2x (a frame's mean is a little under its vacuum's): 2 parts, nothing thrown

@@ -157,6 +157,7 @@ def test_filter_of_a_frame_split_to_the_models_dose(model, ensemble):
     """Above the model's dose: the parts' filters, averaged; the identity holds for every part."""
     frame = np.random.default_rng(4).poisson(0.45 * 2.4, (150, 173)).astype(np.float32)
     entries, norm = model.split_plan(frame, ensemble)
+    entries = list(entries)
     den = model.denoise(frame, tile_size=None, ensemble=ensemble)
     for pixel in [(75, 86), (0, 0), (149, 172)]:
         filt, (r0, c0) = effective_filter(model, frame, pixel, ensemble=ensemble)

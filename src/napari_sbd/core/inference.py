@@ -473,16 +473,20 @@ def split_counts(frame: np.ndarray, parts: int, keep: float,
     """
     if parts < 1 or not 0 < keep <= 1:
         raise ValueError(f"split_counts needs parts >= 1 and 0 < keep <= 1 (got {parts}, {keep})")
+    return list(_deal(frame, parts, keep, rng))
+
+
+def _deal(frame: np.ndarray, parts: int, keep: float,
+          rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Yield :func:`split_counts`' parts one at a time (memory: the frame and one part)."""
     rest = np.rint(frame).astype(np.int64)
     if keep < 1:
         rest = rng.binomial(rest, keep)
-    out = []
     for left in range(parts, 1, -1):  # each remaining part takes 1/left of what is left
         part = rng.binomial(rest, 1.0 / left)
-        out.append(part.astype(np.float32))
         rest = rest - part
-    out.append(rest.astype(np.float32))
-    return out
+        yield part.astype(np.float32)
+    yield rest.astype(np.float32)
 
 
 def _is_counts(frame: np.ndarray) -> bool:
@@ -637,11 +641,12 @@ class Denoiser:
         parts = max(1, math.floor(mean / (d * SPLIT_PART_LOW) + 1e-9))
         return parts, min(1.0, parts * d / mean)
 
-    def split_plan(self, frame: np.ndarray,
-                   ensemble: bool = False) -> tuple[list[tuple[int, bool, np.ndarray]], float] | None:
+    def split_plan(self, frame: np.ndarray, ensemble: bool = False
+                   ) -> tuple[Iterator[tuple[int, bool, np.ndarray]], float] | None:
         """Return the frames the network runs on for a frame it splits (:meth:`dose_split`).
 
-        Returns ``([(turns, flip, part), ...], splits x keep)``: one split per
+        Returns ``(iterator of (turns, flip, part), splits x keep)``, the parts made as
+        they are read (one in memory at a time): one split per
         rotation/flip of the ensemble (a fresh one for each, so that "best" quality
         also averages over splits), or untransformed splits enough for
         :data:`SPLIT_MIN_PASSES` network passes; the estimate is the sum over the
@@ -655,11 +660,13 @@ class Denoiser:
         parts, keep = split
         rng = _split_rng(frame)
         transforms = DIHEDRAL if ensemble else [(0, False)] * math.ceil(SPLIT_MIN_PASSES / parts)
-        entries = []
-        for turns, flip in transforms:
-            for part in split_counts(frame, parts, keep, rng):
-                entries.append((turns, flip, np.ascontiguousarray(dihedral(part, turns, flip))))
-        return entries, len(transforms) * keep
+
+        def entries() -> Iterator[tuple[int, bool, np.ndarray]]:
+            for turns, flip in transforms:
+                for part in _deal(frame, parts, keep, rng):
+                    yield turns, flip, np.ascontiguousarray(dihedral(part, turns, flip))
+
+        return entries(), len(transforms) * keep
 
     @property
     def dose_range(self) -> tuple[float, float] | None:
@@ -938,9 +945,9 @@ class Denoiser:
             den = self.denoise_frame(bin_counts(frame, k), tile_size=tile_size, ensemble=ensemble)
             return unbin(den, k, frame.shape)
         plan = self.split_plan(frame, ensemble)
-        if plan is None and ensemble:
-            plan = ([(turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
-                     for turns, flip in DIHEDRAL], float(len(DIHEDRAL)))
+        if plan is None and ensemble:  # one transformed frame in memory at a time
+            plan = (((turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
+                     for turns, flip in DIHEDRAL), float(len(DIHEDRAL)))
         if plan is not None:
             entries, norm = plan
             acc = np.zeros(frame.shape, np.float64)

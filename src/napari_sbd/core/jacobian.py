@@ -37,6 +37,7 @@ frame to the noise of the split.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -132,8 +133,8 @@ def _frame_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int],
     if plan is not None:
         return _average_filter(model, plan[0], pixel, frame.shape)
     if ensemble:
-        return _average_filter(model, [(turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
-                                       for turns, flip in DIHEDRAL], pixel, frame.shape)
+        return _average_filter(model, ((turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
+                                       for turns, flip in DIHEDRAL), pixel, frame.shape)
     return _filter(model, frame, pixel)
 
 
@@ -178,7 +179,7 @@ def _binned_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int], k
     return full[r0:r1, c0:c1].astype(np.float32), (int(r0), int(c0))
 
 
-def _average_filter(model: Denoiser, entries: list[tuple[int, bool, np.ndarray]],
+def _average_filter(model: Denoiser, entries: Iterable[tuple[int, bool, np.ndarray]],
                     pixel: tuple[int, int],
                     shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """Average of the filters on transformed frames, transformed back, on the union of their crops.
@@ -188,14 +189,16 @@ def _average_filter(model: Denoiser, entries: list[tuple[int, bool, np.ndarray]]
     h, w = shape
     index = np.arange(h * w).reshape(h, w)
     acc = np.zeros((h, w), np.float64)
+    n = 0
     for turns, flip, t_frame in entries:
+        n += 1
         t_index = dihedral(index, turns, flip)
         tr, tc = (int(v[0]) for v in np.nonzero(t_index == pixel[0] * w + pixel[1]))
         filt, (r0, c0) = _filter(model, t_frame, (tr, tc))
         full = np.zeros(t_index.shape, np.float64)
         full[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] = filt
         acc += dihedral_inverse(full, turns, flip)
-    acc /= len(entries)
+    acc /= n
     rows, cols = np.nonzero(acc)
     if len(rows) == 0:
         return np.zeros((1, 1), np.float32), pixel
