@@ -446,6 +446,12 @@ def _above(mean: float, n: int, dose: float) -> bool:
     return mean > dose * SPLIT_ABOVE + 3 * math.sqrt(max(mean, 0.0) / max(n, 1))
 
 
+def _parts_at(mean: float, dose: float) -> tuple[int, float]:
+    """Return (parts, kept fraction) that bring a frame of ``mean`` counts to parts at ``dose``."""
+    parts = max(1, math.floor(mean / (dose * SPLIT_PART_LOW) + 1e-9))
+    return parts, min(1.0, parts * dose / mean)
+
+
 def split_counts(frame: np.ndarray, parts: int, keep: float,
                  rng: np.random.Generator) -> list[np.ndarray]:
     """Thin Poisson counts and deal them into independent parts.
@@ -638,25 +644,29 @@ class Denoiser:
         d = self.card.dose
         if not d or not _above(mean, frame.size, d) or not _is_counts(frame):
             return None
-        parts = max(1, math.floor(mean / (d * SPLIT_PART_LOW) + 1e-9))
-        return parts, min(1.0, parts * d / mean)
+        return _parts_at(mean, d)
 
     def split_plan(self, frame: np.ndarray, ensemble: bool = False
                    ) -> tuple[Iterator[tuple[int, bool, np.ndarray]], float] | None:
-        """Return the frames the network runs on for a frame it splits (:meth:`dose_split`).
+        """Return the frames the network runs on for a split or an ensemble (else None).
 
-        Returns ``(iterator of (turns, flip, part), splits x keep)``, the parts made as
-        they are read (one in memory at a time): one split per
-        rotation/flip of the ensemble (a fresh one for each, so that "best" quality
-        also averages over splits), or untransformed splits enough for
-        :data:`SPLIT_MIN_PASSES` network passes; the estimate is the sum over the
-        entries of the inverse-transformed results, divided by the second value.
-        None: no split. Seeded by the frame's bytes, so
-        :func:`napari_sbd.core.jacobian.effective_filter` sees the same parts.
+        Returns ``(iterator of (turns, flip, frame), norm)``, each frame made as it
+        is read (one in memory at a time); the estimate is the sum over the entries
+        of the inverse-transformed results, divided by ``norm``. A frame it splits
+        (:meth:`dose_split`): one split per rotation/flip of the ensemble (a fresh one
+        for each, so that "best" quality also averages over splits), or untransformed
+        splits enough for :data:`SPLIT_MIN_PASSES` network passes; ``norm`` is splits x
+        kept fraction. Seeded by the frame's bytes, so
+        :func:`napari_sbd.core.jacobian.effective_filter` sees the same parts. A frame
+        it does not split, with ``ensemble``: its 8 rotations and flips, ``norm`` 8.
+        None: the frame as it is, once.
         """
         split = self.dose_split(frame)
         if split is None:
-            return None
+            if not ensemble:
+                return None
+            return (((turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
+                     for turns, flip in DIHEDRAL), float(len(DIHEDRAL)))
         parts, keep = split
         rng = _split_rng(frame)
         transforms = DIHEDRAL if ensemble else [(0, False)] * math.ceil(SPLIT_MIN_PASSES / parts)
@@ -756,7 +766,7 @@ class Denoiser:
         dose = dose if dose is not None and np.isfinite(dose) else None
         top = None if self.dose_range is not None else mdose
         if dose is not None and top and dose > top * SPLIT_ABOVE:  # said, not done in silence
-            parts = max(1, math.floor(dose / (top * SPLIT_PART_LOW) + 1e-9))
+            parts = _parts_at(dose, top)[0]
             how = (f"split at random into {counted(parts, 'part')} of {top:g}" if parts > 1
                    else f"thinned at random to {top:g}")
             out.append(
@@ -945,9 +955,6 @@ class Denoiser:
             den = self.denoise_frame(bin_counts(frame, k), tile_size=tile_size, ensemble=ensemble)
             return unbin(den, k, frame.shape)
         plan = self.split_plan(frame, ensemble)
-        if plan is None and ensemble:  # one transformed frame in memory at a time
-            plan = (((turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
-                     for turns, flip in DIHEDRAL), float(len(DIHEDRAL)))
         if plan is not None:
             entries, norm = plan
             acc = np.zeros(frame.shape, np.float64)

@@ -43,7 +43,6 @@ import numpy as np
 import torch
 
 from napari_sbd.core.inference import (
-    DIHEDRAL,
     EDGE_PAD,
     Denoiser,
     bin_counts,
@@ -129,12 +128,9 @@ def effective_filter(
 def _frame_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int],
                   ensemble: bool) -> tuple[np.ndarray, tuple[int, int]]:
     """Return the filter of ``Denoiser.denoise_frame`` on a frame it does not bin (module docstring)."""
-    plan = model.split_plan(frame, ensemble)
+    plan = model.split_plan(frame, ensemble)  # a split, the ensemble, or both
     if plan is not None:
         return _average_filter(model, plan[0], pixel, frame.shape)
-    if ensemble:
-        return _average_filter(model, ((turns, flip, np.ascontiguousarray(dihedral(frame, turns, flip)))
-                                       for turns, flip in DIHEDRAL), pixel, frame.shape)
     return _filter(model, frame, pixel)
 
 
