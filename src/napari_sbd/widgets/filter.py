@@ -138,8 +138,7 @@ class FilterWidget(DockWidget):
         QTimer.singleShot(COMPUTING_NOTE_MS, lambda: self._computing(worker, row, col))
         # a superseded click's worker may still finish: only the latest one shows
         # a frame with more counts than the model's dose was denoised as parts: say so with it
-        split = model.dose_split(frame) if model.binning_for(self._pixel_of(raw, den)) == 1 \
-            else None
+        split = model.dose_split(frame)
         self.connect_worker(
             worker,
             returned=lambda res: (self._show(res, frame_index, (row, col), split)
