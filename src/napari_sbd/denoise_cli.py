@@ -36,8 +36,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="new zarr store to write (e.g. out.zarr)")
     p.add_argument("--model", default="auto",
                    help="'auto' (the bundled model for the movie's dose, pixel size and contrast: "
-                   "'default' near 0.45 counts/pixel and 6.1 pm, 'black' there for dark columns, "
-                   "'high-dose' from about 1.3 counts per (binned) pixel, 'envelope' elsewhere), "
+                   "'default' near 6.1 pm from 0.4 counts/pixel up to where the others win "
+                   "(frames above its 0.45 are split into parts at it), 'black' there for dark "
+                   "columns, elsewhere 'envelope' or 'high-dose', whichever better predicts "
+                   "counts held out of the first frame; the choice is printed), "
                    "'default' (bundled; best at 0.45 counts/pixel, 6.1 pm, white contrast), "
                    "'black' (bundled; the same point, black contrast), 'envelope' (bundled; "
                    "0.1-5 counts/pixel, 4.8-10.5 pm), 'high-dose' (bundled; a larger network "

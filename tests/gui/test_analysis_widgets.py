@@ -653,7 +653,7 @@ def test_the_filter_of_a_frame_split_to_the_models_dose_says_so(make_napari_view
     _denoise_with_file(viewer, qtbot, raw, tiny_model_file)
     denoised = np.asarray(viewer.layers["bright denoised"].data)
     model = load_model(tiny_model_file, device="cpu")
-    np.testing.assert_allclose(denoised, model.denoise(frame), rtol=1e-6)  # split, as the API
+    np.testing.assert_allclose(denoised, model.denoise(frame), rtol=1e-5, atol=1e-7)  # as the API
     w = _filter_with_file(viewer, qtbot, raw, tiny_model_file, (40, 50))
     status = " ".join(w.status.value.split())
     assert "was denoised as 2 parts at it" in status and "the parts' average" in status

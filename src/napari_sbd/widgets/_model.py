@@ -10,6 +10,8 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import (
+    AUTO_DEFAULT_DOSE,
+    AUTO_DEFAULT_PIXEL_PM,
     BUNDLED,
     Denoiser,
     available_devices,
@@ -28,8 +30,11 @@ FILE_CHOICE = "checkpoint file..."
 # picker label -> bundled model name
 BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope",
                    HIGH_DOSE_CHOICE: "high-dose", BLACK_CHOICE: "black"}
-AUTO_TEXT = ("auto, from the layer: the default near 0.45 counts/pixel and 6.1 pm (or its "
-             "black-contrast sibling), else the envelope or the high-dose model; of each pair "
+_LO, _HI = AUTO_DEFAULT_DOSE
+_PLO, _PHI = AUTO_DEFAULT_PIXEL_PM
+AUTO_TEXT = (f"auto, from the layer: the default at {_LO:g}-{_HI:g} counts/pixel and "
+             f"{_PLO:g}-{_PHI:g} pm (frames above its 0.45 split into parts at it), or its "
+             "black-contrast sibling; else the envelope or the high-dose model; of each pair "
              "the one whose output better predicts counts held out of the first frame")
 
 
