@@ -404,7 +404,8 @@ def test_bundled_models_outputs_are_unchanged():
     # default: when default96, the same network trained on all 96 structures, replaced it,
     # when its epoch 339 (warm restarts with a weight average) replaced epoch 145,
     # when its epoch 644 (a further warm restart) replaced 339, and when the 512-px patch
-    # run's epoch 94 (model-training/study/patch-ab/p512) replaced 644;
+    # run's epoch 94 (model-training/study/patch-ab/p512) replaced 644, and when its
+    # epoch 270 replaced 94;
     # high-dose: when the leader's epoch 1141 (its weight average) replaced epoch 594, and
     # when its epoch 1247 replaced 1141)
     ref = np.load(Path(__file__).parent / "data" / "bundled_outputs.npz")
