@@ -406,8 +406,9 @@ def test_bundled_models_outputs_are_unchanged():
     # when its epoch 644 (a further warm restart) replaced 339, and when the 512-px patch
     # run's epoch 94 (model-training/study/patch-ab/p512) replaced 644, and when its
     # epoch 270 replaced 94;
-    # high-dose: when the leader's epoch 1141 (its weight average) replaced epoch 594, and
-    # when its epoch 1247 replaced 1141)
+    # high-dose: when the leader's epoch 1141 (its weight average) replaced epoch 594, when
+    # its epoch 1247 replaced 1141, and when its run on 320-px patches (epoch 197,
+    # model-training/study/leader-p320) replaced 1247)
     ref = np.load(Path(__file__).parent / "data" / "bundled_outputs.npz")
     # black, high-dose: written when each was bundled
     for name in ("default", "envelope", "black", "high-dose"):
@@ -548,3 +549,42 @@ def test_a_dose_range_model_never_splits(denoiser, rng):
     env.metadata = {**denoiser.metadata, "dose_range": [0.1, 5.0]}
     for dose in (4.0, 12.0):  # inside, and above (where it does better as it is)
         assert env.dose_split(rng.poisson(dose, (64, 64)).astype(np.float32)) is None
+
+
+def test_a_blend_averages_its_members_and_says_what_it_is(tiny_unet):
+    from napari_sbd.core.inference import Blend
+
+    a = Denoiser(tiny_unet, {"dose": 0.45, "pixel_size_pm": 6.1, "contrast": "white"})
+    b = Denoiser(tiny_unet, {"dose": 0.45, "dose_range": [0.1, 5.0],
+                                "pixel_size_range_pm": [4.8, 10.5], "contrast": "white"})
+    blend = Blend([(a, 0.5), (b, 0.5)], "ab")
+    frame = np.random.default_rng(2).poisson(1.35, (96, 80)).astype(np.float32)
+    # the single-dose member splits the frame (3 parts), the dose-range member does not
+    assert a.dose_split(frame) is not None and b.dose_split(frame) is None
+    np.testing.assert_allclose(blend.denoise(frame), 0.5 * a.denoise(frame) + 0.5 * b.denoise(frame),
+                               rtol=1e-5, atol=1e-6)
+    assert blend.dose_split(frame) == a.dose_split(frame)  # what the filter dock reports
+    assert blend.card.contrast == "white" and blend.card.pixel_size_pm == 6.1
+    assert blend.receptive_field == max(a.receptive_field, b.receptive_field)
+    assert "2 models averaged" in blend.describe() and "50%" in blend.describe()
+    # each member's warnings, naming it: the split of the single-dose one at 1.35
+    warns = blend.compatibility_warnings(1.35, 6.1)
+    assert len(warns) == 1 and "of the blend" in warns[0] and "split at random" in warns[0]
+    for bad in ([(a, 0.5)], [(a, 0.6), (b, 0.6)], [(a, 1.2), (b, -0.2)], [(blend, 0.5), (a, 0.5)]):
+        with pytest.raises(ValueError, match="blend"):
+            Blend(bad)
+
+
+def test_the_bundled_blends_load_by_name_and_auto_can_return_them():
+    from napari_sbd.core.inference import BLENDS, Blend, blend_installed, choose_bundled_model
+
+    if not all(blend_installed(n) for n in BLENDS):
+        pytest.skip("the bundled default and high-dose models are needed")
+    blend = load_model("blend-70", device="cpu")
+    assert isinstance(blend, Blend) and [w for _, w in blend.members] == [0.3, 0.7]
+    assert [Path(m["path"]).name for m in blend.metadata["members"]] == ["default.pt",
+                                                                       "high-dose.pt"]
+    name, why = choose_bundled_model(1.35, 6.1, "white", "blend-70")
+    assert name == "blend-70" and "averaged" in why and "30%" in why
+    # dark columns at the default's point: the black-contrast model, whatever else was read
+    assert choose_bundled_model(1.35, 6.1, "black", "blend-70")[0] == "black"
