@@ -58,11 +58,16 @@ from napari_sbd.core.inference import (
     AUTO_DEFAULT_DOSE,
     AUTO_DEFAULT_PIXEL_PM,
     AUTO_HIGH_DOSE,
+    BLENDS,
     BUNDLED,
     HIGH_DOSE_BIN_TO_PM,
+    Blend,
     bin_counts,
+    blend_installed,
+    blend_text,
     bundled_model_path,
     estimate_dose,
+    load_blend,
     load_model,
     unbin,
 )
@@ -152,16 +157,23 @@ def main() -> None:
     t_start = time.perf_counter()
     test_set, val_wide = clean_sets(args.cache, 1 if args.quick else 2, 4)
     val_set = val_wide[:2]  # the first structure's: what auto's windows are derived on
-    white = [n for n in ("default", "envelope", "high-dose") if bundled_model_path(n).exists()]
-    models = [(p, load_model(p, device="auto")) for p in (args.model or white)]
-    names = [f"bundled {p}" if p in BUNDLED else f"{Path(p).parent.name}/{Path(p).name}"
-             for p, _ in models]
+    white = ([n for n in ("default", "envelope", "high-dose") if bundled_model_path(n).exists()]
+             + [n for n in BLENDS if blend_installed(n)])
+    loaded: dict = {}  # bundled models by name, once each: the blends are built from them
+    models = [(p, load_blend(p, loaded=loaded) if p in BLENDS
+               else loaded.setdefault(p, load_model(p)) if p in BUNDLED else load_model(p))
+              for p in (args.model or white)]
+    names = [f"bundled {p}" if p in BUNDLED or p in BLENDS
+             else f"{Path(p).parent.name}/{Path(p).name}" for p, _ in models]
     # model auto, as the tools run it, when all three white-contrast bundled models are in
     # the run: the models it picks from by name (black too: auto may take it for a frame at
-    # the default's point)
-    auto_models = ({p: m for p, m in models if p in BUNDLED}
+    # the default's point; the blends are built here when not in the run)
+    auto_models = ({p: m for p, m in models if p in BUNDLED or p in BLENDS}
                    if all(f"bundled {n}" in names for n in ("default", "envelope", "high-dose"))
                    else {})
+    for n in BLENDS if auto_models else ():
+        if n not in auto_models and blend_installed(n):
+            auto_models[n] = load_blend(n, loaded=auto_models)
     if auto_models and bundled_model_path("black").exists():
         auto_models["black"] = load_model("black", device="auto")
     results = []  # one dict per setting
@@ -181,15 +193,18 @@ def main() -> None:
                 continue
             row[f"bm3d_{key}"] = float(np.mean([scored(c, binned_vst_bm3d(n, b, s), dose)
                                                 for _, c, n in fr]))
-            per_frame = {name: [scored(c, model.denoise(n, pixel_size_pm=pixel), dose)
-                                for _, c, n in fr] for name, (_, model) in zip(names, models)}
+            outputs = [{} for _ in fr]  # per frame, by id(model): a blend reuses its members'
+            per_frame = {name: [scored(c, denoised(model, n, pixel, outputs[i]), dose)
+                                for i, (_, c, n) in enumerate(fr)]
+                         for name, (_, model) in zip(names, models)}
             for name, sc in per_frame.items():
                 row[f"{name}_{key}"] = float(np.mean(sc))
             if auto_models:  # what auto takes for each frame, from its counts, and its score
                 picks = [auto_pick(n, pixel, auto_models) for _, _, n in fr]
                 row[f"auto_{key}"] = float(np.mean([
                     per_frame[f"bundled {p}"][i] if f"bundled {p}" in per_frame  # black: not a column
-                    else scored(fr[i][1], auto_models[p].denoise(fr[i][2], pixel_size_pm=pixel), dose)
+                    else scored(fr[i][1], denoised(auto_models[p], fr[i][2], pixel, outputs[i]),
+                                dose)
                     for i, p in enumerate(picks)]))
                 row["auto_picks"] = row.get("auto_picks", []) + picks
         results.append(row)
@@ -200,6 +215,18 @@ def main() -> None:
     binning = binning_study(models, names, val_wide, args.quick)
     write_page(args, names, models, results, test_set, val_set, binning,
                time.perf_counter() - t_start)
+
+
+def denoised(model, noisy: np.ndarray, pixel: float, cache: dict) -> np.ndarray:
+    """``model.denoise(noisy, pixel_size_pm=pixel)``, each network once per frame (``cache``).
+
+    A blend's output is its members' outputs averaged, as :class:`Blend` computes it.
+    """
+    if isinstance(model, Blend):
+        return sum(w * denoised(m, noisy, pixel, cache) for m, w in model.members)
+    if id(model) not in cache:
+        cache[id(model)] = model.denoise(noisy, pixel_size_pm=pixel)
+    return cache[id(model)]
 
 
 def binning_study(models: list, names: list[str], val_clean: list, quick: bool) -> list[dict]:
@@ -298,7 +325,12 @@ def write_page(args, names, models, results, test_set, val_set, binning, elapsed
         f"tuned per setting on {len(val_set)} validation frames (seeds {VAL_SEED}+)."),
         "",
     ]
-    for m_name, (_, model) in zip(names, models):
+    for m_name, (p, model) in zip(names, models):
+        if isinstance(model, Blend):
+            lines.append(f"- {m_name}: " + (blend_text(p) if p in BLENDS else model.name)
+                         + ", their outputs averaged (each member splitting or binning frames "
+                         "as it does alone)")
+            continue
         dr, pr = model.dose_range, model.pixel_size_range_pm
         lines.append(f"- {m_name}: trained at "
                      + (f"{dr[0]:g}-{dr[1]:g}" if dr else f"{model.dose:g}") + " counts/pixel, "

@@ -183,3 +183,30 @@ def test_filter_of_a_frame_split_to_the_models_dose(model, ensemble):
         # ... and applied to the frame itself it gives the output to the noise of the split
         assert float((filt.astype(np.float64) * frame[crop]).sum()) == pytest.approx(
             float(den[pixel]), rel=0.15)
+
+
+@pytest.mark.parametrize("ensemble", [False, True], ids=["fast", "best"])
+def test_filter_of_a_blend_is_its_members_filters_averaged(model, frame, ensemble):
+    """A blend of a plain and a binning model: its filter is exact (Euler and every direction)."""
+    from napari_sbd.core.inference import Blend
+
+    torch.manual_seed(8)
+    other = Denoiser(randomise_bn(BiasFreeUNet(scales=2, base=4, centre_sigma=2.0)),
+                     {"dose": 0.45, "dose_range": [0.1, 5.0], "pixel_size_range_pm": [5.0, 10.0]})
+    blend = Blend([(model, 0.3), (other, 0.7)], "test blend")
+    px = 3.0  # the second member bins 2x2, the first does not
+    den = blend.denoise(frame, tile_size=None, pixel_size_pm=px, ensemble=ensemble)
+    np.testing.assert_allclose(
+        den, 0.3 * model.denoise(frame, tile_size=None, pixel_size_pm=px, ensemble=ensemble)
+        + 0.7 * other.denoise(frame, tile_size=None, pixel_size_pm=px, ensemble=ensemble),
+        rtol=1e-5, atol=1e-6)
+    step = np.abs(np.random.default_rng(1).normal(size=frame.shape)).astype(np.float32) * 0.02
+    ahead = blend.denoise(frame + step, tile_size=None, pixel_size_pm=px, ensemble=ensemble)
+    for pixel in [(75, 86), (0, 0), (149, 172)]:
+        filt, (r0, c0) = effective_filter(blend, frame, pixel, ensemble=ensemble,
+                                          pixel_size_pm=px)
+        crop = (slice(r0, r0 + filt.shape[0]), slice(c0, c0 + filt.shape[1]))
+        assert float((filt.astype(np.float64) * frame[crop]).sum()) == pytest.approx(
+            float(den[pixel]), rel=1e-4)
+        assert float((filt.astype(np.float64) * step[crop]).sum()) == pytest.approx(
+            float(ahead[pixel] - den[pixel]), rel=0.05, abs=1e-6)

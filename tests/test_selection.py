@@ -127,3 +127,51 @@ def test_the_bundled_pair_reads_bright_and_dark_columns():
     for amplitude, expected in [(0.25, "white"), (-0.25, "black")]:
         frame = rng.poisson(_columns(amplitude)).astype(np.float32)
         assert auto_contrast(frame, 6.1, 0.45, device="cpu") == expected
+
+
+def test_blends_join_the_candidates_where_the_default_splits_frames():
+    from napari_sbd.core.inference import BLENDS, blend_installed
+
+    if not all(blend_installed(n) for n in BLENDS):
+        pytest.skip("the bundled default and high-dose models are needed")
+    assert auto_candidates(0.45, 6.1) == ("default", "black")  # the default's own dose
+    assert auto_candidates(1.35, 6.1) == ("default", "black", "blend-50", "blend-70")
+    assert auto_candidates(1.35, None) == ("default", "black", "blend-50", "blend-70")
+    assert auto_candidates(4.0, 6.1) == ("envelope", "high-dose", "blend-50", "blend-70")
+    # the default at a pixel size it was not trained at is no member to blend
+    assert auto_candidates(4.0, 10.0) == ("envelope", "high-dose")
+    assert selection.blend_candidates(float("nan"), 6.1) == ()
+
+
+class _Counted(_Fixed):
+    """A fixed image that counts its calls (a network pass each)."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        super().__init__(image)
+        self.calls = 0
+
+    def denoise(self, frame: np.ndarray, pixel_size_pm: float | None = None) -> np.ndarray:
+        self.calls += 1
+        return super().denoise(frame, pixel_size_pm)
+
+
+def test_a_blend_is_scored_from_its_members_predictions_and_wins_where_it_is_best():
+    from napari_sbd.core.inference import Blend
+
+    truth = _columns(0.25, side=384)
+    # two members wrong in opposite directions: their average is the truth
+    high, low = _Counted(truth * 1.5 - 0.5 * truth.mean()), _Counted(truth * 0.5 + 0.5 * truth.mean())
+    blend = Blend.__new__(Blend)  # a blend of stand-ins (no networks): only its members matter
+    blend.members = [(high, 0.5), (low, 0.5)]
+    lopsided = Blend.__new__(Blend)
+    lopsided.members = [(high, 0.9), (low, 0.1)]
+    frame = np.random.default_rng(7).poisson(truth * 4).astype(np.float32)
+    models = {"high": high, "low": low, "blend": blend, "lopsided": lopsided}
+    assert selection.held_out_choice(frame, models) == "blend"
+    # each member ran once per split, for itself and for both blends
+    assert high.calls == low.calls == selection.SPLITS
+    # the same verdict as scoring the averaged image as a model of its own
+    average = _Fixed(0.5 * high.image + 0.5 * low.image)
+    own = {k: sum(held_out_log_likelihood(m, frame, seed=s) for s in range(selection.SPLITS))
+           for k, m in [("high", high), ("low", low), ("blend", average)]}
+    assert max(own, key=own.get) == "blend"

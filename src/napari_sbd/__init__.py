@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # the names as the type checkers and IDEs see them
         structure_recovery,
         surface_mask,
     )
-    from napari_sbd.core.inference import Denoiser, DenoisingCancelled, load_model
+    from napari_sbd.core.inference import Blend, Denoiser, DenoisingCancelled, load_model
     from napari_sbd.core.inputs import InputError
     from napari_sbd.core.jacobian import effective_filter
     from napari_sbd.core.likelihood import (
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the names as the type checkers and IDEs see them
 # What `import napari_sbd` offers, imported on first use: a reader or the command-line
 # --help does not pay for torch (PEP 562).
 _LAZY = {
+    "Blend": "napari_sbd.core.inference",
     "CheckpointError": "napari_sbd.core.checkpoint",
     "Columns": "napari_sbd.core.columns",
     "Denoiser": "napari_sbd.core.inference",
@@ -80,6 +81,7 @@ except PackageNotFoundError:  # running from a source tree without installing
 __all__ = [
     "LLR_REAL",
     "LLR_SPURIOUS",
+    "Blend",
     "CheckpointError",
     "Columns",
     "Denoiser",

@@ -38,12 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'auto' (the bundled model for the movie's dose, pixel size and contrast: "
                    "'default' near 6.1 pm from 0.4 counts/pixel up to where the others win "
                    "(frames above its 0.45 are split into parts at it), 'black' there for dark "
-                   "columns, elsewhere 'envelope' or 'high-dose', whichever better predicts "
-                   "counts held out of the first frame; the choice is printed), "
+                   "columns, elsewhere 'envelope' or 'high-dose'; above 0.45 counts/pixel near "
+                   "6.1 pm also the blends; of these the one that better predicts counts held "
+                   "out of the first frame; the choice is printed), "
                    "'default' (bundled; best at 0.45 counts/pixel, 6.1 pm, white contrast), "
                    "'black' (bundled; the same point, black contrast), 'envelope' (bundled; "
                    "0.1-5 counts/pixel, 4.8-10.5 pm), 'high-dose' (bundled; a larger network "
-                   "over the same range, best at high doses) or a checkpoint path")
+                   "over the same range, best at high doses), 'blend-50' or 'blend-70' (the "
+                   "default and the high-dose model averaged, 50/50 and 30/70) or a checkpoint "
+                   "path")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     p.add_argument("--frames", help="START:STOP range of frames for this process (default: all)")
     p.add_argument("--columns", action="store_true",

@@ -154,12 +154,17 @@ def _identity(input_path: Path, shape: tuple[int, ...], model: Denoiser, columns
     if block is not None:  # the movie of a 4-D file
         later["block"] = int(block)
     model_path = Path(model.metadata.get("path", ""))
+    sha = _file_sha256(model_path) if model_path.is_file() else None
+    if model.metadata.get("members"):  # a blend: its members' files and weights
+        sha = hashlib.sha256(json.dumps(
+            [[_file_sha256(Path(m["path"])) if Path(m["path"]).is_file() else m["path"],
+              m["weight"]] for m in model.metadata["members"]]).encode()).hexdigest()
     return {
         "input": str(input_path.resolve()),
         "input_bytes": st.st_size,
         "input_mtime_ns": st.st_mtime_ns,
         "shape": list(shape),
-        "model_sha256": _file_sha256(model_path) if model_path.is_file() else None,
+        "model_sha256": sha,
         "columns": columns,
         "likelihood": likelihood,
         "tile": tile,
@@ -309,7 +314,8 @@ def denoise_movie(
             f"{electrons_per_count:g}") from None
     except InputError as exc:
         raise BatchError(f"{input_path}: {exc}") from None
-    protected = [input_path] + ([Path(den.metadata["path"])] if den.metadata.get("path") else [])
+    files = den.metadata.get("members", [den.metadata])  # a blend: its members' checkpoints
+    protected = [input_path] + [Path(m["path"]) for m in files if m.get("path")]
     columns = columns or likelihood
     detect, link = dict(detect or {}), dict(link or {})
     ident = _identity(input_path, (n, h, w), den, columns, likelihood, tile_size, ensemble,

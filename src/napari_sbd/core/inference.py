@@ -45,8 +45,10 @@ from napari_sbd.core.text import counted, verb
 from napari_sbd.core.units import PAPERS_PIXEL_SIZE_PM
 
 __all__ = [
+    "BLENDS",
     "BUNDLED",
     "DEFAULT_TILE",
+    "Blend",
     "Denoiser",
     "DenoisingCancelled",
     "available_devices",
@@ -131,6 +133,30 @@ BUNDLED = {
     "high-dose": "a larger network (4 scales x 64 channels) over the envelope's doses and pixel "
                  "sizes, the best where a pixel holds many counts (white contrast)",
 }
+
+# Blends of bundled models, by the name load_model() takes: (bundled name, weight) pairs,
+# the outputs averaged with these weights (:class:`Blend`). Where a pixel holds more counts
+# than the default was trained at, the default split into parts at its dose and the
+# high-dose model make different errors: their average beat both on validation frames
+# (session 22 probe, 6 frames: 1.35 counts/pixel 39.31 dB against 38.72 for the split
+# default and 38.25 for the high-dose model, 50/50; 2.0: 40.08 against 38.92 / 39.41; 4.0,
+# 30/70: 41.75 against 41.36). Model auto offers them to the held-out choice where the
+# default splits frames (:func:`napari_sbd.core.selection.auto_candidates`).
+BLENDS: dict[str, tuple[tuple[str, float], ...]] = {
+    "blend-50": (("default", 0.5), ("high-dose", 0.5)),
+    "blend-70": (("default", 0.3), ("high-dose", 0.7)),
+}
+
+
+def blend_installed(name: str) -> bool:
+    """Whether every bundled model of the blend ``name`` (:data:`BLENDS`) is installed."""
+    return all(bundled_model_path(m).exists() for m, _ in BLENDS[name])
+
+
+def blend_text(name: str) -> str:
+    """Return a blend's members in words, e.g. "the default 50% + the high-dose model 50%"."""
+    return " + ".join(f"the {m} {'model ' if m != 'default' else ''}{w:.0%}"
+                      for m, w in BLENDS[name])
 
 
 # Where the single-point default beats what auto takes outside it (the better of the
@@ -225,10 +251,11 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     contrast : {"white", "black"}, optional
         Whether the columns are bright or dark (:func:`estimate_contrast`, or
         held-out counts: :func:`~napari_sbd.core.selection.auto_read`).
-    envelope : {"envelope", "high-dose"}, optional
-        Outside the default's window, the envelope model whose output better
-        predicts counts held out of the data (:func:`~napari_sbd.core.selection.auto_read`);
-        without it the dose rule above decides.
+    envelope : {"envelope", "high-dose", "blend-50", "blend-70"}, optional
+        The white-contrast model other than the default whose output better
+        predicts counts held out of the data (:func:`~napari_sbd.core.selection.auto_read`):
+        outside the default's window an envelope model, and wherever the default
+        splits frames a blend (:data:`BLENDS`) may win; without it the rules above decide.
 
     Returns
     -------
@@ -245,6 +272,10 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
         + ([f"{contrast} contrast"] if contrast else [])
     ) or "dose and pixel size unknown"
     window = f"{lo:g}-{hi:g} counts/pixel and {plo:g}-{phi:g} pm"
+    if envelope in BLENDS and contrast != "black" and blend_installed(envelope):
+        return envelope, (f"the data have {seen}; {blend_text(envelope)} (their outputs "
+                          "averaged) predicts counts held out of the first frame better than "
+                          "either alone")
     if contrast == "black" and bundled_model_path("black").exists():
         if in_window:
             return "black", f"the data have {seen}; the black-contrast model is best at {window}"
@@ -1107,6 +1138,128 @@ class Denoiser:
         return out
 
 
+class Blend(Denoiser):
+    """A weighted average of denoisers: their outputs for a frame averaged with fixed weights.
+
+    Each member denoises the frame its own way (splitting, binning, the ensemble)
+    and the results are averaged. An average of bias-free estimators is bias-free
+    with the filters averaged the same way, so the effective filter stays exact
+    (:func:`napari_sbd.core.jacobian.effective_filter`).
+
+    Parameters
+    ----------
+    members : sequence of (Denoiser, float)
+        The denoisers and their weights (positive, summing to 1), on one device.
+    name : str
+        What the blend is called (a key of :data:`BLENDS` for the bundled ones).
+    """
+
+    def __init__(self, members: Sequence[tuple[Denoiser, float]], name: str = "blend") -> None:
+        members = [(m, float(w)) for m, w in members]
+        weights = np.array([w for _, w in members])
+        if len(members) < 2 or not (weights > 0).all() or abs(weights.sum() - 1) > 1e-6:
+            raise ValueError("a blend needs two or more denoisers with positive weights summing "
+                             f"to 1 (got {list(weights)})")
+        if len({str(m.device) for m, _ in members}) > 1:
+            raise ValueError("the denoisers of a blend must be on one device")
+        if any(isinstance(m, Blend) for m, _ in members):
+            raise ValueError("a blend of blends: blend their members instead")
+        self.members = members
+        self.name = name
+        first = members[0][0]
+        self.device = first.device
+        self.channels_last = first.channels_last
+        self.network = first.network  # (only for what reads a network's flags: see level_of)
+        self.receptive_radius = max(m.receptive_radius for m, _ in members)
+        self.size_multiple = math.lcm(*(m.size_multiple for m, _ in members))
+        self.tile_cap = None
+        cards = [m.card for m, _ in members]
+        self.metadata = {
+            "architecture": "blend",
+            "blend": name,
+            "path": name,
+            "members": [{"path": str(m.metadata.get("path", "")), "weight": w}
+                        for m, w in members],
+            # what the widgets show of a card: the members' common contrast and the single-point
+            # member's pixel size (the one that does not bin)
+            "contrast": cards[0].contrast if len({c.contrast for c in cards}) == 1 else "unknown",
+            "pixel_size_pm": next((c.pixel_size_pm for c in cards if c.pixel_size_range_pm is None),
+                                  cards[0].pixel_size_pm),
+        }
+
+    @property
+    def max_dose(self) -> float | None:
+        """The highest dose any member was trained at (for the "are these counts?" check)."""
+        doses = [m.max_dose for m, _ in self.members if m.max_dose is not None]
+        return max(doses) if doses else None
+
+    def binning_for(self, pixel_size_pm: float | None) -> int:
+        """1: each member bins the frame itself (see :meth:`Denoiser.binning_for`)."""
+        return 1
+
+    def dose_split(self, frame: np.ndarray) -> tuple[int, float] | None:
+        """Return the split of the first member that splits the frame (each splits its own way)."""
+        return next((sp for m, _ in self.members if (sp := m.dose_split(frame)) is not None),
+                    None)
+
+    def split_plan(self, frame: np.ndarray, ensemble: bool = False) -> None:
+        """None: a blend has no plan of its own; its members have theirs."""
+        return None
+
+    def level_of(self, frame: np.ndarray) -> None:
+        """None: each member is given its own level when it runs."""
+        return None
+
+    def describe(self) -> str:
+        """Return the blend and its members in words, one paragraph each."""
+        weights = ", ".join(f"{w:.0%}" for _, w in self.members)
+        parts = [f"{self.name}: the outputs of {len(self.members)} models averaged, weights {weights}"]
+        for m, w in self.members:
+            parts.append(f"{w:.0%}, {_member_name(m)} model: {m.describe()}")
+        return "\n".join(parts)
+
+    def dose_fits(self, dose: float, dose_tolerance: float = 2.0) -> bool:
+        """Whether every member knows frames of this dose (:meth:`Denoiser.dose_fits`)."""
+        return all(m.dose_fits(dose, dose_tolerance) for m, _ in self.members)
+
+    def compatibility_warnings(self, dose: float | None = None,
+                               pixel_size_pm: float | None = None, **kwargs: Any) -> list[str]:
+        """Return the members' warnings, each naming its member."""
+        return [f"{_member_name(m)} model of the blend: {text}" for m, _ in self.members
+                for text in m.compatibility_warnings(dose, pixel_size_pm, **kwargs)]
+
+    @torch.inference_mode()
+    def denoise_frame(self, frame: np.ndarray, *, tile_size: int | None = DEFAULT_TILE,
+                      pixel_size_pm: float | None = None, ensemble: bool = False) -> np.ndarray:
+        """Return the members' :meth:`Denoiser.denoise_frame`, averaged with the blend's weights."""
+        acc = np.zeros(frame.shape, np.float64)
+        for m, w in self.members:
+            acc += w * m.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
+                                       ensemble=ensemble)
+        return acc.astype(np.float32)
+
+
+def _member_name(m: Denoiser) -> str:
+    """Return a member's bundled name, or its file's name."""
+    path = str(m.metadata.get("path", "") or "")
+    bundled = next((n for n in BUNDLED if path and Path(path) == bundled_model_path(n)), None)
+    return f"the {bundled}" if bundled else f"the {Path(path).name or 'unnamed'}"
+
+
+def load_blend(name: str, *, device: str | torch.device | None = "auto",
+               loaded: dict[str, Denoiser] | None = None, fold: bool = True) -> Blend:
+    """Build the bundled blend ``name`` (:data:`BLENDS`), reusing models in ``loaded`` by name."""
+    if name not in BLENDS:
+        raise CheckpointError(f"no blend is called {name!r}; blends: {', '.join(BLENDS)}")
+    loaded = loaded if loaded is not None else {}
+    members = []
+    for member, w in BLENDS[name]:
+        if member not in loaded:
+            loaded[member] = load_model(member, device=device, fold=fold)
+        members.append((loaded[member], w))
+    return Blend(members, name)
+
+
 def estimate_dose(frames: Any, max_frames: int = 4) -> float:
     """Mean counts per pixel per frame over the first few frames.
 
@@ -1145,8 +1298,9 @@ def load_model(
     ----------
     model : str or path-like
         "default" (best at 0.45 counts/pixel and 6.1 pm), "envelope" (one model
-        for 0.1-5 counts/pixel and 4.8-10.5 pm; see :data:`BUNDLED`), or the
-        path of a checkpoint written by ``napari-sbd-train``.
+        for 0.1-5 counts/pixel and 4.8-10.5 pm; see :data:`BUNDLED`), a blend of
+        bundled models (:data:`BLENDS`: a :class:`Blend`), or the path of a
+        checkpoint written by ``napari-sbd-train``.
     device : str or torch.device
         "auto" (CUDA when available, else CPU), "cpu" or "cuda[:N]".
     fold : bool
@@ -1162,6 +1316,8 @@ def load_model(
     CheckpointError
         When the file is missing, unreadable, foreign or inconsistent.
     """
+    if isinstance(model, str) and model in BLENDS:
+        return load_blend(model, device=device, fold=fold)
     if isinstance(model, str) and model in BUNDLED:
         path = bundled_model_path(model)
         if not path.exists():

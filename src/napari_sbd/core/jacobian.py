@@ -32,6 +32,11 @@ holds exactly, and each part is keep / parts of the frame on average, so the
 filter shown is the average of the parts' filters (each split of the
 ensemble transformed back): the identity holds for every part, and for the
 frame to the noise of the split.
+
+A blend of models (:class:`~napari_sbd.core.inference.Blend`) averages its
+members' outputs with fixed weights: its filter is their filters (each its
+member's whole computation) averaged with the same weights, and the identity
+holds for it as for each member.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 
 from napari_sbd.core.inference import (
     EDGE_PAD,
+    Blend,
     Denoiser,
     bin_counts,
     dihedral,
@@ -119,6 +125,8 @@ def effective_filter(
     r, c = (int(v) for v in pixel)
     if not (0 <= r < h and 0 <= c < w):
         raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
+    if isinstance(model, Blend):
+        return _blend_filter(model, frame, (r, c), ensemble, pixel_size_pm)
     k = model.binning_for(pixel_size_pm)
     if k > 1:
         return _binned_filter(model, frame, (r, c), k, ensemble)
@@ -132,6 +140,26 @@ def _frame_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int],
     if plan is not None:
         return _average_filter(model, plan[0], pixel, frame.shape)
     return _filter(model, frame, pixel)
+
+
+def _blend_filter(model: Blend, frame: np.ndarray, pixel: tuple[int, int], ensemble: bool,
+                  pixel_size_pm: float | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Return the members' filters averaged with the blend's weights, on the union of their crops."""
+    acc = np.zeros(frame.shape, np.float64)
+    for member, w in model.members:
+        filt, (r0, c0) = effective_filter(member, frame, pixel, ensemble=ensemble,
+                                          pixel_size_pm=pixel_size_pm)
+        acc[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] += w * filt
+    return _nonzero_crop(acc, pixel)
+
+
+def _nonzero_crop(acc: np.ndarray, pixel: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Return the smallest crop of ``acc`` holding all its nonzero values, float32, and its origin."""
+    rows, cols = np.nonzero(acc)
+    if len(rows) == 0:
+        return np.zeros((1, 1), np.float32), pixel
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    return acc[r0:r1, c0:c1].astype(np.float32), (int(r0), int(c0))
 
 
 def _unbin_weights(p: int, k: int, n_binned: int) -> list[tuple[int, float]]:
@@ -168,11 +196,7 @@ def _binned_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int], k
     full = np.zeros((h, w), np.float64)
     rr, cc = np.meshgrid(src_r, src_c, indexing="ij")
     np.add.at(full, (rr, cc), np.repeat(np.repeat(acc, k, axis=0), k, axis=1))
-    rows, cols = np.nonzero(full)
-    if len(rows) == 0:
-        return np.zeros((1, 1), np.float32), pixel
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    return full[r0:r1, c0:c1].astype(np.float32), (int(r0), int(c0))
+    return _nonzero_crop(full, pixel)
 
 
 def _average_filter(model: Denoiser, entries: Iterable[tuple[int, bool, np.ndarray]],
@@ -195,11 +219,7 @@ def _average_filter(model: Denoiser, entries: Iterable[tuple[int, bool, np.ndarr
         full[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] = filt
         acc += dihedral_inverse(full, turns, flip)
     acc /= n
-    rows, cols = np.nonzero(acc)
-    if len(rows) == 0:
-        return np.zeros((1, 1), np.float32), pixel
-    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    return acc[r0:r1, c0:c1].astype(np.float32), (int(r0), int(c0))
+    return _nonzero_crop(acc, pixel)
 
 
 def _filter(model: Denoiser, frame: np.ndarray,

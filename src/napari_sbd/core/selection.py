@@ -34,6 +34,12 @@ outside the window the rule lost 0.19 dB on average against the better of the
 two (0.80 and 0.99 dB at 8 and 10 pm, where a pixel holds few counts but the
 larger network is better), the held-out likelihood 0.03
 (``benchmarks/dose_choice.py``, docs/dose-choice.md).
+
+Where the default splits frames (more counts per pixel than it was trained at)
+at its own pixel sizes, the blends of the default and the high-dose model
+(:data:`~napari_sbd.core.inference.BLENDS`) join the candidates: a blend's
+prediction is its members' predictions averaged, so it costs no network pass
+of its own.
 """
 
 from __future__ import annotations
@@ -43,14 +49,21 @@ from typing import Any
 import numpy as np
 
 from napari_sbd.core.inference import (
+    AUTO_DEFAULT_PIXEL_PM,
+    BLENDS,
     ENVELOPE_MODELS,
+    SPLIT_ABOVE,
+    Blend,
     Denoiser,
+    blend_installed,
     bundled_model_path,
     choose_bundled_model,
     estimate_contrast,
     in_default_window,
+    load_blend,
     load_model,
 )
+from napari_sbd.core.units import PAPERS_DOSE
 
 __all__ = [
     "KEEP_FRACTION",
@@ -58,9 +71,11 @@ __all__ = [
     "auto_contrast",
     "auto_model",
     "auto_read",
+    "blend_candidates",
     "contrast_pair_installed",
     "held_out_choice",
     "held_out_log_likelihood",
+    "load_candidates",
 ]
 
 KEEP_FRACTION = 0.9  # of the counts the model sees; the rest are held out
@@ -85,7 +100,41 @@ def auto_candidates(dose: float | None, pixel_size_pm: float | None) -> tuple[st
     """
     names = (tuple(CONTRAST_MODELS.values()) if in_default_window(dose, pixel_size_pm)
              else ENVELOPE_MODELS)
-    return names if all(bundled_model_path(n).exists() for n in names) else ()
+    if not all(bundled_model_path(n).exists() for n in names):
+        return ()
+    return names + blend_candidates(dose, pixel_size_pm)
+
+
+def blend_candidates(dose: float | None, pixel_size_pm: float | None) -> tuple[str, ...]:
+    """Return the blends auto offers for data of this dose and pixel size (:data:`BLENDS`).
+
+    Where the default splits frames (a dose above its 0.45 counts/pixel by
+    :data:`~napari_sbd.core.inference.SPLIT_ABOVE`) and the pixel size is in the
+    default's window (or unknown), each blend whose models are installed.
+    """
+    if dose is None or not np.isfinite(dose) or dose <= PAPERS_DOSE * SPLIT_ABOVE:
+        return ()
+    plo, phi = AUTO_DEFAULT_PIXEL_PM
+    if pixel_size_pm is not None and not plo <= pixel_size_pm <= phi:
+        return ()
+    return tuple(n for n in BLENDS if blend_installed(n))
+
+
+def load_candidates(names: tuple[str, ...] | list[str], device: str = "auto",
+                    loaded: dict[str, Denoiser] | None = None) -> dict[str, Denoiser]:
+    """Load bundled models and blends by name, each model once (``loaded``: already loaded).
+
+    A blend is built from the models of ``loaded`` and of ``names`` where they are
+    there (:func:`~napari_sbd.core.inference.load_blend`), so that
+    :func:`held_out_choice` runs each network once per split. ``loaded`` gains what
+    is loaded here.
+    """
+    loaded = loaded if loaded is not None else {}
+    for n in sorted(names, key=lambda n: n in BLENDS):  # the models first, then their blends
+        if n not in loaded:
+            loaded[n] = (load_blend(n, device=device, loaded=loaded) if n in BLENDS
+                         else load_model(n, device=device))
+    return {n: loaded[n] for n in names}
 
 
 def held_out_log_likelihood(
@@ -116,17 +165,33 @@ def held_out_log_likelihood(
         times the model's output for the kept counts (nats; only differences
         between models on the same frame and seed mean something).
     """
+    kept, held = _thin(frame, keep, seed)
+    return _score(_predict(model, kept, keep, pixel_size_pm), held, keep)
+
+
+def _thin(frame: np.ndarray, keep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Binomial thinning of a frame's counts: (kept, held out)."""
     if not 0 < keep < 1:
         raise ValueError(f"keep must be between 0 and 1 (got {keep})")
     counts = np.rint(np.clip(np.asarray(frame, dtype=np.float64), 0, None)).astype(np.int64)
     kept = np.random.default_rng(seed).binomial(counts, keep)
-    held = counts - kept
+    return kept, counts - kept
+
+
+def _predict(model: Denoiser, kept: np.ndarray, keep: float,
+             pixel_size_pm: float | None) -> np.ndarray:
+    """Return the model's estimate of the whole frame's count rate from the kept counts."""
     # the kept counts as counts (a bias-free network: f(kept) / keep = f(kept / keep)), so that
     # a model splits them to its dose as it splits a frame (Denoiser.dose_split)
     pred = model.denoise(kept.astype(np.float32), pixel_size_pm=pixel_size_pm) / np.float32(keep)
+    return pred.astype(np.float64)
+
+
+def _score(pred: np.ndarray, held: np.ndarray, keep: float) -> float:
+    """Poisson log-likelihood of the held-out counts under the prediction (nats)."""
     # the network can output zero or a little below where a pixel is dark: a floor far under
     # any count rate keeps the logarithm finite without changing which model wins
-    mu = np.clip(pred.astype(np.float64), 1e-4, None) * (1 - keep)
+    mu = np.clip(pred, 1e-4, None) * (1 - keep)
     return float(np.sum(held * np.log(mu) - mu))
 
 
@@ -165,9 +230,24 @@ def held_out_choice(frames: Any, models: dict[str, Denoiser],
     if min(frame.shape) < 64:
         return None
     # one split's verdict is noisy where the models are close: summed over a few splits
-    scores = {k: sum(held_out_log_likelihood(m, frame, pixel_size_pm=pixel_size_pm, seed=s)
-                     for s in range(SPLITS)) for k, m in models.items()}
+    scores = dict.fromkeys(models, 0.0)
+    for seed in range(SPLITS):
+        kept, held = _thin(frame, KEEP_FRACTION, seed)
+        preds: dict[int, np.ndarray] = {}  # by id(model): a blend reuses its members' predictions
+        for k, m in models.items():
+            scores[k] += _score(_predict_once(m, kept, pixel_size_pm, preds), held, KEEP_FRACTION)
     return max(scores, key=lambda k: scores[k])
+
+
+def _predict_once(model: Denoiser, kept: np.ndarray, pixel_size_pm: float | None,
+                  preds: dict[int, np.ndarray]) -> np.ndarray:
+    """:func:`_predict` with each network run once per split (``preds``, by id)."""
+    if isinstance(model, Blend):  # its output is its members' averaged: so is the prediction
+        return sum((w * _predict_once(m, kept, pixel_size_pm, preds) for m, w in model.members),
+                   np.zeros(kept.shape))
+    if id(model) not in preds:
+        preds[id(model)] = _predict(model, kept, KEEP_FRACTION, pixel_size_pm)
+    return preds[id(model)]
 
 
 def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float | None = None,
@@ -205,10 +285,10 @@ def auto_read(frames: Any, pixel_size_pm: float | None = None, dose: float | Non
     The two read values are :func:`~napari_sbd.core.inference.choose_bundled_model`'s
     ``contrast`` and ``envelope``: ``choose_bundled_model(dose, pixel_size_pm,
     *auto_read(frames, pixel_size_pm, dose))`` is auto's choice and its reason.
-    Where :func:`auto_candidates` names a pair, the one whose output better
-    predicts held-out counts of the first frame decides (:func:`held_out_choice`,
-    six network passes: seconds on a CPU); elsewhere the skew of the counts
-    words the contrast and no network runs.
+    Where :func:`auto_candidates` names a pair (and maybe blends), the one whose
+    output better predicts held-out counts of the first frame decides
+    (:func:`held_out_choice`, two network passes per model: seconds on a CPU);
+    elsewhere the skew of the counts words the contrast and no network runs.
 
     Parameters
     ----------
@@ -221,26 +301,29 @@ def auto_read(frames: Any, pixel_size_pm: float | None = None, dose: float | Non
     device : str
         Where the models run when they are loaded here ("auto": CUDA when available).
     models : dict, optional
-        The candidates already loaded, by bundled name (those of :func:`auto_candidates`);
-        loaded here when omitted.
+        Candidates already loaded, by bundled name (those of :func:`auto_candidates`);
+        the others are loaded here (:func:`load_candidates`).
 
     Returns
     -------
     tuple
-        (contrast, envelope): "white", "black" or None (cannot tell), and
-        "envelope", "high-dose" or None (inside the default's window, a pair not
-        installed, or a frame too small to tell: the dose rule decides).
+        (contrast, envelope): "white", "black" or None (cannot tell), and the
+        white-contrast model held-out counts chose other than the default:
+        "envelope" or "high-dose" outside the default's window, a blend
+        ("blend-50", "blend-70") wherever one won, or None (the default, a pair
+        not installed, or a frame too small to tell: the dose rule decides).
     """
     names = auto_candidates(dose, pixel_size_pm)
-    if models is None and names:
-        models = {n: load_model(n, device=device) for n in names}
-    if names and set(names) == set(CONTRAST_MODELS.values()) and models is not None:
-        by_contrast = {c: models[n] for c, n in CONTRAST_MODELS.items()}
-        return auto_contrast(frames, pixel_size_pm, dose, models=by_contrast), None
-    contrast = estimate_contrast(frames, pixel_size_pm)
-    if names and models is not None:
-        return contrast, held_out_choice(frames, {n: models[n] for n in names}, pixel_size_pm)
-    return contrast, None
+    if not names:
+        return estimate_contrast(frames, pixel_size_pm), None
+    models = load_candidates(names, device, dict(models) if models is not None else None)
+    win = held_out_choice(frames, models, pixel_size_pm)
+    if set(CONTRAST_MODELS.values()) <= set(names):  # the default's window: the counts say the contrast
+        if win is None:
+            return estimate_contrast(frames, pixel_size_pm), None
+        contrast = next((c for c, n in CONTRAST_MODELS.items() if n == win), "white")
+        return contrast, win if win in BLENDS else None
+    return estimate_contrast(frames, pixel_size_pm), win
 
 
 def auto_model(frames: Any, pixel_size_pm: float | None = None, dose: float | None = None,
@@ -249,12 +332,10 @@ def auto_model(frames: Any, pixel_size_pm: float | None = None, dose: float | No
     """Return the bundled model auto takes for ``frames``, and why, as the tools choose it.
 
     :func:`auto_read`, then :func:`~napari_sbd.core.inference.choose_bundled_model`.
-    ``models``: bundled models already loaded, by name (any superset of the pair
-    :func:`auto_candidates` names; a pair not all there is loaded here); the other
-    parameters are :func:`auto_read`'s.
+    ``models``: bundled models already loaded, by name (those missing of
+    :func:`auto_candidates`' are loaded here); the other parameters are
+    :func:`auto_read`'s.
     """
-    names = auto_candidates(dose, pixel_size_pm)
-    pair = ({n: models[n] for n in names} if models is not None and all(n in models for n in names)
-            else None)
     return choose_bundled_model(dose, pixel_size_pm,
-                                *auto_read(frames, pixel_size_pm, dose, device=device, models=pair))
+                                *auto_read(frames, pixel_size_pm, dose, device=device,
+                                           models=models))

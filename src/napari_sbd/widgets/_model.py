@@ -12,6 +12,7 @@ from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import (
     AUTO_DEFAULT_DOSE,
     AUTO_DEFAULT_PIXEL_PM,
+    BLENDS,
     BUNDLED,
     Denoiser,
     available_devices,
@@ -19,7 +20,7 @@ from napari_sbd.core.inference import (
     choose_bundled_model,
     load_model,
 )
-from napari_sbd.core.selection import auto_candidates
+from napari_sbd.core.selection import auto_candidates, load_candidates
 
 AUTO_CHOICE = "auto (chosen from the data)"
 DEFAULT_CHOICE = "bundled default"
@@ -34,8 +35,10 @@ _LO, _HI = AUTO_DEFAULT_DOSE
 _PLO, _PHI = AUTO_DEFAULT_PIXEL_PM
 AUTO_TEXT = (f"auto, from the layer: the default at {_LO:g}-{_HI:g} counts/pixel and "
              f"{_PLO:g}-{_PHI:g} pm (frames above its 0.45 split into parts at it), or its "
-             "black-contrast sibling; else the envelope or the high-dose model; of each pair "
-             "the one whose output better predicts counts held out of the first frame")
+             "black-contrast sibling; else the envelope or the high-dose model; above 0.45 "
+             "near 6.1 pm also the default and the high-dose model averaged (blend-50, "
+             "blend-70); of these the one whose output better predicts counts held out of "
+             "the first frame")
 
 
 class ModelPicker(Container):
@@ -100,9 +103,11 @@ class ModelPicker(Container):
         path = self._path(dose, pixel_size_pm, contrast, envelope)
         key = (str(path), self.device.value)
         if self._denoiser is None or self._key != key:
-            if path not in BUNDLED and (str(path) in ("", ".") or Path(path).is_dir()):
+            if path not in BUNDLED and path not in BLENDS and (str(path) in ("", ".")
+                                                               or Path(path).is_dir()):
                 raise CheckpointError("choose a checkpoint file (*.pt) trained with napari-sbd-train")
-            self._denoiser = load_model(path, device=self.device.value)
+            self._denoiser = (self._cached([str(path)])[str(path)] if path in BLENDS
+                              else load_model(path, device=self.device.value))
             self._key = key
         return self._denoiser
 
@@ -110,20 +115,23 @@ class ModelPicker(Container):
                          pixel_size_pm: float | None) -> dict[str, Denoiser] | None:
         """Return the bundled models auto chooses between for these data, by name (cached).
 
-        The pair of :func:`~napari_sbd.core.selection.auto_candidates` (default and
-        black inside the default's window, envelope and high-dose outside), loaded
-        on the selected device; None where auto's rules decide alone.
+        Those of :func:`~napari_sbd.core.selection.auto_candidates` (default and
+        black inside the default's window, envelope and high-dose outside, and the
+        blends where the default splits frames), loaded on the selected device;
+        None where auto's rules decide alone.
         """
         names = auto_candidates(dose, pixel_size_pm)
-        if not names:
-            return None
+        return self._cached(list(names)) if names else None
+
+    def _cached(self, names: list[str]) -> dict[str, Denoiser]:
+        """Bundled models and blends by name on the selected device, each model loaded once."""
         device = self.device.value
         # another device chosen: the models on the old one are let go
         self._bundled = {k: m for k, m in self._bundled.items() if k[1] == device}
-        for name in names:
-            if (name, device) not in self._bundled:
-                self._bundled[name, device] = load_model(name, device=device)
-        return {name: self._bundled[name, device] for name in names}
+        loaded = {k[0]: m for k, m in self._bundled.items()}
+        out = load_candidates(names, device, loaded)
+        self._bundled.update({(n, device): m for n, m in loaded.items()})
+        return out
 
     def _changed(self, _value: Any = None) -> None:
         self.file.visible = self.source.value == FILE_CHOICE

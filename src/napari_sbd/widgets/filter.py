@@ -14,7 +14,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import Denoiser, estimate_dose, load_model
+from napari_sbd.core.inference import BLENDS, Denoiser, estimate_dose, load_model
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.selection import auto_read
 from napari_sbd.core.text import counted
@@ -200,7 +200,7 @@ class FilterWidget(DockWidget):
             den = denoised_from(self.viewer, raw)
         md = (den.metadata or {}) if den is not None else {}
         path = str((md.get("sbd_model") or {}).get("path") or "")
-        if path and Path(path).is_file():
+        if path and (path in BLENDS or Path(path).is_file()):  # a blend is recorded by name
             if path not in self._recorded:
                 self._recorded[path] = load_model(path, device=self.model.device.value)
             return self._recorded[path]
