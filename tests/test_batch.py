@@ -556,3 +556,25 @@ def test_a_damaged_frame_stops_the_job_or_is_skipped_when_asked(movie, model_pat
     # the skipped frame is not tried again: the same command finds nothing left to do
     assert main(args) == 0
     assert "0 frames denoised now, 6 already done" in capsys.readouterr().out
+
+
+def test_a_blend_job_is_identified_by_its_members_files_and_weights(tmp_path, tiny_model_file):
+    from napari_sbd.core.batch import _identity
+    from napari_sbd.core.inference import Blend
+
+    movie = tmp_path / "movie.tif"
+    tifffile.imwrite(movie, np.zeros((2, 32, 32), np.uint16))
+    a = load_model(tiny_model_file, device="cpu")
+    other = tmp_path / "other.pt"
+    other.write_bytes(Path(tiny_model_file).read_bytes())
+    b = load_model(other, device="cpu")
+
+    def ident(weights):
+        blend = Blend([(a, weights[0]), (b, weights[1])], "test")
+        return _identity(movie, (2, 32, 32), blend, False, False, None)["model_sha256"]
+
+    assert ident((0.5, 0.5)) is not None and ident((0.5, 0.5)) == ident((0.5, 0.5))
+    before = ident((0.5, 0.5))
+    assert ident((0.3, 0.7)) != before  # other weights: another job
+    other.write_bytes(Path(tiny_model_file).read_bytes() + b"\0")  # a member's file changed
+    assert ident((0.5, 0.5)) != before
