@@ -690,3 +690,20 @@ def _filter_with_file(viewer, qtbot, raw, path, pixel):
     w.compute_at(pixel)
     qtbot.waitUntil(lambda: FILTER_LAYER in viewer.layers and w.worker is None, timeout=30_000)
     return w
+
+
+def test_the_filter_dock_says_when_the_model_is_a_blend(tiny_model_file):
+    """A blend: the dock names it and its weights, and which member split the frame."""
+    from napari_sbd.core.inference import Blend, load_model
+    from napari_sbd.widgets.filter import _how_filtered
+
+    single = load_model(tiny_model_file, device="cpu")
+    ranged = load_model(tiny_model_file, device="cpu")
+    ranged.metadata.update(dose_range=[0.1, 5.0])  # a dose-range model: never splits
+    blend = Blend([(single, 0.3), (ranged, 0.7)], "test-blend")
+    bright = np.random.default_rng(9).poisson(0.45 * 2.5, (64, 64)).astype(np.float32)
+    text = " ".join(_how_filtered(blend, bright).split())
+    assert "than a member's dose and was denoised as 2 parts" in text
+    assert "a blend (test-blend: outputs averaged 30% + 70%)" in text
+    assert "members' filters averaged" in text
+    assert _how_filtered(single, bright.clip(0, 0)) == ""  # no split, no blend: nothing to add

@@ -14,7 +14,7 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import BLENDS, Denoiser, estimate_dose, load_model
+from napari_sbd.core.inference import BLENDS, Blend, Denoiser, estimate_dose, load_model
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.selection import auto_read
 from napari_sbd.core.text import counted
@@ -138,10 +138,10 @@ class FilterWidget(DockWidget):
         QTimer.singleShot(COMPUTING_NOTE_MS, lambda: self._computing(worker, row, col))
         # a superseded click's worker may still finish: only the latest one shows
         # a frame with more counts than the model's dose was denoised as parts: say so with it
-        split = model.dose_split(frame)
+        note = _how_filtered(model, frame)
         self.connect_worker(
             worker,
-            returned=lambda res: (self._show(res, frame_index, (row, col), split)
+            returned=lambda res: (self._show(res, frame_index, (row, col), note)
                                   if self.worker is worker else None),
             errored=lambda exc: self._fail(str(exc)),
             finished=lambda: self._done(worker),
@@ -252,7 +252,7 @@ class FilterWidget(DockWidget):
         self.status.value = wrap(message)
 
     def _show(self, res: Any, frame: int, pixel: tuple[int, int],
-              split: tuple[int, float] | None = None) -> None:
+              note: str = "") -> None:
         if isinstance(res, Failure):
             self._fail(str(res))
             return
@@ -321,13 +321,24 @@ class FilterWidget(DockWidget):
             f"({r0}, {c0}); the weights sum to {total:.3g} (about 1 where the network "
             f"preserves the local mean), largest weight {peak:.3g}; colours (weight per "
             f"input count) from -{lim:.2g} (blue) to +{lim:.2g} (red), the central peak "
-            "saturates"
-            + ("" if split is None else
-               f"; this frame holds more counts than the model's dose and was denoised as "
-               f"{counted(split[0], 'part')} at it (its counts dealt at random"
-               + ("" if split[1] >= 1 else f", {split[1]:.0%} of them kept")
-               + "): the filter is the parts' average, exact for each part")
+            "saturates" + note
         )
+
+
+def _how_filtered(model: Denoiser, frame: np.ndarray) -> str:
+    """Return what the filter dock adds about how the frame was denoised (split parts, a blend)."""
+    split = model.dose_split(frame)
+    whose = "a member's" if isinstance(model, Blend) else "the model's"
+    text = ("" if split is None else
+            f"; this frame holds more counts than {whose} dose and was denoised as "
+            f"{counted(split[0], 'part')} at it (its counts dealt at random"
+            + ("" if split[1] >= 1 else f", {split[1]:.0%} of them kept")
+            + "): the filter is the parts' average, exact for each part")
+    if isinstance(model, Blend):
+        weights = " + ".join(f"{w:.0%}" for _, w in model.members)
+        text += (f"; the model is a blend ({model.name}: outputs averaged {weights}): the filter "
+                 "is its members' filters averaged the same way")
+    return text
 
 
 def _place(layer: Any, scale: Any, translate: Any) -> None:
