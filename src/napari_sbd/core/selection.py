@@ -16,10 +16,12 @@ black-contrast model, and the skew of the raw counts
 (:func:`~napari_sbd.core.inference.estimate_contrast`) misreads frames whose
 columns are faint. On 60 simulated frames of the training structures (20
 white, 20 black, 20 intermediate, 0.45 counts/pixel, 6.1 pm) the skew chose
-the worse of the two models on 25 and lost 0.19 dB on average against the
-better choice (0.52 dB on intermediate frames); the held-out likelihood,
-summed over three splits, chose the worse on 14, losing 0.07 dB
-(``benchmarks/contrast_choice.py``, docs/contrast-choice.md). One-off probes
+the worse of the two models on 26 and lost 0.36 dB on average against the
+better choice (0.95 dB on intermediate frames, all 20 misread); the held-out
+likelihood, summed over three splits, chose the worse on 16, losing 0.11 dB
+(0.22 on intermediate frames; ``benchmarks/contrast_choice.py``,
+docs/contrast-choice.md; the default of session 23: with that of session 21,
+25 and 0.19 dB, 14 and 0.07 dB). One-off probes
 of session 18 on the same frames, not kept as scripts: one split alone lost
 0.13 dB, ``p`` = 0.5 0.24 dB, the squared error of the held-out counts
 instead of their likelihood 0.15 dB, a 512-pixel centre crop 0.22 dB (on a
