@@ -273,9 +273,9 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     ) or "dose and pixel size unknown"
     window = f"{lo:g}-{hi:g} counts/pixel and {plo:g}-{phi:g} pm"
     if envelope in BLENDS and contrast != "black" and blend_installed(envelope):
-        return envelope, (f"the data have {seen}; {blend_text(envelope)} (their outputs "
-                          "averaged) predicts counts held out of the first frame better than "
-                          "either alone")
+        return envelope, (f"the data have {seen}; {blend_text(envelope)}, their outputs "
+                          "averaged, predicts counts held out of the first frame best of "
+                          "auto's candidates")
     if contrast == "black" and bundled_model_path("black").exists():
         if in_window:
             return "black", f"the data have {seen}; the black-contrast model is best at {window}"

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import QProgressBar
 
 from napari_sbd.core.checkpoint import CheckpointError
 from napari_sbd.core.inference import (
+    BLENDS,
     DEFAULT_TILE,
     Denoiser,
     choose_bundled_model,
@@ -186,7 +187,7 @@ class DenoiseWidget(DockWidget):
         try:
             dose = estimate_dose(counts, max_frames=2)
         except (InputError, ValueError) as exc:
-            self.dose_note.value = wrap(str(exc))
+            self._note(str(exc))
             return
         note = f"{dose:.3g} electrons/pixel/frame on average (first frames)"
         pixel, contrast = float(self.pixel.value) or None, None
@@ -203,7 +204,7 @@ class DenoiseWidget(DockWidget):
             said = self.model.load(dose, pixel, contrast).compatibility_warnings(dose, pixel)
         except (CheckpointError, ValueError):  # no checkpoint chosen yet: the picker says so
             said = []
-        self.dose_note.value = wrap("; ".join([note, *said]))
+        self._note("; ".join([note, *said]))
 
     # -- running --------------------------------------------------------------
     def run(self, _value: Any = None) -> None:
@@ -311,12 +312,18 @@ class DenoiseWidget(DockWidget):
         self._redrawn = 0.0
         self.worker.start()
 
+    def _note(self, text: str) -> None:
+        """Show ``text`` under the settings, wrapped for it (it sits narrower than the picker's)."""
+        self.dose_note.value = wrap(text, 40)
+
     def _announce(self, den: Denoiser, reading: tuple[str | None, str | None]) -> None:
         """Say which model runs (auto: and why) and what it warns about these data."""
         name, dose, pixel = self._setting
         if self.model.is_auto:
             bundled, why = choose_bundled_model(dose, pixel, *reading)
-            self.info.value = wrap(f"auto: the bundled '{bundled}' model ({why})")
+            what = (f"the blend '{bundled}' of bundled models" if bundled in BLENDS
+                    else f"the bundled '{bundled}' model")
+            self.info.value = wrap(f"auto: {what} ({why})")
         if pixel is None:  # said, not guessed in silence: binning and auto depend on it
             show_warning(f"layer '{name}' has no pixel size (its scale is in pixels): the "
                          f"model's {den.pixel_size_pm:g} pm is assumed; enter the real one in "
@@ -404,8 +411,8 @@ class DenoiseWidget(DockWidget):
         if span is None:
             return
         lo, hi = f"{span[0]:.3g}", f"{span[1]:.3g}"
-        self.dose_note.value = wrap(f"dose {lo if lo == hi else f'{lo}-{hi}'} electrons/pixel per "
-                                    f"frame over the {counted(len(frames), 'frame')} denoised")
+        self._note(f"dose {lo if lo == hi else f'{lo}-{hi}'} electrons/pixel per frame over "
+                   f"the {counted(len(frames), 'frame')} denoised")
         if outside:
             show_warning(dose_warning(den, outside, len(frames), span))
 
