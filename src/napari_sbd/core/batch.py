@@ -50,6 +50,7 @@ import numpy as np
 from napari_sbd.core.analysis import analyse_frame, write_columns_csv
 from napari_sbd.core.files import atomic_write
 from napari_sbd.core.inference import (
+    BLENDS,
     DEFAULT_TILE,
     Denoiser,
     dose_warning,
@@ -300,7 +301,9 @@ def denoise_movie(
     try:
         if isinstance(model, str) and model == "auto":  # from the movie's dose and pixel size
             model, why = auto_model(data, pixel_size, dose_est, device=device)
-            model_choice = f"auto chose the bundled '{model}' model: {why}"
+            what = (f"the blend '{model}' of bundled models" if model in BLENDS
+                    else f"the bundled '{model}' model")
+            model_choice = f"auto chose {what}: {why}"
         try:
             den = model if isinstance(model, Denoiser) else load_model(model, device=device)
         except ValueError as exc:
