@@ -79,7 +79,7 @@ def test_outside_the_window_the_envelope_model_that_predicts_the_counts_is_chose
     blurred = np.full_like(sharp, sharp.mean()) * 0.5 + sharp * 0.5  # half the contrast
     rng = np.random.default_rng(5)
     # a pixel size outside the default's window, a dose under the rule's threshold
-    dose, px = 0.45, 10.0
+    dose, px = 0.9 * AUTO_HIGH_DOSE, 10.0
     assert auto_candidates(dose, px) == ("envelope", "high-dose")
     assert auto_candidates(0.45, 6.1) == ("default", "black")
     assert choose_bundled_model(dose, px)[0] == "envelope"  # the rule alone

@@ -162,24 +162,25 @@ def blend_text(name: str) -> str:
 # Where the single-point default beats what auto takes outside it (the better of the
 # envelope and the high-dose model: auto chooses between them by held-out counts), derived
 # on validation frames (never the test images) by benchmarks/envelope.py (docs/envelope.md,
-# "Where model auto takes the default"; the default of session 21, 512-px patches):
-# log-linear crossings between the measured settings at 0.40 and 0.49 counts/pixel (0.3:
-# -6.0 dB; 0.45: default +2.3; 0.6: -5.7) and 5.59 and 7.35 pm (4.88: -3.7, the high-dose
-# model; 6.1: default +2.3; 8: -1.1, the high-dose model). Re-derive whenever a bundled
-# model changes. Session 22: frames above the default's dose are split into parts at it
-# (split_counts), which moves the upper end up: the split default minus the better of the
-# two 0.6: +1.70 dB, 0.9: +1.78, 1.35: +1.23, 2: -0.11, 4: -1.26; crossing at 1.94
-# counts/pixel (envelope.py ran with a first estimate, 1.6: no setting lies between).
-AUTO_DEFAULT_DOSE = (0.40, 1.94)
-AUTO_DEFAULT_PIXEL_PM = (5.6, 7.35)
+# "Where model auto takes the default"): log-linear crossings between the measured
+# settings. Re-derive whenever a bundled model changes. Frames above the default's dose
+# are split into parts at it (split_counts), which puts the upper end well above it.
+# Session 23 (the default's epoch 270, the high-dose model's 320-px epoch 197): the default
+# minus the better of the two, dose 0.3: -7.77 dB, 0.45: +2.33, 0.6: +1.36, 0.9: +1.17,
+# 1.35: +0.67, 2: -0.55; pixel 4.88 pm: -4.09, 6.1: +2.33, 8: -1.60; crossings at 0.41 and
+# 1.67 counts/pixel, 5.63 and 7.16 pm (envelope.py ran with 0.40-1.94 and 5.6-7.35: no
+# setting lies between). Inside and outside, auto also weighs the blends (BLENDS) where the
+# default splits frames.
+AUTO_DEFAULT_DOSE = (0.41, 1.67)
+AUTO_DEFAULT_PIXEL_PM = (5.63, 7.16)
 # Outside the default's window, for frames too small for the held-out choice (under 64
 # pixels a side): counts per pixel as the envelope models see them (a frame finer than their
 # range binned into it) from which the high-dose model beats the envelope model, derived
 # like the windows above (docs/envelope.md, "Where model auto takes the high-dose model";
-# the leader's epoch 1247, its weight average): high-dose minus envelope on the validation
-# frames 0.6: -0.31 dB, 0.9: +0.12, 1.35: +0.51, 2: +0.85, 4: +1.22, and at 4 pm (binned
-# 2x2 into 8 pm) +2.30: the crossing is at 0.80 counts/pixel.
-AUTO_HIGH_DOSE = 0.80
+# session 23, its 320-px epoch 197): high-dose minus envelope on the validation frames 0.1:
+# -0.00 dB, 0.15: +0.15, 0.3: +0.06, 0.45: +0.25, 0.9: +0.99, 4: +1.76, and +0.03 to +3.23
+# dB at 4-12 pm: the crossing is at 0.10 counts/pixel (it was 0.80 for epoch 1247).
+AUTO_HIGH_DOSE = 0.10
 # The bundled white-contrast models over the envelope that auto chooses between outside the
 # default's window (by held-out counts: napari_sbd.core.selection.auto_read)
 ENVELOPE_MODELS = ("envelope", "high-dose")
