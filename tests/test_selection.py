@@ -141,6 +141,11 @@ def test_blends_join_the_candidates_where_the_default_splits_frames():
     # the default at a pixel size it was not trained at is no member to blend
     assert auto_candidates(4.0, 10.0) == ("envelope", "high-dose")
     assert selection.blend_candidates(float("nan"), 6.1) == ()
+    # the threshold is the default's dose as its card records it
+    from napari_sbd.core.inference import load_model
+    from napari_sbd.core.units import PAPERS_DOSE
+
+    assert load_model("default", device="cpu").card.dose == PAPERS_DOSE
 
 
 class _Counted(_Fixed):
