@@ -447,3 +447,23 @@ def test_auto_model_reads_dark_columns_and_picks_the_black_contrast_model(make_n
     stopped = viewer.layers[-1]  # the second result, the last layer added
     assert stopped.name.startswith("dark denoised [2] (cancelled")
     assert stopped.metadata["sbd_complete"] is False
+
+
+def test_a_bundled_blend_can_be_chosen_and_shares_its_models_with_auto(make_napari_viewer):
+    from napari_sbd.core.inference import BLENDS, Blend, blend_installed
+    from napari_sbd.widgets._model import BLEND_50_CHOICE
+
+    if not all(blend_installed(n) for n in BLENDS):
+        pytest.skip("the bundled default and high-dose models are needed")
+    w = DenoiseWidget(make_napari_viewer())
+    assert BLEND_50_CHOICE in w.model_combo.choices
+    w.model_combo.value = BLEND_50_CHOICE
+    den = w.model.load()
+    assert isinstance(den, Blend) and den.name == "blend-50"
+    assert "2 models averaged" in " ".join(w.model.info.value.split())
+    # auto's candidates above the default's dose: the same blend, built from the same models
+    w.model_combo.value = w.model_combo.choices[0]  # auto
+    candidates = w.model.candidate_models(1.35, 6.1)
+    blend = candidates["blend-50"]
+    assert [m for m, _ in blend.members] == [candidates["default"],
+                                            candidates["blend-70"].members[1][0]]

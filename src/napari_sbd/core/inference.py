@@ -565,6 +565,17 @@ def architecture_text(arch: str, params: dict[str, Any]) -> str:
     return f"{arch} {params}"
 
 
+def trained_at(card: ModelCard) -> str:
+    """Return "trained at <dose>, <pixel size>, <contrast> contrast" from a model's card."""
+    dr, pr = card.dose_range, card.pixel_size_range_pm
+    dose = (f"{dr[0]:g}-{dr[1]:g} counts/pixel" if dr
+            else f"{card.dose if card.dose is not None else '?'} counts/pixel")
+    pix = (f"{pr[0]:g}-{pr[1]:g} pm/pixel" if pr
+           else f"{card.pixel_size_pm if card.pixel_size_pm is not None else '?'} pm/pixel")
+    contrast = card.contrast if card.contrast != "unknown" else "?"
+    return f"trained at {dose}, {pix}, {contrast} contrast"
+
+
 class Denoiser:
     """A trained network ready to denoise frames.
 
@@ -724,15 +735,10 @@ class Denoiser:
         """One paragraph about the model for a user (architecture, dose, pixel size)."""
         card = self.card
         arch = card.architecture if "architecture" in self.metadata else type(self.network).__name__
-        dr, pr = card.dose_range, card.pixel_size_range_pm
-        dose = (f"{dr[0]:g}-{dr[1]:g} counts/pixel" if dr
-                else f"{card.dose if card.dose is not None else '?'} counts/pixel")
-        pix = (f"{pr[0]:g}-{pr[1]:g} pm/pixel" if pr
-               else f"{card.pixel_size_pm if card.pixel_size_pm is not None else '?'} pm/pixel")
-        contrast = card.contrast if card.contrast != "unknown" else "?"
+        pr = card.pixel_size_range_pm
         lines = [
             architecture_text(arch, card.params),
-            f"trained at {dose}, {pix}, {contrast} contrast",
+            trained_at(card),
             f"receptive field {self.receptive_field} px; device {self.device}",
         ]
         if pr and card.bin_to_pm and card.bin_to_pm > pr[0]:
@@ -1213,10 +1219,12 @@ class Blend(Denoiser):
 
     def describe(self) -> str:
         """Return the blend and its members in words, one paragraph each."""
-        weights = ", ".join(f"{w:.0%}" for _, w in self.members)
-        parts = [f"{self.name}: the outputs of {len(self.members)} models averaged, weights {weights}"]
+        parts = [f"{self.name}: the outputs of {len(self.members)} models averaged"]
         for m, w in self.members:
-            parts.append(f"{w:.0%}, {_member_name(m)} model: {m.describe()}")
+            psnr = m.card.validation_psnr
+            parts.append(f"{w:.0%}: {_member_name(m)} model, {trained_at(m.card)}"
+                         + (f" (validation {psnr:.2f} dB)" if psnr is not None else ""))
+        parts.append(f"receptive field {self.receptive_field} px; device {self.device}")
         return "\n".join(parts)
 
     def dose_fits(self, dose: float, dose_tolerance: float = 2.0) -> bool:

@@ -16,6 +16,8 @@ from napari_sbd.core.inference import (
     BUNDLED,
     Denoiser,
     available_devices,
+    blend_installed,
+    blend_text,
     bundled_model_path,
     choose_bundled_model,
     load_model,
@@ -28,9 +30,12 @@ ENVELOPE_CHOICE = "bundled envelope (wide dose and pixel range)"
 BLACK_CHOICE = "bundled black contrast (dark columns, underfocus)"
 HIGH_DOSE_CHOICE = "bundled high-dose (many counts per pixel)"
 FILE_CHOICE = "checkpoint file..."
-# picker label -> bundled model name
+BLEND_50_CHOICE = "bundled blend 50/50 (default + high-dose)"
+BLEND_70_CHOICE = "bundled blend 30/70 (default + high-dose)"
+# picker label -> bundled model (or blend) name
 BUNDLED_CHOICES = {DEFAULT_CHOICE: "default", ENVELOPE_CHOICE: "envelope",
-                   HIGH_DOSE_CHOICE: "high-dose", BLACK_CHOICE: "black"}
+                   HIGH_DOSE_CHOICE: "high-dose", BLACK_CHOICE: "black",
+                   BLEND_50_CHOICE: "blend-50", BLEND_70_CHOICE: "blend-70"}
 _LO, _HI = AUTO_DEFAULT_DOSE
 _PLO, _PHI = AUTO_DEFAULT_PIXEL_PM
 AUTO_TEXT = (f"auto, from the layer: the default at {_LO:g}-{_HI:g} counts/pixel and "
@@ -46,13 +51,14 @@ class ModelPicker(Container):
 
     def __init__(self) -> None:
         bundled = [label for label, name in BUNDLED_CHOICES.items()
-                   if bundled_model_path(name).exists()]
+                   if (blend_installed(name) if name in BLENDS else bundled_model_path(name).exists())]
         # auto needs both bundled models to choose between
         sources = ([AUTO_CHOICE] if len(bundled) > 1 else []) + bundled + [FILE_CHOICE]
         self.source = ComboBox(
             label="model", choices=sources, value=sources[0],
             tooltip=AUTO_TEXT + " when it runs\n"
             + "\n".join(f"{name}: {what}" for name, what in BUNDLED.items())
+            + "".join(f"\n{name}: {blend_text(name)}, their outputs averaged" for name in BLENDS)
             + "\nor a checkpoint file trained with napari-sbd-train")
         self.file = FileEdit(label="checkpoint", mode=FileDialogMode.EXISTING_FILE, filter="*.pt",
                              tooltip="a .pt checkpoint written by napari-sbd-train (loading it "
