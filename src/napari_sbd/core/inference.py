@@ -1218,7 +1218,7 @@ class Blend(Denoiser):
         return None
 
     def describe(self) -> str:
-        """Return the blend and its members in words, one paragraph each."""
+        """Return the blend in words: one line per member, then its field and device."""
         parts = [f"{self.name}: the outputs of {len(self.members)} models averaged"]
         for m, w in self.members:
             psnr = m.card.validation_psnr
