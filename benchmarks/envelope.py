@@ -23,7 +23,8 @@ validation frames, never on the test images. With the bundled high-dose model
 too, the dose from which it beats the envelope model (``AUTO_HIGH_DOSE``), the
 same way. And for every model with a pixel-size range, on validation frames of 4
 structures: PSNR of each integer binning a fine frame allows beside the one the
-model's card picks (``bin_to_pm``; ``HIGH_DOSE_BIN_TO_PM``).
+model's card picks (``bin_to_pm``, ``HIGH_DOSE_BIN_TO_PM``, below ``bin_below_dose``,
+``HIGH_DOSE_BIN_BELOW_DOSE``: the dose from which the least binning wins).
 
 Writes docs/envelope.md and docs/images/envelope.png (with --out elsewhere: the page
 there and its plot beside it, as OUT.png).
@@ -60,6 +61,7 @@ from napari_sbd.core.inference import (
     AUTO_HIGH_DOSE,
     BLENDS,
     BUNDLED,
+    HIGH_DOSE_BIN_BELOW_DOSE,
     HIGH_DOSE_BIN_TO_PM,
     Blend,
     bin_counts,
@@ -249,7 +251,8 @@ def binning_study(models: list, names: list[str], val_clean: list, quick: bool) 
             lo, hi = model.pixel_size_range_pm
             need = max(1, int(np.ceil(lo / pixel - 1e-9)))
             ks = [k for k in range(need, int(hi / pixel) + 1) if k * pixel <= hi] or [need]
-            row[name] = {"card": model.binning_for(pixel), "scores": {k: float(np.mean(
+            row[name] = {"card": model.binning_for(pixel, dose), "need": need,
+                         "preferred": model.binning_for(pixel), "scores": {k: float(np.mean(
                 # the binned frame is inside the range: no pixel size, so no binning of its own
                 [scored(c, unbin(model.denoise(bin_counts(n, k)), k, n.shape), dose)
                  for _, c, n in frames])) for k in ks}}
@@ -294,7 +297,37 @@ def binning_lines(rows: list[dict]) -> list[str]:
                        f"at its card's k: {min(diff):+.2f} to {max(diff):+.2f} dB over "
                        f"{len(diff)} settings (the high-dose card's target in the code at this "
                        f"run: {HIGH_DOSE_BIN_TO_PM:g} pm)")
+    if a in ranged:
+        out += bin_below_dose_lines(rows, a)
     return out
+
+
+def bin_below_dose_lines(rows: list[dict], name: str) -> list[str]:
+    """From which dose a model's preferred binning (``bin_to_pm``) loses to the least k.
+
+    Per pixel size where the two differ, the log-linear crossing on the dose axis of
+    the preferred k's PSNR minus the least k's; their geometric mean is the derived
+    ``bin_below_dose``.
+    """
+    cross = []
+    for pixel in sorted({r["pixel"] for r in rows}):
+        rs = sorted((r for r in rows if r["pixel"] == pixel), key=lambda r: r["dose"])
+        e = rs[0][name]
+        if e["preferred"] == e["need"] or len(rs) < 2:
+            continue
+        x = crossing_from([r["dose"] for r in rs],
+                          [r[name]["scores"][r[name]["need"]] - r[name]["scores"][e["preferred"]]
+                           for r in rs])
+        cross.append((pixel, e["preferred"], e["need"], x))
+    if not cross:
+        return []
+    found = [x for *_, x in cross if x is not None]
+    return [f"- {name}: dose from which the least binning the range needs beats the card's "
+            "preferred one (log-linear crossing, counts/pixel of the frame): " + ", ".join(
+                f"{p:g} pm k{kp} vs k{kn} " + ("never" if x is None else f"{x:.2f}")
+                for p, kp, kn, x in cross)
+            + (f"; geometric mean {np.exp(np.mean(np.log(found))):.2f}" if found else "")
+            + f" (the card's bin_below_dose at this run: {HIGH_DOSE_BIN_BELOW_DOSE:g})"]
 
 
 def auto_pick(noisy: np.ndarray, pixel: float, models: dict) -> str:
@@ -337,7 +370,9 @@ def write_page(args, names, models, results, test_set, val_set, binning, elapsed
                      + (f"{pr[0]:g}-{pr[1]:g}" if pr else f"{model.metadata.get('pixel_size_pm')}")
                      + " pm/pixel (frames finer than a model's range are binned into it"
                      + (f"; its card bins frames finer than {model.card.bin_to_pm:g} pm up to it, "
-                        "inside the range" if pr and model.card.bin_to_pm else "") + ")")
+                        "inside the range" if pr and model.card.bin_to_pm else "")
+                     + (f", while they hold under {model.card.bin_below_dose:g} counts/pixel"
+                        if pr and model.card.bin_to_pm and model.card.bin_below_dose else "") + ")")
     if "auto" in names:
         lines.append("- auto: what model auto takes, frame by frame, from the frame's counts "
                      "as the tools do (its picks in brackets, with the number of frames where "

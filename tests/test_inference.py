@@ -348,6 +348,24 @@ def test_a_card_that_asks_for_coarser_pixels_bins_up_to_them_inside_its_range(de
     np.testing.assert_allclose(env.denoise(counts, pixel_size_pm=4.88),
                                unbin(env.denoise(bin_counts(counts, 2)), 2, counts.shape),
                                rtol=1e-5, atol=1e-6)
+    # bin_below_dose: the preferred binning only for frames holding fewer counts than it;
+    # into the range (the lower edge's need) at any dose
+    env.metadata = {**env.metadata, "bin_below_dose": 1.2, "dose_range": [0.1, 5.0]}  # (no split)
+    assert env.card.bin_below_dose == 1.2
+    assert [env.binning_for(4.88, d) for d in (None, 0.45, 1.19, 1.2, 4.0, float("nan"))] == [
+        2, 2, 2, 1, 1, 2]
+    assert [env.binning_for(2.5, d) for d in (0.45, 4.0)] == [3, 2]  # 2x2 reaches 4.8 pm
+    assert env.binning_for(4.0, 4.0) == 2
+    assert env.compatibility_warnings(4.0, 4.88) == []  # not binned: nothing to say
+    (note,) = env.compatibility_warnings(0.45, 4.88)
+    assert "binned 2x2" in note and "under 1.2 counts/pixel" in note
+    assert "while they hold under 1.2 counts/pixel" in env.describe()
+    bright = np.random.default_rng(7).poisson(4.0, (40, 44)).astype(np.float32)
+    np.testing.assert_allclose(env.denoise(bright, pixel_size_pm=4.88), env.denoise(bright),
+                               rtol=1e-5, atol=1e-6)  # the frame's own dose decides
+    np.testing.assert_allclose(env.denoise(counts, pixel_size_pm=4.88),
+                               unbin(env.denoise(bin_counts(counts, 2)), 2, counts.shape),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_the_frame_on_screen_is_denoised_first(denoiser, rng):
@@ -382,6 +400,9 @@ def test_the_bundled_envelope_model_and_the_default_pointing_to_it():
     from napari_sbd.core.inference import HIGH_DOSE_BIN_TO_PM
 
     assert high.card.bin_to_pm == HIGH_DOSE_BIN_TO_PM and env.card.bin_to_pm is None
+    from napari_sbd.core.inference import HIGH_DOSE_BIN_BELOW_DOSE
+
+    assert high.card.bin_below_dose == HIGH_DOSE_BIN_BELOW_DOSE
     assert high.dose_range == env.dose_range
     black = load_model("black", device="cpu")  # the default's point, dark columns
     assert (black.card.contrast, black.card.dose, black.card.pixel_size_pm) == ("black", 0.45, 6.1)
@@ -437,6 +458,12 @@ def test_auto_picks_the_default_only_where_it_beats_the_envelope_models():
     for dose, px in [(0.1, 4.88), (0.45, 5.2), (0.1, 2.5)]:
         name, why = choose_bundled_model(dose, px)
         assert name == "high-dose" and "bins the frames" in why, (dose, px)
+    # ... only while it does: from HIGH_DOSE_BIN_BELOW_DOSE counts/pixel up it bins no more
+    # than the envelope model, and the dose rule decides
+    from napari_sbd.core.inference import HIGH_DOSE_BIN_BELOW_DOSE
+
+    name, why = choose_bundled_model(1.05 * HIGH_DOSE_BIN_BELOW_DOSE, 4.88)
+    assert name == "high-dose" and "bins the frames" not in why and "binned" not in why
 
 
 @pytest.mark.parametrize("amplitude, expected", [(0.25, "white"), (-0.25, "black")])

@@ -105,6 +105,14 @@ def test_filter_of_a_frame_binned_into_the_models_range(model, frame, pixel_pm, 
         moved = float(ahead[pixel] - den[pixel])
         assert float((filt.astype(np.float64) * step[crop]).sum()) == pytest.approx(
             moved, rel=0.05, abs=1e-6)
+    # a card that bins only frames with few counts: a frame holding more is not binned, and
+    # the filter follows the same rule on the same frame
+    few = Denoiser(model.network, {**env.metadata, "bin_to_pm": 8.0, "bin_below_dose": 0.01})
+    assert few.binning_for(pixel_pm) > env.binning_for(pixel_pm)
+    assert few.binning_for(pixel_pm, float(frame.mean())) == env.binning_for(pixel_pm)
+    filt, (r0, c0) = effective_filter(few, frame, (75, 86), ensemble=ensemble, pixel_size_pm=pixel_pm)
+    assert float((filt.astype(np.float64) * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum()
+                 ) == pytest.approx(float(den[75, 86]), rel=1e-4)
     # the plain network's filter is another function's: it does not reproduce the binned output
     filt, (r0, c0) = effective_filter(env, frame, (75, 86), ensemble=ensemble)
     plain = float((filt.astype(np.float64) * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())

@@ -95,6 +95,11 @@ class ModelCard:
         Frames finer than this are binned k x k (the smallest k that reaches it while
         k x the pixel size stays inside ``pixel_size_range_pm``), measured per model on
         validation frames; None: only frames finer than the range are binned.
+    bin_below_dose : float or None
+        ``bin_to_pm`` holds only for frames with fewer counts per pixel than this (the
+        frame's mean on its own grid; above it only frames finer than the range are
+        binned: a pixel that already holds many counts loses more detail to binning
+        than it gains in counts); None: at every dose.
     path : str or None
         The file it was loaded from.
     """
@@ -109,6 +114,7 @@ class ModelCard:
     dose_range: tuple[float, float] | None = None
     pixel_size_range_pm: tuple[float, float] | None = None
     bin_to_pm: float | None = None
+    bin_below_dose: float | None = None
     path: str | None = None
 
     @classmethod
@@ -125,6 +131,7 @@ class ModelCard:
             dose_range=_span(meta.get("dose_range")),
             pixel_size_range_pm=_span(meta.get("pixel_size_range_pm")),
             bin_to_pm=_number(meta.get("bin_to_pm")),
+            bin_below_dose=_number(meta.get("bin_below_dose")),
             path=meta.get("path"),
         )
 

@@ -193,6 +193,12 @@ ENVELOPE_PIXEL_RANGE_PM = (4.8, 10.5)
 # nothing from it. Auto takes the high-dose model wherever it bins and the envelope model
 # would not.
 HIGH_DOSE_BIN_TO_PM = 6.0
+# ... but only for frames holding fewer counts per pixel than this (the card's
+# bin_below_dose): on the same validation frames the binning the card prefers loses from
+# about 1.1-1.6 counts/pixel up (log-linear crossings of its PSNR minus that of the
+# smallest k the range needs: 2.5 pm 3x3 vs 2x2 1.06, 4.88 pm 2x2 vs none 1.63, 5.2 pm
+# 1.10; geometric mean 1.24), and at 4 counts/pixel 2x2 at 4.88-5.2 pm loses 1.2-2.0 dB.
+HIGH_DOSE_BIN_BELOW_DOSE = 1.2
 
 
 def binning_into(pixel_size_pm: float | None, target_pm: float | None,
@@ -237,7 +243,8 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
     (doses :data:`AUTO_DEFAULT_DOSE`, pixel sizes :data:`AUTO_DEFAULT_PIXEL_PM`);
     elsewhere the envelope model the counts chose (``envelope``), or without that
     the high-dose model where a pixel the network sees (after the binning
-    its card asks for, :data:`HIGH_DOSE_BIN_TO_PM`) holds at least
+    its card asks for: :data:`HIGH_DOSE_BIN_TO_PM`, for frames under
+    :data:`HIGH_DOSE_BIN_BELOW_DOSE` counts/pixel) holds at least
     :data:`AUTO_HIGH_DOSE` counts or where it bins a frame the envelope model would
     not, the envelope model elsewhere (each when installed). Black contrast: the
     black-contrast model at the same point (when installed), the white-contrast
@@ -290,7 +297,9 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
         other = next(n for n in ENVELOPE_MODELS if n != envelope)
         return envelope, (f"{outside}; its output predicts counts held out of the first frame "
                           f"better than the {other} model's")
-    k = binning_into(pixel_size_pm, HIGH_DOSE_BIN_TO_PM, ENVELOPE_PIXEL_RANGE_PM)
+    high_dose_target = (ENVELOPE_PIXEL_RANGE_PM[0] if dose is not None and np.isfinite(dose)
+                        and dose >= HIGH_DOSE_BIN_BELOW_DOSE else HIGH_DOSE_BIN_TO_PM)
+    k = binning_into(pixel_size_pm, high_dose_target, ENVELOPE_PIXEL_RANGE_PM)
     k_envelope = binning_into(pixel_size_pm, ENVELOPE_PIXEL_RANGE_PM[0])
     binned = f" ({k}x{k} binned)" if k > 1 else ""
     if k > k_envelope and pixel_size_pm is not None:  # (k > 1 needs a pixel size)
@@ -652,21 +661,37 @@ class Denoiser:
         """The highest dose the model was trained at (for the "are these counts?" check)."""
         return self.dose_range[1] if self.dose_range is not None else self.dose
 
-    def binning_for(self, pixel_size_pm: float | None) -> int:
-        """Integer binning for frames of this pixel size (1: none).
+    def binning_for(self, pixel_size_pm: float | None, dose: float | None = None) -> int:
+        """Integer binning for frames of this pixel size and dose (1: none).
 
         Only models trained over a pixel-size range bin, and only finer frames:
         those finer than the range, into it, and those finer than the card's
         ``bin_to_pm`` (a model that is better on coarser pixels holding more
-        counts), up to it as far as the range allows. Summing k x k counts keeps
-        them Poisson at k times the pixel size. Coarser frames cannot be helped
-        (see :meth:`compatibility_warnings`).
+        counts), up to it as far as the range allows, unless the frame already
+        holds the card's ``bin_below_dose`` counts per pixel or more. Summing
+        k x k counts keeps them Poisson at k times the pixel size. Coarser frames
+        cannot be helped (see :meth:`compatibility_warnings`).
+
+        Parameters
+        ----------
+        pixel_size_pm : float, optional
+            The frame's pixel size (None: no binning).
+        dose : float, optional
+            The frame's mean counts per pixel (:func:`estimate_dose`); None: the
+            card's ``bin_to_pm`` holds whatever the dose.
         """
         r = self.pixel_size_range_pm
         if r is None:
             return 1
-        target = max(r[0], self.card.bin_to_pm or r[0])
+        target = r[0]
+        if self.card.bin_to_pm and not self._dose_too_high_to_bin(dose):
+            target = max(r[0], self.card.bin_to_pm)
         return binning_into(pixel_size_pm, target, r)
+
+    def _dose_too_high_to_bin(self, dose: float | None) -> bool:
+        """Whether the card's ``bin_below_dose`` rules out its preferred binning at this dose."""
+        top = self.card.bin_below_dose
+        return top is not None and dose is not None and bool(np.isfinite(dose)) and dose >= top
 
     def dose_split(self, frame: np.ndarray) -> tuple[int, float] | None:
         """How a frame with more counts than the model knows is split: (parts, kept fraction).
@@ -742,8 +767,10 @@ class Denoiser:
             f"receptive field {self.receptive_field} px; device {self.device}",
         ]
         if pr and card.bin_to_pm and card.bin_to_pm > pr[0]:
-            lines.insert(2, f"frames finer than {card.bin_to_pm:g} pm/pixel are binned up to it "
-                            "(where the range allows)")
+            below = (f" while they hold under {card.bin_below_dose:g} counts/pixel"
+                     if card.bin_below_dose else "")
+            lines.insert(2, f"frames finer than {card.bin_to_pm:g} pm/pixel are binned up to it"
+                            f"{below} (where the range allows)")
         if card.validation_psnr is not None:
             lines.append(f"validation PSNR {card.validation_psnr:.2f} dB")
         return "\n".join(lines)
@@ -802,6 +829,7 @@ class Denoiser:
         # a NaN or infinite estimate (bad pixels) says nothing about the dose: the frame
         # checks report those pixels themselves ("nanx" used to reach the user)
         dose = dose if dose is not None and np.isfinite(dose) else None
+        frame_dose = dose  # what the binning reads (dose is cleared below once it fits)
         top = None if self.dose_range is not None else mdose
         if dose is not None and top and dose > top * SPLIT_ABOVE:  # said, not done in silence
             parts = _parts_at(dose, top)[0]
@@ -833,11 +861,13 @@ class Denoiser:
         mpix = self.card.pixel_size_pm
         if pixel_size_pm is not None and self.pixel_size_range_pm is not None:
             lo, hi = self.pixel_size_range_pm
-            k = self.binning_for(pixel_size_pm)
+            k = self.binning_for(pixel_size_pm, frame_dose)
             if k > 1:
+                below = (f" at under {self.card.bin_below_dose:g} counts/pixel"
+                         if self.card.bin_below_dose else "")
                 finer = (f"finer than the {lo:g}-{hi:g} pm/pixel the model was trained over"
                          if pixel_size_pm < lo else f"finer than the {self.card.bin_to_pm:g} "
-                         "pm/pixel from which this model does best")
+                         f"pm/pixel from which this model does best{below}")
                 out.append(
                     f"the data have {pixel_size_pm:.3g} pm/pixel, {finer}: each frame is binned {k}x{k} (to "
                     f"{k * pixel_size_pm:.3g} pm, counts summed) and the result brought back to "
@@ -988,7 +1018,7 @@ class Denoiser:
         numpy.ndarray
             The denoised frame, counts per pixel.
         """
-        k = self.binning_for(pixel_size_pm)
+        k = self.binning_for(pixel_size_pm, estimate_dose(frame) if pixel_size_pm else None)
         if k > 1:
             den = self.denoise_frame(bin_counts(frame, k), tile_size=tile_size, ensemble=ensemble)
             return unbin(den, k, frame.shape)
@@ -1200,7 +1230,7 @@ class Blend(Denoiser):
         doses = [m.max_dose for m, _ in self.members if m.max_dose is not None]
         return max(doses) if doses else None
 
-    def binning_for(self, pixel_size_pm: float | None) -> int:
+    def binning_for(self, pixel_size_pm: float | None, dose: float | None = None) -> int:
         """1: each member bins the frame itself (see :meth:`Denoiser.binning_for`)."""
         return 1
 

@@ -54,6 +54,7 @@ from napari_sbd.core.inference import (
     bin_counts,
     dihedral,
     dihedral_inverse,
+    estimate_dose,
     is_out_of_memory,
     padded_index,
 )
@@ -127,8 +128,8 @@ def effective_filter(
         raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
     if isinstance(model, Blend):
         return _blend_filter(model, frame, (r, c), ensemble, pixel_size_pm)
-    k = model.binning_for(pixel_size_pm)
-    if k > 1:
+    k = model.binning_for(pixel_size_pm, estimate_dose(frame) if pixel_size_pm else None)
+    if k > 1:  # (the rule of Denoiser.denoise_frame, on the same frame)
         return _binned_filter(model, frame, (r, c), k, ensemble)
     return _frame_filter(model, frame, (r, c), ensemble)
 
