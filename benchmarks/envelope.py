@@ -71,6 +71,7 @@ from napari_sbd.core.inference import (
     estimate_dose,
     load_blend,
     load_model,
+    network_once,
     unbin,
 )
 from napari_sbd.core.metrics import psnr
@@ -224,11 +225,7 @@ def denoised(model, noisy: np.ndarray, pixel: float, cache: dict) -> np.ndarray:
 
     A blend's output is its members' outputs averaged, as :class:`Blend` computes it.
     """
-    if isinstance(model, Blend):
-        return sum(w * denoised(m, noisy, pixel, cache) for m, w in model.members)
-    if id(model) not in cache:
-        cache[id(model)] = model.denoise(noisy, pixel_size_pm=pixel)
-    return cache[id(model)]
+    return network_once(model, lambda m: m.denoise(noisy, pixel_size_pm=pixel), cache)
 
 
 def binning_study(models: list, names: list[str], val_clean: list, quick: bool) -> list[dict]:

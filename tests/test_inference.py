@@ -600,6 +600,20 @@ def test_a_blend_averages_its_members_and_says_what_it_is(tiny_unet):
     for bad in ([(a, 0.5)], [(a, 0.6), (b, 0.6)], [(a, 1.2), (b, -0.2)], [(blend, 0.5), (a, 0.5)]):
         with pytest.raises(ValueError, match="blend"):
             Blend(bad)
+    # candidates scored on one frame: each network runs once, a blend reuses its members'
+    from napari_sbd.core.inference import network_once
+
+    runs: list[Denoiser] = []
+    cache: dict = {}
+
+    def run(m):
+        runs.append(m)
+        return m.denoise(frame)
+
+    outs = [network_once(m, run, cache) for m in (a, blend, b, blend)]
+    assert runs == [a, b]
+    np.testing.assert_allclose(outs[1], blend.denoise(frame), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(outs[0], a.denoise(frame))
 
 
 def test_the_bundled_blends_load_by_name_and_auto_can_return_them():

@@ -1285,6 +1285,22 @@ def _member_name(m: Denoiser) -> str:
     return f"the {bundled}" if bundled else f"the {Path(path).name or 'unnamed'}"
 
 
+def network_once(model: Denoiser, run: Callable[[Denoiser], np.ndarray],
+                 cache: dict[int, np.ndarray]) -> np.ndarray:
+    """Return ``run(model)``, each network run once: a blend's result is its members' averaged.
+
+    For scoring several candidates on one frame where blends share members: ``cache``
+    (by ``id`` of a model, empty for a new frame) keeps each member's result, and a
+    blend combines them with its weights as :meth:`Blend.denoise_frame` does.
+    """
+    if isinstance(model, Blend):
+        return sum((w * network_once(m, run, cache) for m, w in model.members),
+                   np.zeros((), np.float64))
+    if id(model) not in cache:
+        cache[id(model)] = run(model)
+    return cache[id(model)]
+
+
 def load_blend(name: str, *, device: str | torch.device | None = "auto",
                loaded: dict[str, Denoiser] | None = None, fold: bool = True) -> Blend:
     """Build the bundled blend ``name`` (:data:`BLENDS`), reusing models in ``loaded`` by name."""

@@ -59,7 +59,6 @@ from napari_sbd.core.inference import (
     BLENDS,
     ENVELOPE_MODELS,
     SPLIT_ABOVE,
-    Blend,
     Denoiser,
     blend_installed,
     bundled_model_path,
@@ -68,6 +67,7 @@ from napari_sbd.core.inference import (
     in_default_window,
     load_blend,
     load_model,
+    network_once,
 )
 from napari_sbd.core.units import PAPERS_DOSE
 
@@ -248,12 +248,7 @@ def held_out_choice(frames: Any, models: dict[str, Denoiser],
 def _predict_once(model: Denoiser, kept: np.ndarray, pixel_size_pm: float | None,
                   preds: dict[int, np.ndarray]) -> np.ndarray:
     """:func:`_predict` with each network run once per split (``preds``, by id)."""
-    if isinstance(model, Blend):  # its output is its members' averaged: so is the prediction
-        return sum((w * _predict_once(m, kept, pixel_size_pm, preds) for m, w in model.members),
-                   np.zeros(kept.shape))
-    if id(model) not in preds:
-        preds[id(model)] = _predict(model, kept, KEEP_FRACTION, pixel_size_pm)
-    return preds[id(model)]
+    return network_once(model, lambda m: _predict(m, kept, KEEP_FRACTION, pixel_size_pm), preds)
 
 
 def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float | None = None,
