@@ -356,6 +356,11 @@ def test_a_card_that_asks_for_coarser_pixels_bins_up_to_them_inside_its_range(de
         2, 2, 2, 1, 1, 2]
     assert [env.binning_for(2.5, d) for d in (0.45, 4.0)] == [3, 2]  # 2x2 reaches 4.8 pm
     assert env.binning_for(4.0, 4.0) == 2
+    from napari_sbd.core.inference import binning_target  # the rule auto reads as well
+
+    assert [binning_target((4.8, 10.5), 6.0, 1.2, d) for d in (None, 1.0, 1.2)] == [6.0, 6.0, 4.8]
+    assert binning_target((4.8, 10.5), None, 1.2, 0.1) == 4.8  # no preference: the need
+    assert binning_target((4.8, 10.5), 6.0, None, 9.0) == 6.0  # no dose limit on the card
     assert env.compatibility_warnings(4.0, 4.88) == []  # not binned: nothing to say
     (note,) = env.compatibility_warnings(0.45, 4.88)
     assert "binned 2x2" in note and "under 1.2 counts/pixel" in note

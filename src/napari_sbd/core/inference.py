@@ -222,6 +222,19 @@ def binning_into(pixel_size_pm: float | None, target_pm: float | None,
     return k
 
 
+def binning_target(range_pm: tuple[float, float], bin_to_pm: float | None,
+                   bin_below_dose: float | None, dose: float | None) -> float:
+    """Return the pixel size a card bins frames up to: ``bin_to_pm`` unless the dose rules it out.
+
+    The range's lower edge (a need) when the card has no ``bin_to_pm``, or when the
+    frame holds ``bin_below_dose`` counts per pixel or more; an unknown (or not finite)
+    dose keeps ``bin_to_pm``. :func:`binning_into` turns it into k.
+    """
+    high = (bin_below_dose is not None and dose is not None and bool(np.isfinite(dose))
+            and dose >= bin_below_dose)
+    return range_pm[0] if not bin_to_pm or high else max(range_pm[0], bin_to_pm)
+
+
 def in_default_window(dose: float | None, pixel_size_pm: float | None) -> bool:
     """Whether data of this dose and pixel size are where the default beats the envelope model.
 
@@ -297,9 +310,9 @@ def choose_bundled_model(dose: float | None, pixel_size_pm: float | None,
         other = next(n for n in ENVELOPE_MODELS if n != envelope)
         return envelope, (f"{outside}; its output predicts counts held out of the first frame "
                           f"better than the {other} model's")
-    high_dose_target = (ENVELOPE_PIXEL_RANGE_PM[0] if dose is not None and np.isfinite(dose)
-                        and dose >= HIGH_DOSE_BIN_BELOW_DOSE else HIGH_DOSE_BIN_TO_PM)
-    k = binning_into(pixel_size_pm, high_dose_target, ENVELOPE_PIXEL_RANGE_PM)
+    k = binning_into(pixel_size_pm, binning_target(ENVELOPE_PIXEL_RANGE_PM, HIGH_DOSE_BIN_TO_PM,
+                                                   HIGH_DOSE_BIN_BELOW_DOSE, dose),
+                     ENVELOPE_PIXEL_RANGE_PM)
     k_envelope = binning_into(pixel_size_pm, ENVELOPE_PIXEL_RANGE_PM[0])
     binned = f" ({k}x{k} binned)" if k > 1 else ""
     if k > k_envelope and pixel_size_pm is not None:  # (k > 1 needs a pixel size)
@@ -683,15 +696,8 @@ class Denoiser:
         r = self.pixel_size_range_pm
         if r is None:
             return 1
-        target = r[0]
-        if self.card.bin_to_pm and not self._dose_too_high_to_bin(dose):
-            target = max(r[0], self.card.bin_to_pm)
+        target = binning_target(r, self.card.bin_to_pm, self.card.bin_below_dose, dose)
         return binning_into(pixel_size_pm, target, r)
-
-    def _dose_too_high_to_bin(self, dose: float | None) -> bool:
-        """Whether the card's ``bin_below_dose`` rules out its preferred binning at this dose."""
-        top = self.card.bin_below_dose
-        return top is not None and dose is not None and bool(np.isfinite(dose)) and dose >= top
 
     def dose_split(self, frame: np.ndarray) -> tuple[int, float] | None:
         """How a frame with more counts than the model knows is split: (parts, kept fraction).
