@@ -699,6 +699,10 @@ class Denoiser:
         target = binning_target(r, self.card.bin_to_pm, self.card.bin_below_dose, dose)
         return binning_into(pixel_size_pm, target, r)
 
+    def frame_binning(self, frame: np.ndarray, pixel_size_pm: float | None) -> int:
+        """Return the k x k binning :meth:`denoise_frame` applies to this frame (its own mean's dose)."""
+        return self.binning_for(pixel_size_pm, estimate_dose(frame) if pixel_size_pm else None)
+
     def dose_split(self, frame: np.ndarray) -> tuple[int, float] | None:
         """How a frame with more counts than the model knows is split: (parts, kept fraction).
 
@@ -1024,7 +1028,7 @@ class Denoiser:
         numpy.ndarray
             The denoised frame, counts per pixel.
         """
-        k = self.binning_for(pixel_size_pm, estimate_dose(frame) if pixel_size_pm else None)
+        k = self.frame_binning(frame, pixel_size_pm)
         if k > 1:
             den = self.denoise_frame(bin_counts(frame, k), tile_size=tile_size, ensemble=ensemble)
             return unbin(den, k, frame.shape)

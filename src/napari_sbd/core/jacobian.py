@@ -54,7 +54,6 @@ from napari_sbd.core.inference import (
     bin_counts,
     dihedral,
     dihedral_inverse,
-    estimate_dose,
     is_out_of_memory,
     padded_index,
 )
@@ -128,8 +127,8 @@ def effective_filter(
         raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
     if isinstance(model, Blend):
         return _blend_filter(model, frame, (r, c), ensemble, pixel_size_pm)
-    k = model.binning_for(pixel_size_pm, estimate_dose(frame) if pixel_size_pm else None)
-    if k > 1:  # (the rule of Denoiser.denoise_frame, on the same frame)
+    k = model.frame_binning(frame, pixel_size_pm)  # as Denoiser.denoise_frame bins it
+    if k > 1:
         return _binned_filter(model, frame, (r, c), k, ensemble)
     return _frame_filter(model, frame, (r, c), ensemble)
 
