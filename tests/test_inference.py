@@ -371,6 +371,28 @@ def test_a_card_that_asks_for_coarser_pixels_bins_up_to_them_inside_its_range(de
     np.testing.assert_allclose(env.denoise(counts, pixel_size_pm=4.88),
                                unbin(env.denoise(bin_counts(counts, 2)), 2, counts.shape),
                                rtol=1e-5, atol=1e-6)
+    # a movie is binned alike throughout, by its first frames' dose (as its warnings read
+    # it), whichever frames are denoised: a dose drifting across 1.2 counts/pixel does not
+    # switch the binning (and so the output's texture and intensities) between frames
+    from napari_sbd.core.inference import binning_dose
+
+    movie = np.stack([counts] * 4 + [bright] * 2)
+    assert binning_dose(movie) == pytest.approx(float(counts.mean()))
+    whole = env.denoise(movie, pixel_size_pm=4.88)
+    for i in (0, 5):
+        np.testing.assert_allclose(whole[i], unbin(env.denoise(bin_counts(movie[i], 2)), 2,
+                                                   counts.shape), rtol=1e-5, atol=1e-6)
+    (i, part), = env.iter_denoise(movie, indices=[5], pixel_size_pm=4.88)
+    np.testing.assert_array_equal(part, whole[5])  # a partial or resumed run: the same frames
+    np.testing.assert_allclose(env.denoise(movie[4:], pixel_size_pm=4.88)[0],
+                               env.denoise(bright), rtol=1e-5, atol=1e-6)  # its own first frames
+    np.testing.assert_array_equal(env.denoise(movie, pixel_size_pm=4.88, dose=4.0)[0],
+                                  env.denoise_frame(counts, pixel_size_pm=4.88, dose=4.0))
+    np.testing.assert_allclose(env.denoise_frame(counts, pixel_size_pm=4.88, dose=4.0),
+                               env.denoise(counts), rtol=1e-5, atol=1e-6)  # told the dose
+    damaged = movie.copy()
+    damaged[0, 0, 0] = np.nan
+    assert binning_dose(damaged) is None  # each frame's own mean decides then
 
 
 def test_the_frame_on_screen_is_denoised_first(denoiser, rng):

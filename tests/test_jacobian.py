@@ -113,6 +113,15 @@ def test_filter_of_a_frame_binned_into_the_models_range(model, frame, pixel_pm, 
     filt, (r0, c0) = effective_filter(few, frame, (75, 86), ensemble=ensemble, pixel_size_pm=pixel_pm)
     assert float((filt.astype(np.float64) * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum()
                  ) == pytest.approx(float(den[75, 86]), rel=1e-4)
+    # a frame of a movie binned by the movie's dose (fewer counts than this frame's):
+    # the filter given that dose is the filter of that output
+    movie_den = few.denoise_frame(frame, tile_size=None, pixel_size_pm=pixel_pm, ensemble=ensemble,
+                                  dose=0.001)
+    assert abs(float(movie_den[75, 86]) - float(den[75, 86])) > 1e-3 * abs(float(den[75, 86]))
+    filt, (r0, c0) = effective_filter(few, frame, (75, 86), ensemble=ensemble, pixel_size_pm=pixel_pm,
+                                      dose=0.001)
+    assert float((filt.astype(np.float64) * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum()
+                 ) == pytest.approx(float(movie_den[75, 86]), rel=1e-4)
     # the plain network's filter is another function's: it does not reproduce the binned output
     filt, (r0, c0) = effective_filter(env, frame, (75, 86), ensemble=ensemble)
     plain = float((filt.astype(np.float64) * frame[r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())

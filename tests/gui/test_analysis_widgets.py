@@ -202,6 +202,36 @@ def test_the_filter_of_a_binned_frame_is_the_denoised_layers(make_napari_viewer,
     assert value == pytest.approx(float(denoised[40, 50]), rel=1e-4)  # f(y) = J(y) y
 
 
+def test_the_filter_of_a_movie_frame_is_binned_as_the_movie_was(make_napari_viewer, qtbot,
+                                                                tiny_unet, tmp_path):
+    """A card binning only at few counts: a bright frame of a dim movie is binned as the movie."""
+    from napari_sbd.core.checkpoint import save_checkpoint
+    from napari_sbd.core.inference import load_model
+
+    path = save_checkpoint(tmp_path / "env.pt", tiny_unet, architecture="bf_unet",
+                           params={"scales": 2, "base": 4}, dose=0.45, pixel_size_pm=6.1,
+                           contrast="white", extra={"pixel_size_range_pm": [5.0, 10.0],
+                                                    "dose_range": [0.1, 5.0], "bin_to_pm": 8.0,
+                                                    "bin_below_dose": 1.2})
+    model = load_model(path, device="cpu")
+    rng = np.random.default_rng(2)
+    movie = np.stack([rng.poisson(d, (96, 96)) for d in (0.45,) * 4 + (4.0,)]).astype(np.float32)
+    # alone, the bright frame would be binned 2x2 (into the range), the movie's 3x3 (to 8 pm)
+    assert model.frame_binning(movie[4], 3.05) == 2 and model.frame_binning(movie[0], 3.05) == 3
+    viewer = make_napari_viewer()
+    raw = viewer.add_image(movie, name="fine")
+    _denoise_with_file(viewer, qtbot, raw, path, pixel=3.05)
+    denoised = np.asarray(viewer.layers["fine denoised"].data)
+    _filter_with_file(viewer, qtbot, raw, path, (4, 40, 50))
+    layer = viewer.layers[FILTER_LAYER]
+    r0, c0 = layer.metadata["origin"]
+    filt = np.asarray(layer.data, np.float64)
+    value = float((filt * movie[4, r0:r0 + filt.shape[0], c0:c0 + filt.shape[1]]).sum())
+    assert value == pytest.approx(float(denoised[4, 40, 50]), rel=1e-4)  # f(y) = J(y) y
+    alone = model.denoise(movie[4], pixel_size_pm=3.05)
+    assert abs(float(alone[40, 50]) - value) > 1e-3 * abs(value)  # not the frame's own binning
+
+
 def test_filter_and_likelihood_see_the_counts_the_network_saw(make_napari_viewer, qtbot,
                                                               tiny_model_file):
     """Detector units calibrated in the Denoise dock: the other docks apply the same calibration."""

@@ -97,7 +97,8 @@ class ModelCard:
         validation frames; None: only frames finer than the range are binned.
     bin_below_dose : float or None
         ``bin_to_pm`` holds only for frames with fewer counts per pixel than this (the
-        frame's mean on its own grid; above it only frames finer than the range are
+        mean on the frame's own grid, a movie's first frames' for all its frames:
+        ``Denoiser.frame_binning``; above it only frames finer than the range are
         binned: a pixel that already holds many counts loses more detail to binning
         than it gains in counts); None: at every dose.
     path : str or None

@@ -52,6 +52,7 @@ __all__ = [
     "Denoiser",
     "DenoisingCancelled",
     "available_devices",
+    "binning_dose",
     "bundled_model_path",
     "choose_bundled_model",
     "default_model_path",
@@ -690,8 +691,8 @@ class Denoiser:
         pixel_size_pm : float, optional
             The frame's pixel size (None: no binning).
         dose : float, optional
-            The frame's mean counts per pixel (:func:`estimate_dose`); None: the
-            card's ``bin_to_pm`` holds whatever the dose.
+            The frame's (or its movie's: :func:`binning_dose`) mean counts per
+            pixel; None: the card's ``bin_to_pm`` holds whatever the dose.
         """
         r = self.pixel_size_range_pm
         if r is None:
@@ -699,9 +700,16 @@ class Denoiser:
         target = binning_target(r, self.card.bin_to_pm, self.card.bin_below_dose, dose)
         return binning_into(pixel_size_pm, target, r)
 
-    def frame_binning(self, frame: np.ndarray, pixel_size_pm: float | None) -> int:
-        """Return the k x k binning :meth:`denoise_frame` applies to this frame (its own mean's dose)."""
-        return self.binning_for(pixel_size_pm, estimate_dose(frame) if pixel_size_pm else None)
+    def frame_binning(self, frame: np.ndarray, pixel_size_pm: float | None,
+                      dose: float | None = None) -> int:
+        """Return the k x k binning :meth:`denoise_frame` applies to this frame.
+
+        ``dose``: the counts per pixel the rule reads (:meth:`binning_for`): a
+        movie's, so that all its frames are binned alike; None: the frame's own mean.
+        """
+        if not pixel_size_pm:
+            return self.binning_for(None)
+        return self.binning_for(pixel_size_pm, estimate_dose(frame) if dose is None else dose)
 
     def dose_split(self, frame: np.ndarray) -> tuple[int, float] | None:
         """How a frame with more counts than the model knows is split: (parts, kept fraction).
@@ -999,6 +1007,7 @@ class Denoiser:
         tile_size: int | None = DEFAULT_TILE,
         pixel_size_pm: float | None = None,
         ensemble: bool = False,
+        dose: float | None = None,
     ) -> np.ndarray:
         """Denoise one validated float32 (H, W) frame; returns float32 (H, W).
 
@@ -1019,6 +1028,11 @@ class Denoiser:
             bias-free networks composed with orthogonal transforms is still
             bias-free, so :func:`napari_sbd.core.jacobian.effective_filter`
             stays exact for it.
+        dose : float, optional
+            The counts per pixel the binning rule reads (:meth:`frame_binning`):
+            :meth:`iter_denoise` gives a movie's (:func:`estimate_dose`), so that
+            every frame of it is binned alike whatever its own mean; None: this
+            frame's own mean.
 
         A frame with more counts than the model was trained at is split into
         parts at its dose (:meth:`split_plan`; the module docstring).
@@ -1028,7 +1042,7 @@ class Denoiser:
         numpy.ndarray
             The denoised frame, counts per pixel.
         """
-        k = self.frame_binning(frame, pixel_size_pm)
+        k = self.frame_binning(frame, pixel_size_pm, dose)
         if k > 1:
             den = self.denoise_frame(bin_counts(frame, k), tile_size=tile_size, ensemble=ensemble)
             return unbin(den, k, frame.shape)
@@ -1067,6 +1081,7 @@ class Denoiser:
         first: int | None = None,
         indices: Sequence[int] | None = None,
         on_bad_frame: Callable[[int, ValueError], None] | None = None,
+        dose: float | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(index, denoised_frame)`` for each frame, one at a time.
 
@@ -1096,6 +1111,12 @@ class Denoiser:
             cannot be denoised (:class:`~napari_sbd.core.inputs.InputError`: NaN,
             negative or not counts; or a non-finite result), which is then left
             out; without it the error is raised and iteration ends.
+        dose : float, optional
+            The counts per pixel the binning rule reads for every frame
+            (:meth:`denoise_frame`). None: a stack's :func:`binning_dose`,
+            whichever frames are denoised, so that a movie whose dose drifts is
+            binned alike throughout and a resumed or partial run matches a whole
+            one; a single frame's own mean.
 
         This is the one frame loop of the package: :meth:`denoise`, the
         Denoise dock and ``napari-sbd-denoise`` all run through it.
@@ -1111,8 +1132,10 @@ class Denoiser:
         if single:
             frame = as_frame(frames, model_dose=self.max_dose)
             yield 0, self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
-                                        ensemble=ensemble)
+                                        ensemble=ensemble, dose=dose)
             return
+        if dose is None and pixel_size_pm:  # one binning for the whole movie
+            dose = binning_dose(frames)
         order = (list(indices) if indices is not None
                  else list(range(*slice(start, stop).indices(shape[0]))))
         if first is not None and first in order:
@@ -1122,7 +1145,7 @@ class Denoiser:
             try:
                 frame = as_frame(frames[i], index=i, model_dose=self.max_dose)
                 den = self.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
-                                         ensemble=ensemble)
+                                         ensemble=ensemble, dose=dose)
             except ValueError as exc:  # this frame's data: the others may be fine
                 if on_bad_frame is None:
                     raise
@@ -1139,6 +1162,7 @@ class Denoiser:
         should_stop: Callable[[], bool] | None = None,
         pixel_size_pm: float | None = None,
         ensemble: bool = False,
+        dose: float | None = None,
     ) -> np.ndarray:
         """Denoise a frame (H, W) or a stack (T, H, W); returns float32 counts.
 
@@ -1159,6 +1183,8 @@ class Denoiser:
             binned into it (see :meth:`denoise_frame`).
         ensemble : bool
             Average over the 8 rotations and flips (see :meth:`denoise_frame`).
+        dose : float, optional
+            The counts per pixel the binning rule reads (see :meth:`iter_denoise`).
 
         Returns
         -------
@@ -1171,7 +1197,7 @@ class Denoiser:
         total = 1 if single else shape[0]
         out = np.empty(shape[-2:] if single else shape, dtype=np.float32)
         it = self.iter_denoise(frames, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
-                               ensemble=ensemble)
+                               ensemble=ensemble, dose=dose)
         for done in range(total):
             if should_stop is not None and should_stop():
                 raise DenoisingCancelled(f"denoising cancelled after {done} of {total} frames")
@@ -1279,12 +1305,13 @@ class Blend(Denoiser):
 
     @torch.inference_mode()
     def denoise_frame(self, frame: np.ndarray, *, tile_size: int | None = DEFAULT_TILE,
-                      pixel_size_pm: float | None = None, ensemble: bool = False) -> np.ndarray:
+                      pixel_size_pm: float | None = None, ensemble: bool = False,
+                      dose: float | None = None) -> np.ndarray:
         """Return the members' :meth:`Denoiser.denoise_frame`, averaged with the blend's weights."""
         acc = np.zeros(frame.shape, np.float64)
         for m, w in self.members:
             acc += w * m.denoise_frame(frame, tile_size=tile_size, pixel_size_pm=pixel_size_pm,
-                                       ensemble=ensemble)
+                                       ensemble=ensemble, dose=dose)
         return acc.astype(np.float32)
 
 
@@ -1349,6 +1376,17 @@ def estimate_dose(frames: Any, max_frames: int = 4) -> float:
         return float(np.mean(np.asarray(frames, dtype=np.float64)))
     n = min(max_frames, shape[0])
     return float(np.mean([np.mean(np.asarray(frames[i], dtype=np.float64)) for i in range(n)]))
+
+
+def binning_dose(frames: Any) -> float | None:
+    """Return the dose the binning rule reads for every frame of a stack.
+
+    :func:`estimate_dose` (the first frames, as the compatibility warnings read
+    it), so that one movie is binned alike throughout; None where that is not a
+    finite number (a damaged first frame: each frame's own mean decides then).
+    """
+    value = estimate_dose(frames)
+    return value if math.isfinite(value) else None
 
 
 def load_model(

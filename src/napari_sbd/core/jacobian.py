@@ -93,7 +93,7 @@ def filter_crop(
 
 def effective_filter(
     model: Denoiser, noisy: np.ndarray, pixel: tuple[int, int], *, ensemble: bool = False,
-    pixel_size_pm: float | None = None,
+    pixel_size_pm: float | None = None, dose: float | None = None,
 ) -> tuple[np.ndarray, tuple[int, int]]:
     """Gradient of the denoised pixel ``(row, col)`` with respect to the noisy frame.
 
@@ -112,6 +112,11 @@ def effective_filter(
         The frame's pixel size, as given to ``Denoiser.denoise``: a frame finer
         than the model's pixel-size range was binned into it, and the filter is
         the one of that whole computation (binning, network, interpolation back).
+    dose : float, optional
+        The counts per pixel its binning rule read, as given to
+        ``Denoiser.denoise_frame``: for a frame of a movie, the movie's
+        (:func:`~napari_sbd.core.inference.binning_dose` of the stack, what
+        ``Denoiser.denoise`` reads); None: the frame's own mean.
 
     Returns
     -------
@@ -126,8 +131,8 @@ def effective_filter(
     if not (0 <= r < h and 0 <= c < w):
         raise ValueError(f"pixel ({r}, {c}) is outside the {h}x{w} frame")
     if isinstance(model, Blend):
-        return _blend_filter(model, frame, (r, c), ensemble, pixel_size_pm)
-    k = model.frame_binning(frame, pixel_size_pm)  # as Denoiser.denoise_frame bins it
+        return _blend_filter(model, frame, (r, c), ensemble, pixel_size_pm, dose)
+    k = model.frame_binning(frame, pixel_size_pm, dose)  # as Denoiser.denoise_frame bins it
     if k > 1:
         return _binned_filter(model, frame, (r, c), k, ensemble)
     return _frame_filter(model, frame, (r, c), ensemble)
@@ -143,12 +148,13 @@ def _frame_filter(model: Denoiser, frame: np.ndarray, pixel: tuple[int, int],
 
 
 def _blend_filter(model: Blend, frame: np.ndarray, pixel: tuple[int, int], ensemble: bool,
-                  pixel_size_pm: float | None) -> tuple[np.ndarray, tuple[int, int]]:
+                  pixel_size_pm: float | None, dose: float | None,
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
     """Return the members' filters averaged with the blend's weights, on the union of their crops."""
     acc = np.zeros(frame.shape, np.float64)
     for member, w in model.members:
         filt, (r0, c0) = effective_filter(member, frame, pixel, ensemble=ensemble,
-                                          pixel_size_pm=pixel_size_pm)
+                                          pixel_size_pm=pixel_size_pm, dose=dose)
         acc[r0 : r0 + filt.shape[0], c0 : c0 + filt.shape[1]] += w * filt
     return _nonzero_crop(acc, pixel)
 

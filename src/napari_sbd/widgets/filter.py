@@ -14,7 +14,14 @@ from napari.utils.notifications import show_error
 from qtpy.QtCore import QTimer
 
 from napari_sbd.core.checkpoint import CheckpointError
-from napari_sbd.core.inference import BLENDS, Blend, Denoiser, estimate_dose, load_model
+from napari_sbd.core.inference import (
+    BLENDS,
+    Blend,
+    Denoiser,
+    binning_dose,
+    estimate_dose,
+    load_model,
+)
 from napari_sbd.core.jacobian import effective_filter
 from napari_sbd.core.selection import auto_read
 from napari_sbd.core.text import counted
@@ -132,7 +139,8 @@ class FilterWidget(DockWidget):
         row, col = pos[-2:]
         ensemble = bool(den is not None and (den.metadata or {}).get("sbd_ensemble"))
         worker = create_worker(_filter_safely, model, frame, (row, col), ensemble=ensemble,
-                               pixel_size_pm=self._pixel_of(raw, den))
+                               pixel_size_pm=self._pixel_of(raw, den),
+                               movie=counts if counts.ndim == 3 else None)
         # "computing" only for a click that takes a while (best quality, a slow machine): on
         # a fast one, redrawing the dock twice per click cost more than the label was worth
         QTimer.singleShot(COMPUTING_NOTE_MS, lambda: self._computing(worker, row, col))
@@ -374,9 +382,14 @@ def _estimate_safely(*args: Any) -> Any:
         return Failure(exc)
 
 
-def _filter_safely(*args: Any, **kwargs: Any) -> Any:
-    """Worker body: bad input and no memory are returned as values, shown as notifications."""
+def _filter_safely(*args: Any, movie: Any = None, **kwargs: Any) -> Any:
+    """Worker body: bad input and no memory are returned as values, shown as notifications.
+
+    ``movie``: the stack the frame is of, binned by its :func:`binning_dose` as the
+    Denoise dock did it.
+    """
     try:
-        return effective_filter(*args, **kwargs)
+        return effective_filter(*args, dose=binning_dose(movie) if movie is not None else None,
+                                **kwargs)
     except (ValueError, MemoryError) as exc:  # MemoryError: one line, naming the fix
         return Failure(exc)
