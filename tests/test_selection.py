@@ -23,7 +23,8 @@ class _Fixed:
     def __init__(self, image: np.ndarray) -> None:
         self.image = image
 
-    def denoise(self, frame: np.ndarray, pixel_size_pm: float | None = None) -> np.ndarray:
+    def denoise(self, frame: np.ndarray, pixel_size_pm: float | None = None,
+                dose: float | None = None) -> np.ndarray:
         return (self.image * frame.mean() / self.image.mean()).astype(np.float32)
 
 
@@ -46,6 +47,26 @@ def test_the_truth_predicts_held_out_counts_better_than_a_wrong_image():
     assert held_out_log_likelihood(truth, frame, seed=1) != ll["truth"]
     with pytest.raises(ValueError, match="keep must be between 0 and 1"):
         held_out_log_likelihood(truth, frame, keep=1.0)
+
+
+def test_held_out_counts_are_binned_as_the_frame_will_be(tiny_unet):
+    """A card that bins only under a dose: the kept 90% is binned as the whole frame is."""
+    from napari_sbd.core.inference import Denoiser
+
+    model = Denoiser(tiny_unet, {"dose": 0.45, "dose_range": [0.1, 5.0],
+                                 "pixel_size_range_pm": [5.0, 10.0], "bin_to_pm": 8.0})
+    frame = np.random.default_rng(4).poisson(1.0, (96, 96)).astype(np.float32)
+    mean = float(frame.mean())
+    # the threshold between the kept counts' mean (90%) and the frame's
+    model.metadata["bin_below_dose"] = 0.95 * mean
+    assert model.frame_binning(frame, 3.05) == 2 < model.frame_binning(0.9 * frame, 3.05)
+    kept, held = selection._thin(frame, selection.KEEP_FRACTION, 0)
+    as_run = selection._score(model.denoise(kept.astype(np.float32), pixel_size_pm=3.05,
+                                            dose=mean) / 0.9, held, 0.9)
+    by_kept = selection._score(model.denoise(kept.astype(np.float32), pixel_size_pm=3.05) / 0.9,
+                               held, 0.9)
+    assert held_out_log_likelihood(model, frame, pixel_size_pm=3.05) == pytest.approx(as_run)
+    assert as_run != pytest.approx(by_kept)
 
 
 def test_auto_contrast_takes_the_model_that_predicts_the_counts():
@@ -155,9 +176,10 @@ class _Counted(_Fixed):
         super().__init__(image)
         self.calls = 0
 
-    def denoise(self, frame: np.ndarray, pixel_size_pm: float | None = None) -> np.ndarray:
+    def denoise(self, frame: np.ndarray, pixel_size_pm: float | None = None,
+                dose: float | None = None) -> np.ndarray:
         self.calls += 1
-        return super().denoise(frame, pixel_size_pm)
+        return super().denoise(frame, pixel_size_pm, dose)
 
 
 def test_a_blend_is_scored_from_its_members_predictions_and_wins_where_it_is_best():

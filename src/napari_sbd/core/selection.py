@@ -60,6 +60,7 @@ from napari_sbd.core.inference import (
     ENVELOPE_MODELS,
     SPLIT_ABOVE,
     Denoiser,
+    binning_dose,
     blend_installed,
     bundled_model_path,
     choose_bundled_model,
@@ -145,7 +146,7 @@ def load_candidates(names: tuple[str, ...] | list[str], device: str = "auto",
 
 def held_out_log_likelihood(
     model: Denoiser, frame: np.ndarray, *, keep: float = KEEP_FRACTION, seed: int = 0,
-    pixel_size_pm: float | None = None,
+    pixel_size_pm: float | None = None, dose: float | None = None,
 ) -> float:
     """Poisson log-likelihood of held-out counts of ``frame`` under ``model``'s prediction.
 
@@ -163,6 +164,10 @@ def held_out_log_likelihood(
         models compared on one frame see the same counts.
     pixel_size_pm : float, optional
         The frame's pixel size, as given to :meth:`Denoiser.denoise`.
+    dose : float, optional
+        The counts per pixel the model's binning rule reads, as given to
+        :meth:`Denoiser.denoise` (None: the whole frame's own mean, not the kept
+        counts': the model is binned as it will be when it denoises the frame).
 
     Returns
     -------
@@ -172,7 +177,9 @@ def held_out_log_likelihood(
         between models on the same frame and seed mean something).
     """
     kept, held = _thin(frame, keep, seed)
-    return _score(_predict(model, kept, keep, pixel_size_pm), held, keep)
+    if dose is None and pixel_size_pm:
+        dose = binning_dose(frame)
+    return _score(_predict(model, kept, keep, pixel_size_pm, dose), held, keep)
 
 
 def _thin(frame: np.ndarray, keep: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -185,11 +192,16 @@ def _thin(frame: np.ndarray, keep: float, seed: int) -> tuple[np.ndarray, np.nda
 
 
 def _predict(model: Denoiser, kept: np.ndarray, keep: float,
-             pixel_size_pm: float | None) -> np.ndarray:
-    """Return the model's estimate of the whole frame's count rate from the kept counts."""
+             pixel_size_pm: float | None, dose: float | None) -> np.ndarray:
+    """Return the model's estimate of the whole frame's count rate from the kept counts.
+
+    ``dose``: what the binning rule reads (the whole frame's or movie's, so that the
+    kept counts are binned as the frame will be).
+    """
     # the kept counts as counts (a bias-free network: f(kept) / keep = f(kept / keep)), so that
     # a model splits them to its dose as it splits a frame (Denoiser.dose_split)
-    pred = model.denoise(kept.astype(np.float32), pixel_size_pm=pixel_size_pm) / np.float32(keep)
+    pred = model.denoise(kept.astype(np.float32), pixel_size_pm=pixel_size_pm,
+                         dose=dose) / np.float32(keep)
     return pred.astype(np.float64)
 
 
@@ -235,20 +247,24 @@ def held_out_choice(frames: Any, models: dict[str, Denoiser],
     frame = _first_frame(frames)
     if min(frame.shape) < 64:
         return None
+    # binned as the frames will be when denoised (the movie's dose, not the kept counts')
+    dose = binning_dose(frames) if pixel_size_pm else None
     # one split's verdict is noisy where the models are close: summed over a few splits
     scores = dict.fromkeys(models, 0.0)
     for seed in range(SPLITS):
         kept, held = _thin(frame, KEEP_FRACTION, seed)
         preds: dict[int, np.ndarray] = {}  # by id(model): a blend reuses its members' predictions
         for k, m in models.items():
-            scores[k] += _score(_predict_once(m, kept, pixel_size_pm, preds), held, KEEP_FRACTION)
+            scores[k] += _score(_predict_once(m, kept, pixel_size_pm, dose, preds), held,
+                                KEEP_FRACTION)
     return max(scores, key=lambda k: scores[k])
 
 
 def _predict_once(model: Denoiser, kept: np.ndarray, pixel_size_pm: float | None,
-                  preds: dict[int, np.ndarray]) -> np.ndarray:
+                  dose: float | None, preds: dict[int, np.ndarray]) -> np.ndarray:
     """:func:`_predict` with each network run once per split (``preds``, by id)."""
-    return network_once(model, lambda m: _predict(m, kept, KEEP_FRACTION, pixel_size_pm), preds)
+    return network_once(model, lambda m: _predict(m, kept, KEEP_FRACTION, pixel_size_pm, dose),
+                        preds)
 
 
 def auto_contrast(frames: Any, pixel_size_pm: float | None = None, dose: float | None = None,
