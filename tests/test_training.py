@@ -329,12 +329,56 @@ def test_init_from_starts_from_a_checkpoints_weights(dataset, tmp_path, capsys):
     for k in start:
         torch.testing.assert_close(start[k], after[k], rtol=1e-5, atol=1e-7)
     assert main([*base, "--out", str(tmp_path / "c"), "--init-from", str(first / "last.pt"),
-                 "--base", "8", "--quiet"]) == 2
+                 "--scales", "3", "--quiet"]) == 2
     assert "pass the same --arch" in capsys.readouterr().err
     # the refused start left no record of a run that never began: the right options go
     # into the same folder as a new run, not a resume of the wrong one
     assert not (tmp_path / "c" / "config.json").exists()
     assert main([*base, "--out", str(tmp_path / "c"), "--init-from", str(first / "last.pt")]) == 0
+
+
+def test_a_network_grows_more_channels_from_a_checkpoint_keeping_its_function(dataset, tmp_path,
+                                                                              capsys):
+    from napari_sbd.core.models import BiasFreeUNet, widen_unet
+
+    first = tmp_path / "a"
+    base = [str(dataset), "--val-fraction", "0.25", *TINY, "--epochs", "1", "--norm", "none"]
+    assert main([*base, "--out", str(first)]) == 0
+    small, _ = load_checkpoint(first / "last.pt")
+    # widened by hand: the same function, exactly (float64), with more parameters
+    wide = BiasFreeUNet(**{**small_params(small), "base": 7}).double()
+    widen_unet(small.double(), wide)
+    y = torch.rand(2, 1, 40, 44, dtype=torch.float64) * 3
+    torch.testing.assert_close(wide(y), small(y), rtol=1e-12, atol=1e-12)
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in small.parameters())
+    with pytest.raises(ValueError, match="larger base"):
+        widen_unet(wide, small)
+    # through the trainer: --init-from with a larger --base starts at the parent's function
+    # (its first epoch at the lowest learning rate reads the parent's validation PSNR)
+    grown = tmp_path / "b"
+    assert main([*base, "--out", str(grown), "--init-from", str(first / "last.pt"),
+                 "--base", "6", "--lr", "1e-12"]) == 0
+    net, meta = load_checkpoint(grown / "last.pt")
+    assert meta["params"]["base"] == 6 and net.base == 6
+    parent = list(csv.DictReader((first / "log.csv").read_text().splitlines()))[-1]
+    child = next(csv.DictReader((grown / "log.csv").read_text().splitlines()))
+    assert float(child["val_psnr"]) == pytest.approx(float(parent["val_psnr"]), abs=1e-3)
+    # fewer channels, or BatchNorm (its statistics would change with the new channels):
+    # refused, the fix named
+    assert main([*base, "--out", str(tmp_path / "c"), "--init-from", str(grown / "last.pt"),
+                 "--base", "4", "--quiet"]) == 2
+    assert "pass the same --arch" in capsys.readouterr().err
+    normed = [*base[:-2], "--norm", "batch"]
+    assert main([*normed, "--out", str(tmp_path / "d")]) == 0
+    assert main([*normed, "--out", str(tmp_path / "e"), "--init-from",
+                 str(tmp_path / "d" / "last.pt"), "--base", "6", "--quiet"]) == 2
+    assert "pass the same --arch" in capsys.readouterr().err
+
+
+def small_params(net) -> dict:
+    """The constructor arguments of a loaded BiasFreeUNet."""
+    return {k: getattr(net, k) for k in ("scales", "base", "unshuffle", "centre_sigma",
+                                         "activation", "norm")}
 
 
 def test_a_new_run_never_overwrites_files_it_did_not_continue(dataset, tmp_path, capsys):

@@ -211,6 +211,74 @@ def frame_level(y: torch.Tensor) -> torch.Tensor:
     return y.detach().float().mean(dim=(1, 2, 3))
 
 
+def unet_widths(scales: int, base: int) -> tuple[list[int], list[tuple[tuple[int, int], int]]]:
+    """Channel widths of :class:`BiasFreeUNet`: encoder levels, and each decoder block's.
+
+    Encoder widths e_0..e_S follow the authors' layout (C, C, C, 2C, 4C, ...; the
+    bottom repeats the level above so the decoder concatenates evenly). Each
+    decoder block, from the bottom up: ((skip channels, channels from below), out).
+    """
+    enc = [base * 2 ** max(0, lev - 2) for lev in range(scales)]
+    enc.append(enc[-1])
+    dec, below = [], enc[scales]
+    for lev in range(scales - 1, -1, -1):
+        out = enc[lev - 1] if lev >= 1 else enc[0]
+        dec.append(((enc[lev], below), out))
+        below = out
+    return enc, dec
+
+
+def _unet_convs(net: BiasFreeUNet) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
+    """Every convolution of a UNet in order, with the channel groups its input concatenates."""
+    enc, dec = unet_widths(net.scales, net.base)
+    cin = net.unshuffle**2
+
+    def convs(block: nn.Module) -> list[nn.Conv2d]:
+        return [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+
+    first, second = convs(net.inc)
+    out: list[tuple[nn.Conv2d, tuple[int, ...]]] = [(first, (cin,)), (second, (enc[0],))]
+    for lev, block in enumerate(net.down, start=1):
+        a, b = convs(block)
+        out += [(a, (enc[lev - 1],)), (b, (enc[lev],))]
+    for block, (cat, _) in zip(net.up, dec):
+        a, b = convs(block)
+        out += [(a, cat), (b, (sum(cat) // 2,))]
+    return out + [(net.outc, (enc[0],))]
+
+
+@torch.no_grad()
+def widen_unet(small: BiasFreeUNet, wide: BiasFreeUNet) -> None:
+    """Write ``small``'s weights into ``wide``, a copy with more channels, keeping its function.
+
+    Every convolution of ``wide`` keeps ``small``'s weights between the channels
+    both have; the weights reading a new channel are zero, so the new channels
+    change nothing at first (``wide(y) == small(y)``), and the weights making
+    them keep ``wide``'s own random initialisation, so that training gives them
+    something to learn from. Max-pooling, interpolation, padding and the
+    activations act channel by channel, so the identity is exact. Only the
+    channel count differs; level gains and BatchNorm are not carried over.
+
+    Raises
+    ------
+    ValueError
+        When the two differ in anything but a larger ``base``.
+    """
+    same = ("scales", "unshuffle", "centre_sigma", "activation", "norm", "level_gain")
+    if (any(getattr(small, k) != getattr(wide, k) for k in same) or wide.base < small.base
+            or small.norm != "none" or small.level_gain):
+        raise ValueError("only a network without BatchNorm or level gains widens, into the same "
+                         "network with a larger base")
+    for (cs, groups_s), (cw, groups_w) in zip(_unet_convs(small), _unet_convs(wide)):
+        # the old channels of each concatenated group, where they sit in the wider input
+        offsets = [sum(groups_w[:g]) for g in range(len(groups_w))]
+        old_in = torch.cat([off + torch.arange(n) for n, off in zip(groups_s, offsets)])
+        new_in = torch.ones(cw.in_channels, dtype=torch.bool)
+        new_in[old_in] = False
+        cw.weight[:, new_in] = 0  # reading a new channel: nothing at first
+        cw.weight[: cs.out_channels, old_in] = cs.weight.to(cw.weight.dtype)  # new outputs follow
+
+
 class BiasFreeUNet(SBDNetwork):
     """The papers' bias-free UNet with a large receptive field.
 
@@ -277,24 +345,15 @@ class BiasFreeUNet(SBDNetwork):
         self.activation = activation
         self.norm = norm
         cin = unshuffle * unshuffle
-        # Encoder widths e_0..e_S (authors' layout: C, C, C, 2C, 4C, ...; the
-        # bottom repeats the level above so the decoder concatenates evenly).
-        enc = [base * 2 ** max(0, lev - 2) for lev in range(scales)]
-        enc.append(enc[-1])
+        enc, dec = unet_widths(scales, base)
         self.inc = _ConvBlock(cin, enc[0], enc[0], activation, norm)
         self.down = nn.ModuleList(
             _ConvBlock(enc[lev - 1], enc[lev], enc[lev], activation, norm)
             for lev in range(1, scales + 1)
         )
-        ups, up_widths = [], []
-        below = enc[scales]
-        for lev in range(scales - 1, -1, -1):
-            cat = below + enc[lev]
-            out = enc[lev - 1] if lev >= 1 else enc[0]
-            ups.append(_ConvBlock(cat, cat // 2, out, activation, norm))
-            up_widths.append(out)
-            below = out
-        self.up = nn.ModuleList(ups)
+        self.up = nn.ModuleList(_ConvBlock(sum(cat), sum(cat) // 2, out, activation, norm)
+                                for cat, out in dec)
+        up_widths = [out for _, out in dec]
         self.outc = nn.Conv2d(enc[0], cin, 1, bias=False)
         if norm == "none":  # no BN to rescale: keep activations' variance by init
             for m in self.modules():

@@ -154,7 +154,9 @@ class TrainConfig:
     init_from: str | None = opt(None, "start from the weights of this checkpoint (or a bundled "
                                 "model by name: 'default', 'envelope', 'high-dose', 'black'); "
                                 "it must have the same architecture and parameters (level gains "
-                                "may be added)", "running", metavar="CKPT",
+                                "may be added; a bias-free UNet without BatchNorm may grow a "
+                                "larger --base: its new channels start out changing nothing)",
+                                "running", metavar="CKPT",
                                 show_default=False)
     resume: bool = opt(False, "continue the run in --out", "running", action="store_true",
                        show_default=False)
