@@ -375,6 +375,24 @@ def test_a_network_grows_more_channels_from_a_checkpoint_keeping_its_function(da
     assert "pass the same --arch" in capsys.readouterr().err
 
 
+def test_a_checkpoint_scores_on_a_runs_validation_crops_as_its_log_does(dataset, tmp_path):
+    from napari_sbd.training.data import TrainingDataError
+    from napari_sbd.training.loop import run_config, score_on_run
+
+    out = tmp_path / "a"
+    assert main([str(dataset), "--val-fraction", "0.25", *TINY, "--epochs", "1", "--out",
+                 str(out)]) == 0
+    cfg = run_config(out)
+    assert cfg.base == 4 and cfg.val_fraction == 0.25
+    net, _ = load_checkpoint(out / "last.pt")
+    scores = score_on_run(net, cfg, training=2)
+    logged = next(csv.DictReader((out / "log.csv").read_text().splitlines()))
+    assert scores["held-out"] == pytest.approx(float(logged["val_psnr"]), abs=1e-3)
+    assert np.isfinite(scores["training"]) and scores["training"] != scores["held-out"]
+    with pytest.raises(TrainingDataError, match=r"is .* a training run"):
+        run_config(tmp_path)
+
+
 def small_params(net) -> dict:
     """The constructor arguments of a loaded BiasFreeUNet."""
     return {k: getattr(net, k) for k in ("scales", "base", "unshuffle", "centre_sigma",

@@ -73,7 +73,7 @@ from napari_sbd.training.augment import (
     max_patch_size,
     random_patch,
 )
-from napari_sbd.training.config import TrainConfig
+from napari_sbd.training.config import TrainConfig, with_run_options
 from napari_sbd.training.data import (
     TrainingDataError,
     TrainingImage,
@@ -429,6 +429,67 @@ def _validate(model: nn.Module, vset, device: torch.device) -> tuple[float, floa
         meter.close()
     per_band = {b: float(np.mean(v)) for b, v in scores.items()}
     return float(np.mean(list(per_band.values()))), meter.fraction(), per_band
+
+
+def run_config(out: str | os.PathLike) -> TrainConfig:
+    """Return the options a run in ``out`` was started with (its config.json).
+
+    Options added after the run began take their defaults, as a resume does.
+
+    Raises
+    ------
+    TrainingDataError
+        When ``out`` holds no readable config.json.
+    """
+    path = Path(out) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingDataError(f"cannot read {path} ({exc}): is {out} a training run?") from None
+    if not isinstance(saved, dict) or "data" not in saved:
+        raise TrainingDataError(f"{path} is not a training run's record")
+    base = TrainConfig(data=saved["data"], out=str(out))
+    return with_run_options(base, saved, set(), frozenset())
+
+
+def score_on_run(net: nn.Module, cfg: TrainConfig, *, training: int = 0,
+                 device: str = "cpu") -> dict[str, float]:
+    """Score a network on a run's validation crops, as its log.csv does (same crops, same noise).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        The network (:func:`napari_sbd.core.checkpoint.load_checkpoint`).
+    cfg : TrainConfig
+        The run's options (:func:`run_config`): data, split, bands, crops, seed.
+    training : int
+        Also score this many images of the run's *training* structures with the
+        same protocol (0: none): equal scores on held-out and training images mean
+        the network underfits, not that it needs more data.
+    device : str
+        Where to run it.
+
+    Returns
+    -------
+    dict
+        ``"held-out"``: the validation PSNR (mean over bands, dB) and one entry per
+        band; with ``training``, ``"training"`` too.
+    """
+    images = load_images(cfg.data, cfg.where)
+    train, val = split_by_structure(images, cfg.val_fraction, cfg.seed, cfg.val_structures)
+    data_pixel = cfg.pixel_size_pm or _median_of(images, "pixel_size_pm", PAPERS_PIXEL_SIZE_PM)
+    multiple = int(getattr(net, "size_multiple", 1))
+    dev = torch.device(device)
+    net = net.to(dev).eval()
+    mean, _, bands = _validate(net, _validation_set(val, cfg, multiple, data_pixel), dev)
+    out = {"held-out": mean, **{f"held-out {b}": v for b, v in bands.items()}}
+    if training:
+        pick = np.random.default_rng(cfg.seed).choice(len(train), min(training, len(train)),
+                                                      replace=False)
+        tcfg = replace(cfg, val_images=len(pick))
+        out["training"] = _validate(net, _validation_set([train[i] for i in sorted(pick)], tcfg,
+                                                         multiple, data_pixel), dev)[0]
+    return out
 
 
 def _read_log(path: Path, upto_epoch: int) -> list[dict[str, str]]:
