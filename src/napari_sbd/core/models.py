@@ -256,8 +256,9 @@ def widen_unet(small: BiasFreeUNet, wide: BiasFreeUNet) -> None:
     change nothing at first (``wide(y) == small(y)``), and the weights making
     them keep ``wide``'s own random initialisation, so that training gives them
     something to learn from. Max-pooling, interpolation, padding and the
-    activations act channel by channel, so the identity is exact. Only the
-    channel count differs; level gains and BatchNorm are not carried over.
+    activations act channel by channel, so the identity is exact. Networks with
+    BatchNorm (whose statistics the new channels would change) or level gains
+    (sized by the widths) are refused.
 
     Raises
     ------
