@@ -247,6 +247,24 @@ def _unet_convs(net: BiasFreeUNet) -> list[tuple[nn.Conv2d, tuple[int, ...]]]:
     return out + [(net.outc, (enc[0],))]
 
 
+def widens(have: dict[str, Any], want: dict[str, Any]) -> bool:
+    """Whether :func:`widen_unet` grows a UNet of parameters ``have`` into one of ``want``.
+
+    The same network with a larger ``base``, without BatchNorm (whose statistics
+    the new channels would change) or level gains (sized by the widths).
+    """
+    def rest(params: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in params.items() if k != "base" and (k != "level_gain" or v)}
+
+    return (rest(have) == rest(want) and want.get("norm") == "none"
+            and not want.get("level_gain") and int(want["base"]) > int(have["base"]))
+
+
+def _unet_params(net: BiasFreeUNet) -> dict[str, Any]:
+    return {k: getattr(net, k) for k in ("scales", "base", "unshuffle", "centre_sigma",
+                                         "activation", "norm", "level_gain")}
+
+
 @torch.no_grad()
 def widen_unet(small: BiasFreeUNet, wide: BiasFreeUNet) -> None:
     """Write ``small``'s weights into ``wide``, a copy with more channels, keeping its function.
@@ -256,18 +274,14 @@ def widen_unet(small: BiasFreeUNet, wide: BiasFreeUNet) -> None:
     change nothing at first (``wide(y) == small(y)``), and the weights making
     them keep ``wide``'s own random initialisation, so that training gives them
     something to learn from. Max-pooling, interpolation, padding and the
-    activations act channel by channel, so the identity is exact. Networks with
-    BatchNorm (whose statistics the new channels would change) or level gains
-    (sized by the widths) are refused.
+    activations act channel by channel, so the identity is exact.
 
     Raises
     ------
     ValueError
-        When the two differ in anything but a larger ``base``.
+        When ``small`` does not widen into ``wide`` (:func:`widens`).
     """
-    same = ("scales", "unshuffle", "centre_sigma", "activation", "norm", "level_gain")
-    if (any(getattr(small, k) != getattr(wide, k) for k in same) or wide.base < small.base
-            or small.norm != "none" or small.level_gain):
+    if not widens(_unet_params(small), _unet_params(wide)):
         raise ValueError("only a network without BatchNorm or level gains widens, into the same "
                          "network with a larger base")
     for (cs, groups_s), (cw, groups_w) in zip(_unet_convs(small), _unet_convs(wide)):

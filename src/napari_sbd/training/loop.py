@@ -226,9 +226,10 @@ def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     adds_gain = want[1].get("level_gain") and not have[1].get("level_gain")
     if adds_gain:
         have = (have[0], {**have[1], "level_gain": True})
-    if have != want and _widens(have, want):  # the same network with more channels
+    from napari_sbd.core.models import BiasFreeUNet, widen_unet, widens
+
+    if have != want and have[0] == want[0] == "bf_unet" and widens(have[1], want[1]):
         from napari_sbd.core.checkpoint import load_checkpoint
-        from napari_sbd.core.models import BiasFreeUNet, widen_unet
 
         small, _ = load_checkpoint(cfg.init_from)
         assert isinstance(small, BiasFreeUNet) and isinstance(model, BiasFreeUNet)
@@ -244,16 +245,6 @@ def _init_weights(model: nn.Module, cfg: TrainConfig) -> None:
     if any(not k.startswith("gain.") for k in missing) or unexpected:
         raise TrainingDataError(f"--init-from {cfg.init_from}: its weights do not fit this network "
                                 f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-
-
-def _widens(have: tuple[str, dict[str, Any]], want: tuple[str, dict[str, Any]]) -> bool:
-    """Whether a checkpoint's network grows into the run's by more channels alone (widen_unet)."""
-    def rest(params: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in params.items() if k != "base"}
-
-    return (have[0] == want[0] == "bf_unet" and rest(have[1]) == rest(want[1])
-            and want[1].get("norm") == "none" and not want[1].get("level_gain")
-            and int(want[1].get("base", 0)) > int(have[1].get("base", 0)))
 
 
 def inherited_held_out(cfg: TrainConfig, structures: Sequence[str]) -> list[str] | None:
